@@ -6,3 +6,5 @@ pub mod ops;
 pub mod philox;
 pub mod rng;
 pub mod tensor;
+pub mod backend;
+pub mod model;

@@ -1,0 +1,328 @@
+//! The CPU backend: the reference ops of `crate::ops` over buffers allocated from the table.
+
+use super::shapes::{self, expect, expect_dtype};
+use super::Backend;
+use crate::ops::{self, adamw::AdamWConfig};
+use crate::philox::DropoutKey;
+use crate::tensor::{DType, ParamIds, TensorId, TensorTable};
+
+enum Buf {
+    F32(Vec<f32>),
+    U32(Vec<u32>),
+}
+
+pub struct CpuBackend {
+    table: TensorTable,
+    bufs: Vec<Buf>,
+}
+
+impl CpuBackend {
+    pub fn new(table: TensorTable) -> Self {
+        let bufs = table
+            .iter()
+            .map(|(_, s)| match s.dtype {
+                DType::F32 => Buf::F32(vec![0.0; s.numel()]),
+                DType::U32 => Buf::U32(vec![0; s.numel()]),
+            })
+            .collect();
+        CpuBackend { table, bufs }
+    }
+
+    fn f(&self, id: TensorId) -> &[f32] {
+        match &self.bufs[id.index()] {
+            Buf::F32(v) => v,
+            Buf::U32(_) => panic!("{} is a u32 tensor, used as f32", self.table.name(id)),
+        }
+    }
+
+    fn u(&self, id: TensorId) -> &[u32] {
+        match &self.bufs[id.index()] {
+            Buf::U32(v) => v,
+            Buf::F32(_) => panic!("{} is an f32 tensor, used as u32", self.table.name(id)),
+        }
+    }
+
+    /// Moves an output buffer out of the table so inputs can be borrowed beside it. An op whose
+    /// output is also one of its inputs then sees an empty input and fails its shape check.
+    fn take(&mut self, id: TensorId) -> Vec<f32> {
+        match &mut self.bufs[id.index()] {
+            Buf::F32(v) => std::mem::take(v),
+            Buf::U32(_) => panic!("{} is a u32 tensor, used as f32 output", self.table.name(id)),
+        }
+    }
+
+    fn put(&mut self, id: TensorId, v: Vec<f32>) {
+        self.bufs[id.index()] = Buf::F32(v);
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn table(&self) -> &TensorTable {
+        &self.table
+    }
+
+    fn write(&mut self, id: TensorId, data: &[f32]) {
+        let n = self.table.numel(id);
+        assert!(data.len() == n, "write: {} has {n} elements, got {}", self.table.name(id), data.len());
+        let mut v = self.take(id);
+        v.copy_from_slice(data);
+        self.put(id, v);
+    }
+
+    fn read(&self, id: TensorId) -> Vec<f32> {
+        self.f(id).to_vec()
+    }
+
+    fn write_u32(&mut self, id: TensorId, data: &[u32]) {
+        let n = self.table.numel(id);
+        assert!(data.len() == n, "write_u32: {} has {n} elements, got {}", self.table.name(id), data.len());
+        match &mut self.bufs[id.index()] {
+            Buf::U32(v) => v.copy_from_slice(data),
+            Buf::F32(_) => panic!("{} is an f32 tensor, written as u32", self.table.name(id)),
+        }
+    }
+
+    fn read_u32(&self, id: TensorId) -> Vec<u32> {
+        self.u(id).to_vec()
+    }
+
+    fn zero(&mut self, id: TensorId) {
+        match &mut self.bufs[id.index()] {
+            Buf::F32(v) => v.fill(0.0),
+            Buf::U32(v) => v.fill(0),
+        }
+    }
+
+    fn embedding_forward(&mut self, out: TensorId, tokens: TensorId, wte: TensorId, wpe: Option<TensorId>) {
+        let op = "embedding_forward";
+        let t = &self.table;
+        expect_dtype(t, op, "tokens", tokens, DType::U32);
+        let ts = t.shape(tokens).to_vec();
+        let c = t.shape(wte)[1];
+        expect(t, op, "out", out, &[ts[0], ts[1], c]);
+        if let Some(p) = wpe {
+            let ps = t.shape(p);
+            assert!(ps.len() == 2 && ps[0] >= ts[1] && ps[1] == c, "shape mismatch in {op}: wpe ({}) expected at least [{}, {c}], got {}", t.name(p), ts[1], crate::tensor::Shape(ps));
+        }
+        let mut o = self.take(out);
+        ops::embedding::embedding_forward(&mut o, self.u(tokens), self.f(wte), wpe.map(|p| self.f(p)), ts[0], ts[1], c);
+        self.put(out, o);
+    }
+
+    fn embedding_backward(&mut self, dwte: TensorId, dwpe: Option<TensorId>, dout: TensorId, tokens: TensorId) {
+        let op = "embedding_backward";
+        let t = &self.table;
+        let ts = t.shape(tokens).to_vec();
+        let c = t.shape(dwte)[1];
+        expect(t, op, "dout", dout, &[ts[0], ts[1], c]);
+        let mut dw = self.take(dwte);
+        let mut dp = dwpe.map(|p| self.take(p));
+        ops::embedding::embedding_backward(&mut dw, dp.as_deref_mut(), self.f(dout), self.u(tokens), ts[0], ts[1], c);
+        self.put(dwte, dw);
+        if let (Some(p), Some(v)) = (dwpe, dp) {
+            self.put(p, v);
+        }
+    }
+
+    fn matmul_forward(&mut self, out: TensorId, inp: TensorId, weight: TensorId, bias: Option<TensorId>) {
+        let (n, ic, oc) = shapes::linear(&self.table, "matmul_forward", out, inp, weight, bias);
+        let mut o = self.take(out);
+        ops::matmul::matmul_forward(&mut o, self.f(inp), self.f(weight), bias.map(|b| self.f(b)), n, ic, oc);
+        self.put(out, o);
+    }
+
+    fn matmul_backward(&mut self, dinp: Option<TensorId>, dweight: TensorId, dbias: Option<TensorId>, dout: TensorId, inp: TensorId, weight: TensorId) {
+        let op = "matmul_backward";
+        let (n, ic, oc) = shapes::linear(&self.table, op, dout, inp, weight, dbias);
+        expect(&self.table, op, "dweight", dweight, &[oc, ic]);
+        if let Some(d) = dinp {
+            let s = self.table.shape(inp).to_vec();
+            expect(&self.table, op, "dinp", d, &s);
+        }
+        let mut di = dinp.map(|d| self.take(d));
+        let mut dw = self.take(dweight);
+        let mut db = dbias.map(|d| self.take(d));
+        ops::matmul::matmul_backward(di.as_deref_mut(), &mut dw, db.as_deref_mut(), self.f(dout), self.f(inp), self.f(weight), n, ic, oc);
+        if let (Some(id), Some(v)) = (dinp, di) {
+            self.put(id, v);
+        }
+        self.put(dweight, dw);
+        if let (Some(id), Some(v)) = (dbias, db) {
+            self.put(id, v);
+        }
+    }
+
+    fn layernorm_forward(&mut self, out: TensorId, mean: TensorId, rstd: TensorId, inp: TensorId, weight: TensorId, bias: TensorId) {
+        let op = "layernorm_forward";
+        let (n, c) = shapes::same(&self.table, op, inp, &[("out", out)]);
+        shapes::row_stats(&self.table, op, inp, &[("mean", mean), ("rstd", rstd)]);
+        expect(&self.table, op, "weight", weight, &[c]);
+        expect(&self.table, op, "bias", bias, &[c]);
+        let (mut o, mut m, mut r) = (self.take(out), self.take(mean), self.take(rstd));
+        ops::norm::layernorm_forward(&mut o, &mut m, &mut r, self.f(inp), self.f(weight), self.f(bias), n, c);
+        self.put(out, o);
+        self.put(mean, m);
+        self.put(rstd, r);
+    }
+
+    fn layernorm_backward(&mut self, dinp: TensorId, dweight: TensorId, dbias: TensorId, dout: TensorId, inp: TensorId, weight: TensorId, mean: TensorId, rstd: TensorId) {
+        let op = "layernorm_backward";
+        let (n, c) = shapes::same(&self.table, op, inp, &[("dinp", dinp), ("dout", dout)]);
+        shapes::row_stats(&self.table, op, inp, &[("mean", mean), ("rstd", rstd)]);
+        for (arg, id) in [("weight", weight), ("dweight", dweight), ("dbias", dbias)] {
+            expect(&self.table, op, arg, id, &[c]);
+        }
+        let (mut di, mut dw, mut db) = (self.take(dinp), self.take(dweight), self.take(dbias));
+        ops::norm::layernorm_backward(&mut di, &mut dw, &mut db, self.f(dout), self.f(inp), self.f(weight), self.f(mean), self.f(rstd), n, c);
+        self.put(dinp, di);
+        self.put(dweight, dw);
+        self.put(dbias, db);
+    }
+
+    fn gelu_forward(&mut self, out: TensorId, inp: TensorId) {
+        shapes::same(&self.table, "gelu_forward", inp, &[("out", out)]);
+        let mut o = self.take(out);
+        ops::norm::gelu_forward(&mut o, self.f(inp));
+        self.put(out, o);
+    }
+
+    fn gelu_backward(&mut self, dinp: TensorId, inp: TensorId, dout: TensorId) {
+        shapes::same(&self.table, "gelu_backward", inp, &[("dinp", dinp), ("dout", dout)]);
+        let mut d = self.take(dinp);
+        ops::norm::gelu_backward(&mut d, self.f(inp), self.f(dout));
+        self.put(dinp, d);
+    }
+
+    fn add(&mut self, out: TensorId, a: TensorId, b: TensorId) {
+        shapes::same(&self.table, "add", out, &[("a", a), ("b", b)]);
+        let mut o = self.take(out);
+        ops::norm::add_forward(&mut o, self.f(a), self.f(b));
+        self.put(out, o);
+    }
+
+    fn accumulate(&mut self, dst: TensorId, src: TensorId) {
+        shapes::same(&self.table, "accumulate", dst, &[("src", src)]);
+        let mut d = self.take(dst);
+        ops::norm::accumulate(&mut d, self.f(src));
+        self.put(dst, d);
+    }
+
+    fn attention_forward(&mut self, out: TensorId, probs: TensorId, q: TensorId, k: TensorId, v: TensorId, dropout: Option<DropoutKey>) {
+        let s = shapes::attention(&self.table, "attention_forward", q, probs, &[("out", out), ("k", k), ("v", v)]);
+        let (mut o, mut p) = (self.take(out), self.take(probs));
+        ops::attention::attention_forward(&mut o, &mut p, self.f(q), self.f(k), self.f(v), s, dropout);
+        self.put(out, o);
+        self.put(probs, p);
+    }
+
+    fn attention_backward(&mut self, dq: TensorId, dk: TensorId, dv: TensorId, dout: TensorId, q: TensorId, k: TensorId, v: TensorId, probs: TensorId, dropout: Option<DropoutKey>) {
+        let s = shapes::attention(&self.table, "attention_backward", q, probs, &[("dq", dq), ("dk", dk), ("dv", dv), ("dout", dout), ("k", k), ("v", v)]);
+        let (mut a, mut b, mut c) = (self.take(dq), self.take(dk), self.take(dv));
+        ops::attention::attention_backward(&mut a, &mut b, &mut c, self.f(dout), self.f(q), self.f(k), self.f(v), self.f(probs), s, dropout);
+        self.put(dq, a);
+        self.put(dk, b);
+        self.put(dv, c);
+    }
+
+    fn lstm_forward(&mut self, h: TensorId, c: TensorId, gates: TensorId, x: TensorId, w_ih: TensorId, w_hh: TensorId, bias: TensorId) {
+        let op = "lstm_forward";
+        let s = shapes::lstm(&self.table, op, x, w_ih, w_hh);
+        expect(&self.table, op, "h", h, &[s.t, s.b, s.h]);
+        expect(&self.table, op, "c", c, &[s.t, s.b, s.h]);
+        expect(&self.table, op, "gates", gates, &[s.t, s.b, 4 * s.h]);
+        expect(&self.table, op, "bias", bias, &[4 * s.h]);
+        let (mut hh, mut cc, mut gg) = (self.take(h), self.take(c), self.take(gates));
+        ops::lstm::lstm_forward(&mut hh, &mut cc, &mut gg, self.f(x), self.f(w_ih), self.f(w_hh), self.f(bias), s);
+        self.put(h, hh);
+        self.put(c, cc);
+        self.put(gates, gg);
+    }
+
+    fn lstm_backward(
+        &mut self,
+        dx: Option<TensorId>,
+        dw_ih: TensorId,
+        dw_hh: TensorId,
+        dbias: TensorId,
+        dgates: TensorId,
+        dh: TensorId,
+        h: TensorId,
+        c: TensorId,
+        gates: TensorId,
+        x: TensorId,
+        w_ih: TensorId,
+        w_hh: TensorId,
+    ) {
+        let op = "lstm_backward";
+        let s = shapes::lstm(&self.table, op, x, w_ih, w_hh);
+        let t = &self.table;
+        for (arg, id) in [("h", h), ("c", c), ("dh", dh)] {
+            expect(t, op, arg, id, &[s.t, s.b, s.h]);
+        }
+        expect(t, op, "gates", gates, &[s.t, s.b, 4 * s.h]);
+        expect(t, op, "dgates", dgates, &[s.t, s.b, 4 * s.h]);
+        expect(t, op, "dw_ih", dw_ih, &[4 * s.h, s.e]);
+        expect(t, op, "dw_hh", dw_hh, &[4 * s.h, s.h]);
+        expect(t, op, "dbias", dbias, &[4 * s.h]);
+        if let Some(d) = dx {
+            expect(t, op, "dx", d, &[s.t, s.b, s.e]);
+        }
+        let mut ddx = dx.map(|d| self.take(d));
+        let (mut a, mut b, mut cb, mut dg, mut dhh) = (self.take(dw_ih), self.take(dw_hh), self.take(dbias), self.take(dgates), self.take(dh));
+        ops::lstm::lstm_backward(ddx.as_deref_mut(), &mut a, &mut b, &mut cb, &mut dg, &mut dhh, self.f(h), self.f(c), self.f(gates), self.f(x), self.f(w_ih), self.f(w_hh), s);
+        if let (Some(id), Some(v)) = (dx, ddx) {
+            self.put(id, v);
+        }
+        self.put(dw_ih, a);
+        self.put(dw_hh, b);
+        self.put(dbias, cb);
+        self.put(dgates, dg);
+        self.put(dh, dhh);
+    }
+
+    fn cross_entropy_forward(&mut self, losses: TensorId, logits: TensorId, targets: TensorId) {
+        let op = "cross_entropy_forward";
+        shapes::row_stats(&self.table, op, logits, &[("losses", losses), ("targets", targets)]);
+        expect_dtype(&self.table, op, "targets", targets, DType::U32);
+        let ls = self.table.shape(logits);
+        let v = *ls.last().unwrap();
+        let n = self.table.numel(logits) / v;
+        let mut l = self.take(losses);
+        ops::loss::cross_entropy_forward(&mut l, self.f(logits), self.u(targets), n, v);
+        self.put(losses, l);
+    }
+
+    fn cross_entropy_backward(&mut self, dlogits: TensorId, logits: TensorId, targets: TensorId, scale: f32) {
+        let op = "cross_entropy_backward";
+        let (n, v) = shapes::same(&self.table, op, logits, &[("dlogits", dlogits)]);
+        shapes::row_stats(&self.table, op, logits, &[("targets", targets)]);
+        let mut d = self.take(dlogits);
+        ops::loss::cross_entropy_backward(&mut d, self.f(logits), self.u(targets), scale, n, v);
+        self.put(dlogits, d);
+    }
+
+    fn loss_sum(&self, losses: TensorId, targets: TensorId) -> (f64, usize) {
+        ops::loss::loss_sum(self.f(losses), self.u(targets))
+    }
+
+    fn sum_squares(&mut self, ids: &[TensorId]) -> Vec<f64> {
+        ids.iter().map(|&id| ops::adamw::sum_squares(self.f(id))).collect()
+    }
+
+    fn adamw_update(&mut self, p: ParamIds, cfg: &AdamWConfig, lr: f32, step: u64, grad_scale: f32) {
+        let shape = self.table.shape(p.param).to_vec();
+        for (arg, id) in [("grad", p.grad), ("m", p.m), ("v", p.v)] {
+            expect(&self.table, "adamw_update", arg, id, &shape);
+        }
+        let decay = self.table.spec(p.param).decay;
+        let (mut w, mut m, mut v) = (self.take(p.param), self.take(p.m), self.take(p.v));
+        ops::adamw::adamw_update(&mut w, self.f(p.grad), &mut m, &mut v, cfg, lr, step, grad_scale, decay);
+        self.put(p.param, w);
+        self.put(p.m, m);
+        self.put(p.v, v);
+    }
+}
