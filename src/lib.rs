@@ -8,3 +8,7 @@ pub mod rng;
 pub mod tensor;
 pub mod backend;
 pub mod model;
+pub mod dataset;
+pub mod sampler;
+pub mod train;
+pub mod cli;

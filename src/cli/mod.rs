@@ -1,0 +1,196 @@
+//! The command line: `train`, `generate`, `eval`.
+
+mod eval_cmd;
+mod generate_cmd;
+pub mod presets;
+pub mod run_files;
+mod train_cmd;
+
+use crate::backend::DeviceChoice;
+use crate::data::tokenizer::TokenizerKind;
+use crate::model::ModelKind;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "robo-poet",
+    version,
+    about = "Attention vs LSTM language models on Alice's Adventures in Wonderland + Hamlet",
+    long_about = "Trains a causal scaled-dot-product attention language model and an LSTM baseline on the same \
+                  data and compares them: validation loss, speed and memory. Start with `robo-poet train`; \
+                  every subcommand has its own --help.",
+    after_help = "Examples:\n  robo-poet train\n  robo-poet train --model lstm\n  robo-poet train --preset seed --pos-emb\n  \
+                  robo-poet generate --checkpoint runs/<name> --prompt \"To be or not to be\" --temperature 0.9 --length 200\n  \
+                  robo-poet eval --checkpoint runs/<name> --json"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// CPU threads to use (default: all cores).
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model (defaults: GPT-style attention, character level, on whatever hardware is there).
+    Train(Box<TrainArgs>),
+    /// Generate text from a trained checkpoint, streaming it as it is sampled.
+    Generate(GenerateArgs),
+    /// Validation loss and perplexity of a checkpoint on its validation split.
+    Eval(EvalArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// A small GPT-style stack (attention) or a 1-layer, 256-unit LSTM, sized for a ~15-minute CPU run.
+    Default,
+    /// Exactly the seed's model: one attention layer, one head, d_model 256, seq_len 128, batch 4, 25 epochs.
+    Seed,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Which model to train [default: attention].
+    #[arg(long, value_enum)]
+    pub model: Option<ModelKind>,
+    /// Starting configuration; the flags below override it.
+    #[arg(long, value_enum, default_value_t = Preset::Default)]
+    pub preset: Preset,
+    /// Character- or word-level tokens (word: lower-cased words and punctuation marks).
+    /// [default: char]
+    #[arg(long, value_parser = parse_tokenizer)]
+    pub tokenizer: Option<TokenizerKind>,
+    /// Folder holding the corpus (else $ROBO_POET_DATA, then data/; downloaded if nowhere).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Train on these UTF-8 text files instead of the two books.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "data")]
+    pub text: Vec<PathBuf>,
+    /// Passes over the training tokens (instead of --steps).
+    #[arg(long, conflicts_with = "steps")]
+    pub epochs: Option<f64>,
+    /// Optimizer steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Sequences per batch.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Context length T (tokens per sequence).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Model width (attention).
+    #[arg(long)]
+    pub d_model: Option<usize>,
+    /// Layers (attention blocks or LSTM layers).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Attention heads.
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// LSTM hidden size.
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// LSTM embedding size.
+    #[arg(long)]
+    pub embed: Option<usize>,
+    /// Dropout on the attention weights, after softmax.
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    /// Learned position embeddings (the seed preset has none by default).
+    #[arg(long)]
+    pub pos_emb: bool,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Warmup steps.
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// AdamW weight decay (matrices and embeddings only).
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Global gradient-norm clipping threshold (0 turns it off).
+    #[arg(long)]
+    pub clip: Option<f32>,
+    /// Word tokenizer: words seen fewer times than this in training become <unk>.
+    #[arg(long, default_value_t = 2)]
+    pub min_count: usize,
+    /// Evaluate on the whole validation split and checkpoint every N steps (and at the end).
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<u64>,
+    /// Seed for initialisation, batch order and dropout.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Run directory (default: a new runs/<model>-<timestamp>).
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue an interrupted run from its last checkpoint (bit-for-bit the same losses).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Where to train.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// No progress bar (also off when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Testing aid: stop as if interrupted (Ctrl-C) after this step.
+    #[arg(long, hide = true)]
+    pub halt_at: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Run directory of a trained model.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: PathBuf,
+    /// Text to continue.
+    #[arg(long, default_value = "The")]
+    pub prompt: String,
+    /// Softmax temperature (> 0; lower is more conservative).
+    #[arg(long, default_value_t = 0.9)]
+    pub temperature: f32,
+    /// Sample only among the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 200)]
+    pub length: usize,
+    /// Sampling seed: the same seed gives the same text.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Run directory of a trained model.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: PathBuf,
+    /// Corpus folder, if it moved since training.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+fn parse_tokenizer(s: &str) -> Result<TokenizerKind, String> {
+    s.parse::<TokenizerKind>().map_err(|e| e.to_string())
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
+    }
+    match cli.command {
+        Command::Train(a) => train_cmd::run(&a),
+        Command::Generate(a) => generate_cmd::run(&a),
+        Command::Eval(a) => eval_cmd::run(&a),
+    }
+}

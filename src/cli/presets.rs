@@ -1,0 +1,144 @@
+//! Default configurations per (model, preset, tokenizer), and how flags override them.
+//!
+//! The defaults are sized so that `robo-poet train` and `robo-poet train --model lstm` finish in
+//! about 15 minutes on a 2-core CPU; docs/RESULTS.md records what they reach.
+
+use super::{Preset, TrainArgs};
+use crate::data::tokenizer::TokenizerKind;
+use crate::model::attention::{AttentionConfig, AttentionStyle};
+use crate::model::lstm::LstmConfig;
+use crate::model::{ModelConfig, ModelKind};
+use crate::ops::adamw::AdamWConfig;
+use crate::train::TrainConfig;
+use anyhow::{bail, ensure, Result};
+
+/// How long to train: a number of steps or of epochs (resolved once the data is known).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Length {
+    Steps(u64),
+    Epochs(f64),
+}
+
+/// A resolved plan: the model (vocabulary filled in later), optimisation, and run length.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub length: Length,
+}
+
+pub fn plan(a: &TrainArgs) -> Result<Plan> {
+    let word = a.tokenizer == Some(TokenizerKind::Word);
+    let (model, mut train, mut length) = match (a.model.unwrap_or(ModelKind::Attention), a.preset) {
+        (ModelKind::Attention, Preset::Seed) => (
+            ModelConfig::Attention(AttentionConfig {
+                style: AttentionStyle::Seed,
+                vocab_size: 0,
+                seq_len: 128,
+                d_model: 256,
+                n_layers: 1,
+                n_heads: 1,
+                pos_emb: false,
+                dropout: 0.1,
+            }),
+            base_train(4, 1e-3, 100, 0.0, 1.0),
+            Length::Epochs(25.0),
+        ),
+        (ModelKind::Attention, Preset::Default) => (
+            ModelConfig::Attention(AttentionConfig {
+                style: AttentionStyle::Gpt,
+                vocab_size: 0,
+                seq_len: 128,
+                d_model: if word { 256 } else { 128 },
+                n_layers: 4,
+                n_heads: 4,
+                pos_emb: true,
+                dropout: if word { 0.2 } else { 0.1 },
+            }),
+            base_train(32, if word { 1e-3 } else { 2e-3 }, 100, 0.1, 1.0),
+            Length::Steps(if word { 1000 } else { 3000 }),
+        ),
+        (ModelKind::Lstm, Preset::Default) => (
+            ModelConfig::Lstm(LstmConfig { vocab_size: 0, seq_len: 128, embed: if word { 256 } else { 64 }, hidden: 256, n_layers: 1 }),
+            base_train(32, if word { 2e-3 } else { 4e-3 }, 50, 0.01, 1.0),
+            Length::Steps(if word { 1500 } else { 4000 }),
+        ),
+        (ModelKind::Lstm, Preset::Seed) => bail!("--preset seed is the seed's attention model; use it with --model attention (the default)"),
+    };
+    let mut model = model;
+    match &mut model {
+        ModelConfig::Attention(c) => {
+            set(&mut c.seq_len, a.seq_len);
+            set(&mut c.d_model, a.d_model);
+            set(&mut c.n_layers, a.layers);
+            set(&mut c.n_heads, a.heads);
+            set(&mut c.dropout, a.dropout);
+            c.pos_emb |= a.pos_emb;
+            ensure!(a.hidden.is_none() && a.embed.is_none(), "--hidden and --embed are LSTM flags; the attention model's width is --d-model");
+        }
+        ModelConfig::Lstm(c) => {
+            set(&mut c.seq_len, a.seq_len);
+            set(&mut c.hidden, a.hidden);
+            set(&mut c.embed, a.embed);
+            set(&mut c.n_layers, a.layers);
+            ensure!(a.d_model.is_none() && a.heads.is_none(), "--d-model and --heads are attention flags; the LSTM's sizes are --hidden and --embed");
+            ensure!(a.dropout.is_none() && !a.pos_emb, "--dropout and --pos-emb apply to the attention model only");
+        }
+    }
+    set(&mut train.batch, a.batch);
+    set(&mut train.lr, a.lr);
+    set(&mut train.warmup, a.warmup);
+    set(&mut train.adamw.weight_decay, a.weight_decay);
+    set(&mut train.clip, a.clip);
+    train.seed = a.seed;
+    if let Some(s) = a.steps {
+        length = Length::Steps(s);
+    }
+    if let Some(e) = a.epochs {
+        length = Length::Epochs(e);
+    }
+    ensure!(train.batch > 0, "--batch must be at least 1");
+    ensure!(model.seq_len() > 0, "--seq-len must be at least 1");
+    ensure!(train.lr > 0.0 && train.lr.is_finite(), "--lr must be a positive number");
+    ensure!(train.clip >= 0.0, "--clip must be >= 0 (0 turns clipping off)");
+    ensure!(train.adamw.weight_decay >= 0.0, "--weight-decay must be >= 0");
+    match length {
+        Length::Steps(0) => bail!("--steps must be at least 1"),
+        Length::Epochs(e) if !(e > 0.0 && e.is_finite()) => bail!("--epochs must be a positive number"),
+        _ => {}
+    }
+    if let Some(n) = a.eval_every {
+        ensure!(n > 0, "--eval-every must be at least 1");
+    }
+    Ok(Plan { model, train, length })
+}
+
+fn base_train(batch: usize, lr: f32, warmup: u64, weight_decay: f32, clip: f32) -> TrainConfig {
+    TrainConfig {
+        batch,
+        steps: 0,
+        lr,
+        min_lr_ratio: 0.1,
+        warmup,
+        adamw: AdamWConfig { weight_decay, ..AdamWConfig::default() },
+        clip,
+        eval_every: 0,
+        seed: 0,
+    }
+}
+
+fn set<T: Copy>(slot: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *slot = v;
+    }
+}
+
+/// Fills in the vocabulary size once the tokenizer exists.
+pub fn with_vocab(model: &ModelConfig, vocab: usize) -> ModelConfig {
+    let mut m = model.clone();
+    match &mut m {
+        ModelConfig::Attention(c) => c.vocab_size = vocab,
+        ModelConfig::Lstm(c) => c.vocab_size = vocab,
+    }
+    m
+}

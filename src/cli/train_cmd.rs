@@ -1,0 +1,275 @@
+//! `robo-poet train`: data, model, run directory, the loop with progress, evaluation, metrics,
+//! checkpoints, Ctrl-C and resume.
+
+use super::presets::{self, Length};
+use super::run_files::{self, Metrics, RunMeta};
+use super::TrainArgs;
+use crate::backend::{self, Backend};
+use crate::dataset::{self, DataRequest, Dataset};
+use crate::model::{self, Model};
+use crate::rng::Rng;
+use crate::sampler::Sampler;
+use crate::tensor::Category;
+use crate::train::{self, TrainConfig};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Instant;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
+
+fn install_ctrlc() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTS.fetch_add(1, Ordering::SeqCst) == 0 {
+            STOP.store(true, Ordering::SeqCst);
+            eprintln!("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit at once; the last checkpoint stays intact)");
+        } else {
+            std::process::exit(130);
+        }
+    });
+}
+
+pub fn run(a: &TrainArgs) -> Result<()> {
+    let progress = !a.no_progress && std::io::stderr().is_terminal();
+    let (run_dir, resume_meta) = match &a.resume {
+        Some(dir) => (dir.clone(), Some(resume_checks(dir, a)?)),
+        None => {
+            let dir = a.out.clone().unwrap_or_else(|| run_files::default_run_dir(&a.model.unwrap_or(crate::model::ModelKind::Attention).to_string()));
+            if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+                bail!("{} already exists and is not empty; pass --resume {} to continue that run, or choose another --out", dir.display(), dir.display());
+            }
+            (dir, None)
+        }
+    };
+
+    // Data: a resumed run reloads its recorded source with its own tokenizer.
+    let ds: Dataset = match &resume_meta {
+        Some(m) => {
+            let (source, corpus) = dataset::reload(&m.data, a.data.as_deref())?;
+            let tok = m.tokenizer()?;
+            dataset::tokenize(source, &corpus, tok.kind(), a.min_count, Some(tok))?
+        }
+        None => {
+            let (source, corpus) = dataset::locate(&DataRequest { text_files: &a.text, data_dir: a.data.as_deref(), allow_download: true, show_progress: progress })?;
+            dataset::tokenize(source, &corpus, a.tokenizer.unwrap_or(crate::data::tokenizer::TokenizerKind::Char), a.min_count, None)?
+        }
+    };
+
+    let (model_cfg, mut tcfg, start_step) = match &resume_meta {
+        Some(m) => {
+            let mut t = m.train.clone();
+            // Only the run length may change on resume (extending a run).
+            if let Some(s) = a.steps {
+                t.steps = s;
+            }
+            (m.model.clone(), t, m.step)
+        }
+        None => {
+            let plan = presets::plan(a)?;
+            let model_cfg = presets::with_vocab(&plan.model, ds.tokenizer.vocab_size());
+            let mut t = plan.train;
+            let probe = Sampler::new(t.seed, ds.train.len(), t.batch, model_cfg.seq_len())?;
+            t.steps = match plan.length {
+                Length::Steps(s) => s,
+                Length::Epochs(e) => ((e * probe.steps_per_epoch() as f64).round() as u64).max(1),
+            };
+            t.eval_every = a.eval_every.unwrap_or_else(|| (t.steps / 10).clamp(1, 500));
+            (model_cfg, t, 0)
+        }
+    };
+    if let Some(n) = a.eval_every {
+        tcfg.eval_every = n;
+    }
+    model_cfg.validate()?;
+    let mut sampler = Sampler::new(tcfg.seed, ds.train.len(), tcfg.batch, model_cfg.seq_len())?;
+    if start_step >= tcfg.steps {
+        bail!("{} already finished its {} steps; pass --steps N (more than {start_step}) with --resume to train further", run_dir.display(), tcfg.steps);
+    }
+
+    let model = model::build(&model_cfg, tcfg.batch);
+    let mut be = backend::create(a.device, model.table().clone(), false)?;
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("could not create the run directory {}", run_dir.display()))?;
+    let mut elapsed0 = 0.0;
+    if resume_meta.is_some() {
+        let m = run_files::load_into(&run_dir, model.as_ref(), be.as_mut(), true)?;
+        elapsed0 = m.elapsed_s;
+    } else {
+        let mut rng = Rng::derive(tcfg.seed, "init");
+        for (id, v) in model::init_params(model.as_ref(), &mut rng) {
+            be.write(id, &v);
+        }
+    }
+
+    print_header(&ds, model.as_ref(), be.as_ref(), &tcfg, &sampler, &run_dir, start_step);
+    let mut metrics = Metrics::open(&run_dir, resume_meta.as_ref().map(|m| m.step))?;
+    install_ctrlc();
+
+    let mut meta = RunMeta {
+        step: start_step,
+        model: model_cfg.clone(),
+        train: tcfg.clone(),
+        tokenizer: ds.tokenizer.to_json(),
+        data: ds.source.clone(),
+        train_tokens: ds.train.len(),
+        val_tokens: ds.val.len(),
+        val_loss: resume_meta.as_ref().and_then(|m| m.val_loss),
+        elapsed_s: elapsed0,
+        robo_poet_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    if start_step == 0 {
+        // A checkpoint of the initial state: the run can be resumed even if the first eval never comes.
+        run_files::save(&run_dir, &meta, model.as_ref(), be.as_ref())?;
+    }
+
+    let pb = if progress { ProgressBar::new(tcfg.steps) } else { ProgressBar::hidden() };
+    pb.set_style(ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]").unwrap().progress_chars("=> "));
+    pb.set_position(start_step);
+    let tokens_per_step = (tcfg.batch * model_cfg.seq_len()) as f64;
+    let t_start = Instant::now();
+    let mut train_secs = 0.0f64;
+    let mut window = (0.0f64, 0usize, 0.0f64); // (loss sum, steps, seconds) since last log line
+    let log_every = (tcfg.eval_every / 5).clamp(1, 50);
+    let mut step = start_step;
+    while step < tcfg.steps {
+        let t0 = Instant::now();
+        let (inputs, targets) = sampler.batch(step, &ds.train);
+        step += 1;
+        let st = train::train_step(model.as_ref(), be.as_mut(), &tcfg, step, &inputs, &targets);
+        let dt = t0.elapsed().as_secs_f64();
+        if !st.loss.is_finite() || !st.grad_norm.is_finite() {
+            pb.abandon();
+            bail!(
+                "step {step}: the loss ({}) or gradient norm ({}) is not finite, so training stopped; the last good checkpoint in {} is intact. Try a lower --lr (now {}) or a smaller --clip",
+                st.loss, st.grad_norm, run_dir.display(), tcfg.lr
+            );
+        }
+        train_secs += dt;
+        window = (window.0 + st.loss, window.1 + 1, window.2 + dt);
+        pb.set_position(step);
+        pb.set_message(format!("loss {:.4}  {:.1}k tok/s", st.loss, tokens_per_step / dt / 1e3));
+        if step % log_every == 0 || step == tcfg.steps {
+            metrics.write(&json!({
+                "step": step, "train_loss": window.0 / window.1 as f64, "grad_norm": st.grad_norm, "lr": st.lr,
+                "tokens_per_s": tokens_per_step * window.1 as f64 / window.2, "elapsed_s": elapsed0 + t_start.elapsed().as_secs_f64(),
+            }))?;
+            window = (0.0, 0, 0.0);
+        }
+        let halted = a.halt_at == Some(step);
+        if halted {
+            STOP.store(true, Ordering::SeqCst);
+        }
+        let stopping = STOP.load(Ordering::SeqCst);
+        if step % tcfg.eval_every == 0 || step == tcfg.steps {
+            let (val, n) = train::evaluate(model.as_ref(), be.as_mut(), &ds.val);
+            meta.val_loss = Some(val);
+            metrics.write(&json!({ "step": step, "val_loss": val, "val_tokens": n, "elapsed_s": elapsed0 + t_start.elapsed().as_secs_f64() }))?;
+            pb.println(format!(
+                "step {step:>6}/{} | train {:.4} | val {val:.4} (ppl {:.2}) | grad norm {:.3} | lr {:.2e} | {:.1}k tok/s | {}",
+                tcfg.steps,
+                st.loss,
+                val.exp(),
+                st.grad_norm,
+                st.lr,
+                tokens_per_step * (step - start_step) as f64 / train_secs / 1e3,
+                hms(elapsed0 + t_start.elapsed().as_secs_f64())
+            ));
+        }
+        if step % tcfg.eval_every == 0 || step == tcfg.steps || stopping {
+            meta.step = step;
+            meta.elapsed_s = elapsed0 + t_start.elapsed().as_secs_f64();
+            run_files::save(&run_dir, &meta, model.as_ref(), be.as_ref())?;
+        }
+        if stopping {
+            pb.abandon();
+            eprintln!("stopped after step {step}: checkpoint saved. Continue with: robo-poet train --resume {}", run_dir.display());
+            return Ok(());
+        }
+    }
+    pb.finish_and_clear();
+    let val = meta.val_loss.unwrap_or(f64::NAN);
+    println!(
+        "done: {} steps, val loss {val:.4} (perplexity {:.2}), {:.1}k tokens/s, {}",
+        tcfg.steps,
+        val.exp(),
+        tokens_per_step * (tcfg.steps - start_step) as f64 / train_secs.max(1e-9) / 1e3,
+        hms(meta.elapsed_s)
+    );
+    println!("run saved in {}; generate with: robo-poet generate --checkpoint {} --prompt \"To be or not to be\"", run_dir.display(), run_dir.display());
+    Ok(())
+}
+
+/// Checks that a resume target holds a checkpoint compatible with the flags given.
+fn resume_checks(dir: &Path, a: &TrainArgs) -> Result<RunMeta> {
+    let m = run_files::load_meta(dir)?;
+    let kind = m.model.kind();
+    if let Some(want) = a.model.filter(|&k| k != kind) {
+        bail!("{} holds a {kind} model, not {want}; drop --model or pass --model {kind}", dir.display());
+    }
+    let tok = m.tokenizer()?.kind();
+    if let Some(want) = a.tokenizer.filter(|&k| k != tok) {
+        bail!("{} was trained with the {tok} tokenizer, not {want}; drop --tokenizer", dir.display());
+    }
+    let fixed = [
+        ("--batch", a.batch.is_some()),
+        ("--seq-len", a.seq_len.is_some()),
+        ("--d-model", a.d_model.is_some()),
+        ("--layers", a.layers.is_some()),
+        ("--heads", a.heads.is_some()),
+        ("--hidden", a.hidden.is_some()),
+        ("--embed", a.embed.is_some()),
+        ("--dropout", a.dropout.is_some()),
+        ("--lr", a.lr.is_some()),
+        ("--warmup", a.warmup.is_some()),
+        ("--weight-decay", a.weight_decay.is_some()),
+        ("--clip", a.clip.is_some()),
+        ("--epochs", a.epochs.is_some()),
+        ("--text", !a.text.is_empty()),
+    ];
+    let given: Vec<&str> = fixed.iter().filter(|f| f.1).map(|f| f.0).collect();
+    if !given.is_empty() {
+        bail!("{} cannot change when resuming: the run continues with the configuration saved in {} (only --steps, --eval-every, --data and --device may be given)", given.join(", "), dir.display());
+    }
+    Ok(m)
+}
+
+fn print_header(ds: &Dataset, model: &dyn Model, be: &dyn Backend, t: &TrainConfig, sampler: &Sampler, run_dir: &PathBuf, start: u64) {
+    let table = model.table();
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    eprintln!("data:   {} | {} tokenizer, vocab {} | train {} tokens, val {} tokens", ds.source.describe(), ds.tokenizer.kind(), ds.tokenizer.vocab_size(), ds.train.len(), ds.val.len());
+    eprintln!("model:  {} | {} parameters", model.config().describe(), table.parameter_count());
+    let cats: Vec<String> = table.bytes_by_category().iter().filter(|(_, b)| *b > 0).map(|(c, b)| format!("{} {:.1}", c.label(), mib(*b))).collect();
+    eprintln!("memory: {:.1} MiB on {} ({} MiB)", mib(table.total_bytes()), be.name(), cats.join(", "));
+    eprintln!(
+        "train:  {} steps of batch {} x {} ({:.2} epochs), lr {} (warmup {}, cosine to {}x), AdamW wd {}, clip {}, eval every {}, seed {}",
+        t.steps,
+        t.batch,
+        model.batch_shape().1,
+        t.steps as f64 / sampler.steps_per_epoch() as f64,
+        t.lr,
+        t.warmup,
+        t.min_lr_ratio,
+        t.adamw.weight_decay,
+        t.clip,
+        t.eval_every,
+        t.seed
+    );
+    let _ = Category::Parameter;
+    if start > 0 {
+        eprintln!("resume: from step {start} in {}", run_dir.display());
+    } else {
+        eprintln!("run:    {}", run_dir.display());
+    }
+}
+
+pub fn hms(secs: f64) -> String {
+    let s = secs.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m{:02}s", s / 3600, s % 3600 / 60, s % 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}

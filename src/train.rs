@@ -1,0 +1,117 @@
+//! The training loop: one step = forward, backward, global gradient norm, clipping, AdamW with
+//! warmup + cosine decay. Evaluation covers the whole validation split.
+
+use crate::backend::Backend;
+use crate::model::{scored, DropoutCtx, Model};
+use crate::ops::adamw::{clip_scale, AdamWConfig};
+use crate::ops::IGNORE;
+use crate::sampler::eval_windows;
+use crate::tensor::{Category, TensorId};
+use serde::{Deserialize, Serialize};
+
+/// Optimisation settings (saved in checkpoints; resuming uses the saved values).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub batch: usize,
+    /// Total optimizer steps of the run.
+    pub steps: u64,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// The cosine decay ends at lr · min_lr_ratio.
+    pub min_lr_ratio: f32,
+    /// Linear warmup steps.
+    pub warmup: u64,
+    pub adamw: AdamWConfig,
+    /// Global gradient-norm clipping threshold (0 = off).
+    pub clip: f32,
+    /// Evaluate (and checkpoint) every this many steps, and at the end.
+    pub eval_every: u64,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Learning rate at 1-based `step`: linear warmup to `lr`, then cosine down to lr·min_lr_ratio.
+    pub fn lr_at(&self, step: u64) -> f32 {
+        let lr = self.lr as f64;
+        if step <= self.warmup {
+            return (lr * step as f64 / self.warmup.max(1) as f64) as f32;
+        }
+        let span = self.steps.saturating_sub(self.warmup).max(1) as f64;
+        let progress = ((step - self.warmup) as f64 / span).min(1.0);
+        let min = lr * self.min_lr_ratio as f64;
+        (min + 0.5 * (lr - min) * (1.0 + (std::f64::consts::PI * progress).cos())) as f32
+    }
+}
+
+/// What one training step measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f32,
+}
+
+/// Ids of all parameter gradients, in parameter order.
+pub fn grad_ids(model: &dyn Model) -> Vec<TensorId> {
+    model.params().iter().map(|p| p.ids.grad).collect()
+}
+
+/// One optimizer step at 1-based `step` on a batch (B, T). Returns the loss before the update.
+/// A non-finite loss or gradient norm is returned as is and the parameters are NOT updated.
+pub fn train_step(model: &dyn Model, be: &mut dyn Backend, cfg: &TrainConfig, step: u64, inputs: &[u32], targets: &[u32]) -> StepStats {
+    model.set_batch(be, inputs, targets);
+    let d = Some(DropoutCtx { seed: cfg.seed, step });
+    model.forward(be, d);
+    let (sum, n) = be.loss_sum(model.losses(), model.targets());
+    let loss = sum / n.max(1) as f64;
+    be.zero_category(Category::Gradient);
+    be.zero_category(Category::Workspace);
+    model.backward(be, 1.0 / scored(targets).max(1) as f32, d);
+    let grad_norm = be.sum_squares(&grad_ids(model)).iter().sum::<f64>().sqrt();
+    let lr = cfg.lr_at(step);
+    if loss.is_finite() && grad_norm.is_finite() {
+        let scale = clip_scale(grad_norm, cfg.clip);
+        for p in model.params() {
+            be.adamw_update(p.ids, &cfg.adamw, lr, step, scale);
+        }
+    }
+    StepStats { loss, grad_norm, lr }
+}
+
+/// Mean loss over every target of `tokens` (no dropout), batching windows B at a time.
+pub fn evaluate(model: &dyn Model, be: &mut dyn Backend, tokens: &[u32]) -> (f64, usize) {
+    let (b, t) = model.batch_shape();
+    let windows = eval_windows(tokens, t);
+    let (mut sum, mut count) = (0.0f64, 0usize);
+    for chunk in windows.chunks(b) {
+        let mut inputs = Vec::with_capacity(b * t);
+        let mut targets = Vec::with_capacity(b * t);
+        for (i, tg) in chunk {
+            inputs.extend_from_slice(i);
+            targets.extend_from_slice(tg);
+        }
+        inputs.resize(b * t, 0);
+        targets.resize(b * t, IGNORE);
+        model.set_batch(be, &inputs, &targets);
+        model.forward(be, None);
+        let (s, n) = be.loss_sum(model.losses(), model.targets());
+        sum += s;
+        count += n;
+    }
+    (sum / count.max(1) as f64, count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_the_floor() {
+        let cfg = TrainConfig { batch: 1, steps: 110, lr: 1e-3, min_lr_ratio: 0.1, warmup: 10, adamw: AdamWConfig::default(), clip: 1.0, eval_every: 10, seed: 0 };
+        assert!((cfg.lr_at(1) - 1e-4).abs() < 1e-9);
+        assert!((cfg.lr_at(10) - 1e-3).abs() < 1e-9);
+        assert!((cfg.lr_at(60) - 0.55e-3).abs() < 1e-8, "{}", cfg.lr_at(60));
+        assert!((cfg.lr_at(110) - 1e-4).abs() < 1e-9);
+        assert!(cfg.lr_at(30) > cfg.lr_at(31));
+    }
+}
