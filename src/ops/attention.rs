@@ -201,6 +201,15 @@ pub fn attention_values_backward(dweights: &mut [f32], dv: &mut [f32], dout: &[f
 // ----------------------------------------------------------------------------------------------
 // Composite forward / backward used for training
 
+/// The dropout mask of one (T, T) head, generated only on and below the diagonal (above it the
+/// probabilities are 0, so the mask there does not matter and is set to 0).
+fn causal_mask(key: DropoutKey, first: u64, t: usize, mask: &mut [f32]) {
+    for (i, row) in mask.chunks_exact_mut(t).enumerate() {
+        key.fill_mask(first + (i * t) as u64, &mut row[..=i]);
+        row[i + 1..].fill(0.0);
+    }
+}
+
 /// out (B,T,C), probs (B,NH,T,T) saved = causal softmax(q kᵀ · scale); out = dropout(probs) · v.
 pub fn attention_forward(out: &mut [f32], probs: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: AttnShape, dropout: Option<DropoutKey>) {
     let op = "attention_forward";
@@ -225,7 +234,7 @@ pub fn attention_forward(out: &mut [f32], probs: &mut [f32], q: &[f32], k: &[f32
                 }
                 let weights: &[f32] = match dropout {
                     Some(key) => {
-                        key.fill_mask(((b * nh + h) * t * t) as u64, &mut scratch);
+                        causal_mask(key, ((b * nh + h) * t * t) as u64, t, &mut scratch);
                         for (m, &x) in scratch.iter_mut().zip(p.iter()) {
                             *m *= x;
                         }
@@ -273,7 +282,7 @@ pub fn attention_backward(
                 let p = &probs_b[h * t * t..(h + 1) * t * t];
                 let w: &[f32] = match dropout {
                     Some(key) => {
-                        key.fill_mask(((b * nh + h) * t * t) as u64, &mut mask);
+                        causal_mask(key, ((b * nh + h) * t * t) as u64, t, &mut mask);
                         for ((wv, &m), &x) in weights.iter_mut().zip(&mask).zip(p) {
                             *wv = m * x;
                         }

@@ -7,7 +7,7 @@
 //! `lstm_cell_forward` / `lstm_cell_backward` are the pointwise cell (one CUDA kernel each); the
 //! layer functions add the gate GEMMs and backpropagation through time.
 
-use super::check_len;
+use super::{check_len, tanh_fast};
 use super::gemm::{sgemm, Mat, MatMut};
 use super::matmul::column_sums_into;
 use rayon::prelude::*;
@@ -32,7 +32,7 @@ pub fn lstm_cell_forward(gates: &mut [f32], c_prev: Option<&[f32]>, c: &mut [f32
         for j in 0..hid {
             let ig = sigmoid(g[j]);
             let fg = sigmoid(g[hid + j]);
-            let gg = g[2 * hid + j].tanh();
+            let gg = tanh_fast(g[2 * hid + j]);
             let og = sigmoid(g[3 * hid + j]);
             g[j] = ig;
             g[hid + j] = fg;
@@ -41,7 +41,7 @@ pub fn lstm_cell_forward(gates: &mut [f32], c_prev: Option<&[f32]>, c: &mut [f32
             let cp = c_prev.map_or(0.0, |cp| cp[n * hid + j]);
             let cv = fg * cp + ig * gg;
             c[n * hid + j] = cv;
-            h[n * hid + j] = og * cv.tanh();
+            h[n * hid + j] = og * tanh_fast(cv);
         }
     }
 }
@@ -62,7 +62,7 @@ pub fn lstm_cell_backward(dgates: &mut [f32], dc: &mut [f32], dh: &[f32], gates:
         let dg = &mut dgates[n * 4 * hid..(n + 1) * 4 * hid];
         for j in 0..hid {
             let (ig, fg, gg, og) = (g[j], g[hid + j], g[2 * hid + j], g[3 * hid + j]);
-            let tc = c[n * hid + j].tanh();
+            let tc = tanh_fast(c[n * hid + j]);
             let d_h = dh[n * hid + j];
             let d_c = dc[n * hid + j] + d_h * og * (1.0 - tc * tc);
             let cp = c_prev.map_or(0.0, |cp| cp[n * hid + j]);

@@ -39,6 +39,13 @@ pub fn check_len(op: &str, arg: &str, len: usize, shape: &[usize]) {
     }
 }
 
+/// tanh through one exp: 1 − 2 / (e^{2u} + 1). Saturates cleanly (e^{2u} = inf gives 1, 0 gives
+/// −1) and is 3-4x faster than libm's tanhf, which dominated GELU's and the LSTM cell's cost. Absolute error ~1e-7.
+#[inline]
+pub fn tanh_fast(u: f32) -> f32 {
+    1.0 - 2.0 / ((2.0 * u).exp() + 1.0)
+}
+
 /// Rows per rayon task for row-parallel loops: enough work per task to amortise scheduling.
 pub(crate) fn rows_per_task(rows: usize, row_cost: usize) -> usize {
     let min_work = 16 * 1024;

@@ -1,6 +1,6 @@
 //! Layernorm, GELU and the residual add.
 
-use super::{check_len, rows_per_task};
+use super::{check_len, rows_per_task, tanh_fast};
 use rayon::prelude::*;
 
 pub const LAYERNORM_EPS: f32 = 1e-5;
@@ -119,14 +119,14 @@ const GELU_K: f32 = 0.797_884_6; // sqrt(2/pi)
 /// GELU, tanh approximation (GPT-2's): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x³))).
 #[inline]
 pub fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + (GELU_K * (x + 0.044715 * x * x * x)).tanh())
+    0.5 * x * (1.0 + tanh_fast(GELU_K * (x + 0.044715 * x * x * x)))
 }
 
 /// d gelu(x) / dx.
 #[inline]
 pub fn gelu_grad(x: f32) -> f32 {
     let u = GELU_K * (x + 0.044715 * x * x * x);
-    let t = u.tanh();
+    let t = tanh_fast(u);
     let du = GELU_K * (1.0 + 3.0 * 0.044715 * x * x);
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
 }
