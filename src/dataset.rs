@@ -51,7 +51,12 @@ pub struct DataRequest<'a> {
 pub fn locate(req: &DataRequest) -> Result<(DataSource, Corpus)> {
     if !req.text_files.is_empty() {
         let corpus = corpus::load_text_files(req.text_files)?;
-        return Ok((DataSource::Text { files: req.text_files.to_vec() }, corpus));
+        return Ok((
+            DataSource::Text {
+                files: req.text_files.to_vec(),
+            },
+            corpus,
+        ));
     }
     if let Some(dir) = corpus::find_corpus_dir(req.data_dir) {
         let corpus = corpus::load_books(&dir)?;
@@ -61,8 +66,13 @@ pub fn locate(req: &DataRequest) -> Result<(DataSource, Corpus)> {
     if req.allow_download && req.data_dir.is_none() {
         let dest = PathBuf::from("data");
         let base = download::gutenberg_base_url();
-        eprintln!("The corpus is not in {}; downloading the two books from {base} into {}/ ...", list(&searched), dest.display());
-        download::download_books(&dest, &base, req.show_progress).with_context(|| corpus::missing_corpus_message(&searched))?;
+        eprintln!(
+            "The corpus is not in {}; downloading the two books from {base} into {}/ ...",
+            list(&searched),
+            dest.display()
+        );
+        download::download_books(&dest, &base, req.show_progress)
+            .with_context(|| corpus::missing_corpus_message(&searched))?;
         let corpus = corpus::load_books(&dest)?;
         return Ok((DataSource::Books { dir: dest }, corpus));
     }
@@ -70,20 +80,39 @@ pub fn locate(req: &DataRequest) -> Result<(DataSource, Corpus)> {
 }
 
 fn list(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Loads a recorded data source again (eval, resume); `data_dir` overrides a books folder.
 pub fn reload(source: &DataSource, data_dir: Option<&Path>) -> Result<(DataSource, Corpus)> {
     match (source, data_dir) {
         (DataSource::Text { files }, _) => Ok((source.clone(), corpus::load_text_files(files)?)),
-        (DataSource::Books { .. }, Some(_)) => locate(&DataRequest { text_files: &[], data_dir, allow_download: false, show_progress: false }),
+        (DataSource::Books { .. }, Some(_)) => locate(&DataRequest {
+            text_files: &[],
+            data_dir,
+            allow_download: false,
+            show_progress: false,
+        }),
         (DataSource::Books { dir }, None) => {
             if corpus::find_corpus_dir(Some(dir)).is_some() {
                 Ok((source.clone(), corpus::load_books(dir)?))
             } else {
-                locate(&DataRequest { text_files: &[], data_dir: None, allow_download: false, show_progress: false })
-                    .with_context(|| format!("the corpus this run was trained on ({}) is gone; pass --data DIR", dir.display()))
+                locate(&DataRequest {
+                    text_files: &[],
+                    data_dir: None,
+                    allow_download: false,
+                    show_progress: false,
+                })
+                .with_context(|| {
+                    format!(
+                        "the corpus this run was trained on ({}) is gone; pass --data DIR",
+                        dir.display()
+                    )
+                })
             }
         }
     }
@@ -91,7 +120,13 @@ pub fn reload(source: &DataSource, data_dir: Option<&Path>) -> Result<(DataSourc
 
 /// Splits the corpus (interleaved 1 KiB blocks, every 10th to validation), fits a tokenizer on
 /// the training split unless one is given (from a checkpoint), and encodes both splits.
-pub fn tokenize(source: DataSource, corpus: &Corpus, kind: TokenizerKind, min_count: usize, existing: Option<Tokenizer>) -> Result<Dataset> {
+pub fn tokenize(
+    source: DataSource,
+    corpus: &Corpus,
+    kind: TokenizerKind,
+    min_count: usize,
+    existing: Option<Tokenizer>,
+) -> Result<Dataset> {
     let sp = split::split_corpus(corpus, BLOCK_BYTES, VAL_EVERY);
     let train_texts: Vec<&str> = sp.train.iter().map(|s| s.as_str()).collect();
     let all_texts: Vec<&str> = corpus.documents.iter().map(|d| d.text.as_str()).collect();
@@ -104,7 +139,12 @@ pub fn tokenize(source: DataSource, corpus: &Corpus, kind: TokenizerKind, min_co
         for t in texts.iter().filter(|t| !t.is_empty()) {
             match tokenizer.kind() {
                 // A char vocabulary from another corpus may lack some characters: say which.
-                TokenizerKind::Char => out.extend(tokenizer.encode_prompt(t).context("the text does not fit this checkpoint's character vocabulary")?.0),
+                TokenizerKind::Char => out.extend(
+                    tokenizer
+                        .encode_prompt(t)
+                        .context("the text does not fit this checkpoint's character vocabulary")?
+                        .0,
+                ),
                 TokenizerKind::Word => out.extend(tokenizer.encode(t)),
             }
         }
@@ -115,5 +155,10 @@ pub fn tokenize(source: DataSource, corpus: &Corpus, kind: TokenizerKind, min_co
     if val.len() < 2 {
         bail!("the validation split of {} is empty: the text is too short (each 10th ~1 KiB block goes to validation; give at least ~10 KiB of text)", source.describe());
     }
-    Ok(Dataset { source, tokenizer, train, val })
+    Ok(Dataset {
+        source,
+        tokenizer,
+        train,
+        val,
+    })
 }

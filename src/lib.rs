@@ -1,14 +1,14 @@
 //! robo-poet: attention vs LSTM language models on Alice + Hamlet. See README.md.
 
+pub mod backend;
 pub mod checkpoint;
+pub mod cli;
 pub mod data;
+pub mod dataset;
+pub mod model;
 pub mod ops;
 pub mod philox;
 pub mod rng;
-pub mod tensor;
-pub mod backend;
-pub mod model;
-pub mod dataset;
 pub mod sampler;
+pub mod tensor;
 pub mod train;
-pub mod cli;

@@ -115,7 +115,12 @@ mod tests {
 
     #[test]
     fn mask_matches_keep_and_rate() {
-        let key = DropoutKey { p: 0.25, seed: 1234, step: 7, tensor: 3 };
+        let key = DropoutKey {
+            p: 0.25,
+            seed: 1234,
+            step: 7,
+            tensor: 3,
+        };
         let n = 40_001;
         let mut m = vec![0.0; n];
         key.fill_mask(5, &mut m);

@@ -27,7 +27,14 @@ impl Sampler {
                 "the training split has {n_tokens} tokens: too few for one batch of {b} windows of {t}+1 tokens; lower --batch or --seq-len, or train on more text"
             );
         }
-        Ok(Sampler { seed, b, t, n_tokens, windows_per_epoch: windows, cached: None })
+        Ok(Sampler {
+            seed,
+            b,
+            t,
+            n_tokens,
+            windows_per_epoch: windows,
+            cached: None,
+        })
     }
 
     /// Optimizer steps in one epoch (windows that do not fill a batch are left for later epochs).
@@ -71,7 +78,11 @@ pub fn eval_windows(tokens: &[u32], t: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
     let mut out = vec![];
     let mut covered = 0; // targets tokens[1..=covered] are scored
     while covered < n_targets {
-        let start = if covered + t <= n_targets { covered } else { n_targets.saturating_sub(t) };
+        let start = if covered + t <= n_targets {
+            covered
+        } else {
+            n_targets.saturating_sub(t)
+        };
         let mut inp = vec![0u32; t];
         let mut tgt = vec![IGNORE; t];
         for i in 0..t {
@@ -102,14 +113,30 @@ mod tests {
         let (i, t) = s.batch(3, &tokens);
         for w in 0..4 {
             for k in 0..10 {
-                assert_eq!(t[w * 10 + k], i[w * 10 + k] + 1, "targets are inputs shifted by one");
+                assert_eq!(
+                    t[w * 10 + k],
+                    i[w * 10 + k] + 1,
+                    "targets are inputs shifted by one"
+                );
             }
-            assert_eq!((i[w * 10] as usize) % 10, (i[0] as usize) % 10, "one phase per epoch");
+            assert_eq!(
+                (i[w * 10] as usize) % 10,
+                (i[0] as usize) % 10,
+                "one phase per epoch"
+            );
         }
         let mut s2 = Sampler::new(7, tokens.len(), 4, 10).unwrap();
         assert_eq!(s2.batch(3, &tokens), (i.clone(), t));
         // Within an epoch no window repeats.
-        let mut starts: Vec<u32> = (0..s.steps_per_epoch()).flat_map(|st| s.batch(st, &tokens).0.chunks(10).map(|c| c[0]).collect::<Vec<_>>()).collect();
+        let mut starts: Vec<u32> = (0..s.steps_per_epoch())
+            .flat_map(|st| {
+                s.batch(st, &tokens)
+                    .0
+                    .chunks(10)
+                    .map(|c| c[0])
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let n = starts.len();
         starts.sort();
         starts.dedup();

@@ -133,7 +133,12 @@ impl TensorTable {
     }
 
     /// Adds an f32 tensor.
-    pub fn add(&mut self, name: impl Into<String>, category: Category, shape: &[usize]) -> TensorId {
+    pub fn add(
+        &mut self,
+        name: impl Into<String>,
+        category: Category,
+        shape: &[usize],
+    ) -> TensorId {
         self.push(TensorSpec {
             name: name.into(),
             category,
@@ -144,7 +149,12 @@ impl TensorTable {
     }
 
     /// Adds a u32 tensor (token ids, targets).
-    pub fn add_u32(&mut self, name: impl Into<String>, category: Category, shape: &[usize]) -> TensorId {
+    pub fn add_u32(
+        &mut self,
+        name: impl Into<String>,
+        category: Category,
+        shape: &[usize],
+    ) -> TensorId {
         self.push(TensorSpec {
             name: name.into(),
             category,
@@ -192,7 +202,10 @@ impl TensorTable {
         self.specs.is_empty()
     }
     pub fn iter(&self) -> impl Iterator<Item = (TensorId, &TensorSpec)> {
-        self.specs.iter().enumerate().map(|(i, s)| (TensorId(i as u32), s))
+        self.specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (TensorId(i as u32), s))
     }
 
     /// Exact bytes per category, in `Category::ALL` order.
@@ -200,7 +213,12 @@ impl TensorTable {
         Category::ALL
             .iter()
             .map(|&c| {
-                let b = self.specs.iter().filter(|s| s.category == c).map(|s| s.bytes()).sum();
+                let b = self
+                    .specs
+                    .iter()
+                    .filter(|s| s.category == c)
+                    .map(|s| s.bytes())
+                    .sum();
                 (c, b)
             })
             .collect()

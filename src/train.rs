@@ -58,9 +58,19 @@ pub fn grad_ids(model: &dyn Model) -> Vec<TensorId> {
 
 /// One optimizer step at 1-based `step` on a batch (B, T). Returns the loss before the update.
 /// A non-finite loss or gradient norm is returned as is and the parameters are NOT updated.
-pub fn train_step(model: &dyn Model, be: &mut dyn Backend, cfg: &TrainConfig, step: u64, inputs: &[u32], targets: &[u32]) -> StepStats {
+pub fn train_step(
+    model: &dyn Model,
+    be: &mut dyn Backend,
+    cfg: &TrainConfig,
+    step: u64,
+    inputs: &[u32],
+    targets: &[u32],
+) -> StepStats {
     model.set_batch(be, inputs, targets);
-    let d = Some(DropoutCtx { seed: cfg.seed, step });
+    let d = Some(DropoutCtx {
+        seed: cfg.seed,
+        step,
+    });
     model.forward(be, d);
     let (sum, n) = be.loss_sum(model.losses(), model.targets());
     let loss = sum / n.max(1) as f64;
@@ -75,7 +85,11 @@ pub fn train_step(model: &dyn Model, be: &mut dyn Backend, cfg: &TrainConfig, st
             be.adamw_update(p.ids, &cfg.adamw, lr, step, scale);
         }
     }
-    StepStats { loss, grad_norm, lr }
+    StepStats {
+        loss,
+        grad_norm,
+        lr,
+    }
 }
 
 /// Mean loss over every target of `tokens` (no dropout), batching windows B at a time.
@@ -107,7 +121,17 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays_to_the_floor() {
-        let cfg = TrainConfig { batch: 1, steps: 110, lr: 1e-3, min_lr_ratio: 0.1, warmup: 10, adamw: AdamWConfig::default(), clip: 1.0, eval_every: 10, seed: 0 };
+        let cfg = TrainConfig {
+            batch: 1,
+            steps: 110,
+            lr: 1e-3,
+            min_lr_ratio: 0.1,
+            warmup: 10,
+            adamw: AdamWConfig::default(),
+            clip: 1.0,
+            eval_every: 10,
+            seed: 0,
+        };
         assert!((cfg.lr_at(1) - 1e-4).abs() < 1e-9);
         assert!((cfg.lr_at(10) - 1e-3).abs() < 1e-9);
         assert!((cfg.lr_at(60) - 0.55e-3).abs() < 1e-8, "{}", cfg.lr_at(60));

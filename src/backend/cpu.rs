@@ -47,7 +47,10 @@ impl CpuBackend {
     fn take(&mut self, id: TensorId) -> Vec<f32> {
         match &mut self.bufs[id.index()] {
             Buf::F32(v) => std::mem::take(v),
-            Buf::U32(_) => panic!("{} is a u32 tensor, used as f32 output", self.table.name(id)),
+            Buf::U32(_) => panic!(
+                "{} is a u32 tensor, used as f32 output",
+                self.table.name(id)
+            ),
         }
     }
 
@@ -67,7 +70,12 @@ impl Backend for CpuBackend {
 
     fn write(&mut self, id: TensorId, data: &[f32]) {
         let n = self.table.numel(id);
-        assert!(data.len() == n, "write: {} has {n} elements, got {}", self.table.name(id), data.len());
+        assert!(
+            data.len() == n,
+            "write: {} has {n} elements, got {}",
+            self.table.name(id),
+            data.len()
+        );
         let mut v = self.take(id);
         v.copy_from_slice(data);
         self.put(id, v);
@@ -79,7 +87,12 @@ impl Backend for CpuBackend {
 
     fn write_u32(&mut self, id: TensorId, data: &[u32]) {
         let n = self.table.numel(id);
-        assert!(data.len() == n, "write_u32: {} has {n} elements, got {}", self.table.name(id), data.len());
+        assert!(
+            data.len() == n,
+            "write_u32: {} has {n} elements, got {}",
+            self.table.name(id),
+            data.len()
+        );
         match &mut self.bufs[id.index()] {
             Buf::U32(v) => v.copy_from_slice(data),
             Buf::F32(_) => panic!("{} is an f32 tensor, written as u32", self.table.name(id)),
@@ -97,7 +110,13 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn embedding_forward(&mut self, out: TensorId, tokens: TensorId, wte: TensorId, wpe: Option<TensorId>) {
+    fn embedding_forward(
+        &mut self,
+        out: TensorId,
+        tokens: TensorId,
+        wte: TensorId,
+        wpe: Option<TensorId>,
+    ) {
         let op = "embedding_forward";
         let t = &self.table;
         expect_dtype(t, op, "tokens", tokens, DType::U32);
@@ -106,14 +125,34 @@ impl Backend for CpuBackend {
         expect(t, op, "out", out, &[ts[0], ts[1], c]);
         if let Some(p) = wpe {
             let ps = t.shape(p);
-            assert!(ps.len() == 2 && ps[0] >= ts[1] && ps[1] == c, "shape mismatch in {op}: wpe ({}) expected at least [{}, {c}], got {}", t.name(p), ts[1], crate::tensor::Shape(ps));
+            assert!(
+                ps.len() == 2 && ps[0] >= ts[1] && ps[1] == c,
+                "shape mismatch in {op}: wpe ({}) expected at least [{}, {c}], got {}",
+                t.name(p),
+                ts[1],
+                crate::tensor::Shape(ps)
+            );
         }
         let mut o = self.take(out);
-        ops::embedding::embedding_forward(&mut o, self.u(tokens), self.f(wte), wpe.map(|p| self.f(p)), ts[0], ts[1], c);
+        ops::embedding::embedding_forward(
+            &mut o,
+            self.u(tokens),
+            self.f(wte),
+            wpe.map(|p| self.f(p)),
+            ts[0],
+            ts[1],
+            c,
+        );
         self.put(out, o);
     }
 
-    fn embedding_backward(&mut self, dwte: TensorId, dwpe: Option<TensorId>, dout: TensorId, tokens: TensorId) {
+    fn embedding_backward(
+        &mut self,
+        dwte: TensorId,
+        dwpe: Option<TensorId>,
+        dout: TensorId,
+        tokens: TensorId,
+    ) {
         let op = "embedding_backward";
         let t = &self.table;
         let ts = t.shape(tokens).to_vec();
@@ -121,21 +160,51 @@ impl Backend for CpuBackend {
         expect(t, op, "dout", dout, &[ts[0], ts[1], c]);
         let mut dw = self.take(dwte);
         let mut dp = dwpe.map(|p| self.take(p));
-        ops::embedding::embedding_backward(&mut dw, dp.as_deref_mut(), self.f(dout), self.u(tokens), ts[0], ts[1], c);
+        ops::embedding::embedding_backward(
+            &mut dw,
+            dp.as_deref_mut(),
+            self.f(dout),
+            self.u(tokens),
+            ts[0],
+            ts[1],
+            c,
+        );
         self.put(dwte, dw);
         if let (Some(p), Some(v)) = (dwpe, dp) {
             self.put(p, v);
         }
     }
 
-    fn matmul_forward(&mut self, out: TensorId, inp: TensorId, weight: TensorId, bias: Option<TensorId>) {
+    fn matmul_forward(
+        &mut self,
+        out: TensorId,
+        inp: TensorId,
+        weight: TensorId,
+        bias: Option<TensorId>,
+    ) {
         let (n, ic, oc) = shapes::linear(&self.table, "matmul_forward", out, inp, weight, bias);
         let mut o = self.take(out);
-        ops::matmul::matmul_forward(&mut o, self.f(inp), self.f(weight), bias.map(|b| self.f(b)), n, ic, oc);
+        ops::matmul::matmul_forward(
+            &mut o,
+            self.f(inp),
+            self.f(weight),
+            bias.map(|b| self.f(b)),
+            n,
+            ic,
+            oc,
+        );
         self.put(out, o);
     }
 
-    fn matmul_backward(&mut self, dinp: Option<TensorId>, dweight: TensorId, dbias: Option<TensorId>, dout: TensorId, inp: TensorId, weight: TensorId) {
+    fn matmul_backward(
+        &mut self,
+        dinp: Option<TensorId>,
+        dweight: TensorId,
+        dbias: Option<TensorId>,
+        dout: TensorId,
+        inp: TensorId,
+        weight: TensorId,
+    ) {
         let op = "matmul_backward";
         let (n, ic, oc) = shapes::linear(&self.table, op, dout, inp, weight, dbias);
         expect(&self.table, op, "dweight", dweight, &[oc, ic]);
@@ -146,7 +215,17 @@ impl Backend for CpuBackend {
         let mut di = dinp.map(|d| self.take(d));
         let mut dw = self.take(dweight);
         let mut db = dbias.map(|d| self.take(d));
-        ops::matmul::matmul_backward(di.as_deref_mut(), &mut dw, db.as_deref_mut(), self.f(dout), self.f(inp), self.f(weight), n, ic, oc);
+        ops::matmul::matmul_backward(
+            di.as_deref_mut(),
+            &mut dw,
+            db.as_deref_mut(),
+            self.f(dout),
+            self.f(inp),
+            self.f(weight),
+            n,
+            ic,
+            oc,
+        );
         if let (Some(id), Some(v)) = (dinp, di) {
             self.put(id, v);
         }
@@ -156,20 +235,47 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn layernorm_forward(&mut self, out: TensorId, mean: TensorId, rstd: TensorId, inp: TensorId, weight: TensorId, bias: TensorId) {
+    fn layernorm_forward(
+        &mut self,
+        out: TensorId,
+        mean: TensorId,
+        rstd: TensorId,
+        inp: TensorId,
+        weight: TensorId,
+        bias: TensorId,
+    ) {
         let op = "layernorm_forward";
         let (n, c) = shapes::same(&self.table, op, inp, &[("out", out)]);
         shapes::row_stats(&self.table, op, inp, &[("mean", mean), ("rstd", rstd)]);
         expect(&self.table, op, "weight", weight, &[c]);
         expect(&self.table, op, "bias", bias, &[c]);
         let (mut o, mut m, mut r) = (self.take(out), self.take(mean), self.take(rstd));
-        ops::norm::layernorm_forward(&mut o, &mut m, &mut r, self.f(inp), self.f(weight), self.f(bias), n, c);
+        ops::norm::layernorm_forward(
+            &mut o,
+            &mut m,
+            &mut r,
+            self.f(inp),
+            self.f(weight),
+            self.f(bias),
+            n,
+            c,
+        );
         self.put(out, o);
         self.put(mean, m);
         self.put(rstd, r);
     }
 
-    fn layernorm_backward(&mut self, dinp: TensorId, dweight: TensorId, dbias: TensorId, dout: TensorId, inp: TensorId, weight: TensorId, mean: TensorId, rstd: TensorId) {
+    fn layernorm_backward(
+        &mut self,
+        dinp: TensorId,
+        dweight: TensorId,
+        dbias: TensorId,
+        dout: TensorId,
+        inp: TensorId,
+        weight: TensorId,
+        mean: TensorId,
+        rstd: TensorId,
+    ) {
         let op = "layernorm_backward";
         let (n, c) = shapes::same(&self.table, op, inp, &[("dinp", dinp), ("dout", dout)]);
         shapes::row_stats(&self.table, op, inp, &[("mean", mean), ("rstd", rstd)]);
@@ -177,7 +283,18 @@ impl Backend for CpuBackend {
             expect(&self.table, op, arg, id, &[c]);
         }
         let (mut di, mut dw, mut db) = (self.take(dinp), self.take(dweight), self.take(dbias));
-        ops::norm::layernorm_backward(&mut di, &mut dw, &mut db, self.f(dout), self.f(inp), self.f(weight), self.f(mean), self.f(rstd), n, c);
+        ops::norm::layernorm_backward(
+            &mut di,
+            &mut dw,
+            &mut db,
+            self.f(dout),
+            self.f(inp),
+            self.f(weight),
+            self.f(mean),
+            self.f(rstd),
+            n,
+            c,
+        );
         self.put(dinp, di);
         self.put(dweight, dw);
         self.put(dbias, db);
@@ -191,7 +308,12 @@ impl Backend for CpuBackend {
     }
 
     fn gelu_backward(&mut self, dinp: TensorId, inp: TensorId, dout: TensorId) {
-        shapes::same(&self.table, "gelu_backward", inp, &[("dinp", dinp), ("dout", dout)]);
+        shapes::same(
+            &self.table,
+            "gelu_backward",
+            inp,
+            &[("dinp", dinp), ("dout", dout)],
+        );
         let mut d = self.take(dinp);
         ops::norm::gelu_backward(&mut d, self.f(inp), self.f(dout));
         self.put(dinp, d);
@@ -211,24 +333,90 @@ impl Backend for CpuBackend {
         self.put(dst, d);
     }
 
-    fn attention_forward(&mut self, out: TensorId, probs: TensorId, q: TensorId, k: TensorId, v: TensorId, dropout: Option<DropoutKey>) {
-        let s = shapes::attention(&self.table, "attention_forward", q, probs, &[("out", out), ("k", k), ("v", v)]);
+    fn attention_forward(
+        &mut self,
+        out: TensorId,
+        probs: TensorId,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        dropout: Option<DropoutKey>,
+    ) {
+        let s = shapes::attention(
+            &self.table,
+            "attention_forward",
+            q,
+            probs,
+            &[("out", out), ("k", k), ("v", v)],
+        );
         let (mut o, mut p) = (self.take(out), self.take(probs));
-        ops::attention::attention_forward(&mut o, &mut p, self.f(q), self.f(k), self.f(v), s, dropout);
+        ops::attention::attention_forward(
+            &mut o,
+            &mut p,
+            self.f(q),
+            self.f(k),
+            self.f(v),
+            s,
+            dropout,
+        );
         self.put(out, o);
         self.put(probs, p);
     }
 
-    fn attention_backward(&mut self, dq: TensorId, dk: TensorId, dv: TensorId, dout: TensorId, q: TensorId, k: TensorId, v: TensorId, probs: TensorId, dropout: Option<DropoutKey>) {
-        let s = shapes::attention(&self.table, "attention_backward", q, probs, &[("dq", dq), ("dk", dk), ("dv", dv), ("dout", dout), ("k", k), ("v", v)]);
+    fn attention_backward(
+        &mut self,
+        dq: TensorId,
+        dk: TensorId,
+        dv: TensorId,
+        dout: TensorId,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        probs: TensorId,
+        dropout: Option<DropoutKey>,
+    ) {
+        let s = shapes::attention(
+            &self.table,
+            "attention_backward",
+            q,
+            probs,
+            &[
+                ("dq", dq),
+                ("dk", dk),
+                ("dv", dv),
+                ("dout", dout),
+                ("k", k),
+                ("v", v),
+            ],
+        );
         let (mut a, mut b, mut c) = (self.take(dq), self.take(dk), self.take(dv));
-        ops::attention::attention_backward(&mut a, &mut b, &mut c, self.f(dout), self.f(q), self.f(k), self.f(v), self.f(probs), s, dropout);
+        ops::attention::attention_backward(
+            &mut a,
+            &mut b,
+            &mut c,
+            self.f(dout),
+            self.f(q),
+            self.f(k),
+            self.f(v),
+            self.f(probs),
+            s,
+            dropout,
+        );
         self.put(dq, a);
         self.put(dk, b);
         self.put(dv, c);
     }
 
-    fn lstm_forward(&mut self, h: TensorId, c: TensorId, gates: TensorId, x: TensorId, w_ih: TensorId, w_hh: TensorId, bias: TensorId) {
+    fn lstm_forward(
+        &mut self,
+        h: TensorId,
+        c: TensorId,
+        gates: TensorId,
+        x: TensorId,
+        w_ih: TensorId,
+        w_hh: TensorId,
+        bias: TensorId,
+    ) {
         let op = "lstm_forward";
         let s = shapes::lstm(&self.table, op, x, w_ih, w_hh);
         expect(&self.table, op, "h", h, &[s.t, s.b, s.h]);
@@ -236,7 +424,16 @@ impl Backend for CpuBackend {
         expect(&self.table, op, "gates", gates, &[s.t, s.b, 4 * s.h]);
         expect(&self.table, op, "bias", bias, &[4 * s.h]);
         let (mut hh, mut cc, mut gg) = (self.take(h), self.take(c), self.take(gates));
-        ops::lstm::lstm_forward(&mut hh, &mut cc, &mut gg, self.f(x), self.f(w_ih), self.f(w_hh), self.f(bias), s);
+        ops::lstm::lstm_forward(
+            &mut hh,
+            &mut cc,
+            &mut gg,
+            self.f(x),
+            self.f(w_ih),
+            self.f(w_hh),
+            self.f(bias),
+            s,
+        );
         self.put(h, hh);
         self.put(c, cc);
         self.put(gates, gg);
@@ -272,8 +469,28 @@ impl Backend for CpuBackend {
             expect(t, op, "dx", d, &[s.t, s.b, s.e]);
         }
         let mut ddx = dx.map(|d| self.take(d));
-        let (mut a, mut b, mut cb, mut dg, mut dhh) = (self.take(dw_ih), self.take(dw_hh), self.take(dbias), self.take(dgates), self.take(dh));
-        ops::lstm::lstm_backward(ddx.as_deref_mut(), &mut a, &mut b, &mut cb, &mut dg, &mut dhh, self.f(h), self.f(c), self.f(gates), self.f(x), self.f(w_ih), self.f(w_hh), s);
+        let (mut a, mut b, mut cb, mut dg, mut dhh) = (
+            self.take(dw_ih),
+            self.take(dw_hh),
+            self.take(dbias),
+            self.take(dgates),
+            self.take(dh),
+        );
+        ops::lstm::lstm_backward(
+            ddx.as_deref_mut(),
+            &mut a,
+            &mut b,
+            &mut cb,
+            &mut dg,
+            &mut dhh,
+            self.f(h),
+            self.f(c),
+            self.f(gates),
+            self.f(x),
+            self.f(w_ih),
+            self.f(w_hh),
+            s,
+        );
         if let (Some(id), Some(v)) = (dx, ddx) {
             self.put(id, v);
         }
@@ -286,7 +503,12 @@ impl Backend for CpuBackend {
 
     fn cross_entropy_forward(&mut self, losses: TensorId, logits: TensorId, targets: TensorId) {
         let op = "cross_entropy_forward";
-        shapes::row_stats(&self.table, op, logits, &[("losses", losses), ("targets", targets)]);
+        shapes::row_stats(
+            &self.table,
+            op,
+            logits,
+            &[("losses", losses), ("targets", targets)],
+        );
         expect_dtype(&self.table, op, "targets", targets, DType::U32);
         let ls = self.table.shape(logits);
         let v = *ls.last().unwrap();
@@ -296,7 +518,13 @@ impl Backend for CpuBackend {
         self.put(losses, l);
     }
 
-    fn cross_entropy_backward(&mut self, dlogits: TensorId, logits: TensorId, targets: TensorId, scale: f32) {
+    fn cross_entropy_backward(
+        &mut self,
+        dlogits: TensorId,
+        logits: TensorId,
+        targets: TensorId,
+        scale: f32,
+    ) {
         let op = "cross_entropy_backward";
         let (n, v) = shapes::same(&self.table, op, logits, &[("dlogits", dlogits)]);
         shapes::row_stats(&self.table, op, logits, &[("targets", targets)]);
@@ -310,17 +538,36 @@ impl Backend for CpuBackend {
     }
 
     fn sum_squares(&mut self, ids: &[TensorId]) -> Vec<f64> {
-        ids.iter().map(|&id| ops::adamw::sum_squares(self.f(id))).collect()
+        ids.iter()
+            .map(|&id| ops::adamw::sum_squares(self.f(id)))
+            .collect()
     }
 
-    fn adamw_update(&mut self, p: ParamIds, cfg: &AdamWConfig, lr: f32, step: u64, grad_scale: f32) {
+    fn adamw_update(
+        &mut self,
+        p: ParamIds,
+        cfg: &AdamWConfig,
+        lr: f32,
+        step: u64,
+        grad_scale: f32,
+    ) {
         let shape = self.table.shape(p.param).to_vec();
         for (arg, id) in [("grad", p.grad), ("m", p.m), ("v", p.v)] {
             expect(&self.table, "adamw_update", arg, id, &shape);
         }
         let decay = self.table.spec(p.param).decay;
         let (mut w, mut m, mut v) = (self.take(p.param), self.take(p.m), self.take(p.v));
-        ops::adamw::adamw_update(&mut w, self.f(p.grad), &mut m, &mut v, cfg, lr, step, grad_scale, decay);
+        ops::adamw::adamw_update(
+            &mut w,
+            self.f(p.grad),
+            &mut m,
+            &mut v,
+            cfg,
+            lr,
+            step,
+            grad_scale,
+            decay,
+        );
         self.put(p.param, w);
         self.put(p.m, m);
         self.put(p.v, v);

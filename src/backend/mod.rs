@@ -28,24 +28,72 @@ pub trait Backend {
     fn zero(&mut self, id: TensorId);
     /// Zeroes every tensor of a category (gradients and workspace before a backward pass).
     fn zero_category(&mut self, category: Category) {
-        let ids: Vec<TensorId> = self.table().iter().filter(|(_, s)| s.category == category).map(|(id, _)| id).collect();
+        let ids: Vec<TensorId> = self
+            .table()
+            .iter()
+            .filter(|(_, s)| s.category == category)
+            .map(|(id, _)| id)
+            .collect();
         for id in ids {
             self.zero(id);
         }
     }
 
     /// out (B,T,C) = wte[tokens] (+ wpe[t]). tokens (B,T) u32, wte (V,C), wpe (≥T, C).
-    fn embedding_forward(&mut self, out: TensorId, tokens: TensorId, wte: TensorId, wpe: Option<TensorId>);
-    fn embedding_backward(&mut self, dwte: TensorId, dwpe: Option<TensorId>, dout: TensorId, tokens: TensorId);
+    fn embedding_forward(
+        &mut self,
+        out: TensorId,
+        tokens: TensorId,
+        wte: TensorId,
+        wpe: Option<TensorId>,
+    );
+    fn embedding_backward(
+        &mut self,
+        dwte: TensorId,
+        dwpe: Option<TensorId>,
+        dout: TensorId,
+        tokens: TensorId,
+    );
 
     /// out (…, OC) = inp (…, IC) · weight (OC, IC)ᵀ + bias (OC).
-    fn matmul_forward(&mut self, out: TensorId, inp: TensorId, weight: TensorId, bias: Option<TensorId>);
-    fn matmul_backward(&mut self, dinp: Option<TensorId>, dweight: TensorId, dbias: Option<TensorId>, dout: TensorId, inp: TensorId, weight: TensorId);
+    fn matmul_forward(
+        &mut self,
+        out: TensorId,
+        inp: TensorId,
+        weight: TensorId,
+        bias: Option<TensorId>,
+    );
+    fn matmul_backward(
+        &mut self,
+        dinp: Option<TensorId>,
+        dweight: TensorId,
+        dbias: Option<TensorId>,
+        dout: TensorId,
+        inp: TensorId,
+        weight: TensorId,
+    );
 
     /// out (…, C) = layernorm(inp) · weight + bias; saves mean (…) and rstd (…).
-    fn layernorm_forward(&mut self, out: TensorId, mean: TensorId, rstd: TensorId, inp: TensorId, weight: TensorId, bias: TensorId);
-    #[allow(clippy::too_many_arguments)]
-    fn layernorm_backward(&mut self, dinp: TensorId, dweight: TensorId, dbias: TensorId, dout: TensorId, inp: TensorId, weight: TensorId, mean: TensorId, rstd: TensorId);
+    fn layernorm_forward(
+        &mut self,
+        out: TensorId,
+        mean: TensorId,
+        rstd: TensorId,
+        inp: TensorId,
+        weight: TensorId,
+        bias: TensorId,
+    );
+    fn layernorm_backward(
+        &mut self,
+        dinp: TensorId,
+        dweight: TensorId,
+        dbias: TensorId,
+        dout: TensorId,
+        inp: TensorId,
+        weight: TensorId,
+        mean: TensorId,
+        rstd: TensorId,
+    );
 
     fn gelu_forward(&mut self, out: TensorId, inp: TensorId);
     fn gelu_backward(&mut self, dinp: TensorId, inp: TensorId, dout: TensorId);
@@ -57,15 +105,40 @@ pub trait Backend {
 
     /// Causal scaled-dot-product attention: q, k, v, out (B,T,C); probs (B,NH,T,T) saved
     /// (softmax before dropout); dropout after softmax when `dropout` is given.
-    fn attention_forward(&mut self, out: TensorId, probs: TensorId, q: TensorId, k: TensorId, v: TensorId, dropout: Option<DropoutKey>);
-    #[allow(clippy::too_many_arguments)]
-    fn attention_backward(&mut self, dq: TensorId, dk: TensorId, dv: TensorId, dout: TensorId, q: TensorId, k: TensorId, v: TensorId, probs: TensorId, dropout: Option<DropoutKey>);
+    fn attention_forward(
+        &mut self,
+        out: TensorId,
+        probs: TensorId,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        dropout: Option<DropoutKey>,
+    );
+    fn attention_backward(
+        &mut self,
+        dq: TensorId,
+        dk: TensorId,
+        dv: TensorId,
+        dout: TensorId,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        probs: TensorId,
+        dropout: Option<DropoutKey>,
+    );
 
     /// One LSTM layer over a time-major sequence: x (T,B,E) → h, c (T,B,H), gates (T,B,4H).
-    #[allow(clippy::too_many_arguments)]
-    fn lstm_forward(&mut self, h: TensorId, c: TensorId, gates: TensorId, x: TensorId, w_ih: TensorId, w_hh: TensorId, bias: TensorId);
+    fn lstm_forward(
+        &mut self,
+        h: TensorId,
+        c: TensorId,
+        gates: TensorId,
+        x: TensorId,
+        w_ih: TensorId,
+        w_hh: TensorId,
+        bias: TensorId,
+    );
     /// Backward through time; `dh` (T,B,H) is consumed, `dgates` (T,B,4H) is scratch.
-    #[allow(clippy::too_many_arguments)]
     fn lstm_backward(
         &mut self,
         dx: Option<TensorId>,
@@ -85,7 +158,13 @@ pub trait Backend {
     /// losses (…) = cross-entropy of softmax(logits (…, V)) at targets (…) (IGNORE → 0).
     fn cross_entropy_forward(&mut self, losses: TensorId, logits: TensorId, targets: TensorId);
     /// dlogits += scale · (softmax − onehot), IGNORE rows untouched.
-    fn cross_entropy_backward(&mut self, dlogits: TensorId, logits: TensorId, targets: TensorId, scale: f32);
+    fn cross_entropy_backward(
+        &mut self,
+        dlogits: TensorId,
+        logits: TensorId,
+        targets: TensorId,
+        scale: f32,
+    );
     /// (Σ loss over counted targets, count), summed in f64 on the host in index order.
     fn loss_sum(&self, losses: TensorId, targets: TensorId) -> (f64, usize);
 
@@ -96,7 +175,9 @@ pub trait Backend {
 }
 
 /// Which backend to run on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// The GPU when one works, else the CPU (with a one-line note).
@@ -106,7 +187,11 @@ pub enum DeviceChoice {
 }
 
 /// Builds the backend for a device choice and a tensor table.
-pub fn create(device: DeviceChoice, table: TensorTable, quiet: bool) -> anyhow::Result<Box<dyn Backend>> {
+pub fn create(
+    device: DeviceChoice,
+    table: TensorTable,
+    quiet: bool,
+) -> anyhow::Result<Box<dyn Backend>> {
     match device {
         DeviceChoice::Cpu => Ok(Box::new(cpu::CpuBackend::new(table))),
         DeviceChoice::Auto => {

@@ -30,8 +30,19 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             })
         );
     } else {
-        println!("{}: step {}, {}", a.checkpoint.display(), meta.step, meta.model.describe());
-        println!("val loss {loss:.4}  perplexity {:.3}  over {n} {} tokens of {} ({:.1}s)", loss.exp(), ds.tokenizer.kind(), ds.source.describe(), secs);
+        println!(
+            "{}: step {}, {}",
+            a.checkpoint.display(),
+            meta.step,
+            meta.model.describe()
+        );
+        println!(
+            "val loss {loss:.4}  perplexity {:.3}  over {n} {} tokens of {} ({:.1}s)",
+            loss.exp(),
+            ds.tokenizer.kind(),
+            ds.source.describe(),
+            secs
+        );
     }
     Ok(())
 }

@@ -10,7 +10,11 @@ use anyhow::{ensure, Result};
 use std::io::Write;
 
 pub fn run(a: &GenerateArgs) -> Result<()> {
-    ensure!(a.temperature > 0.0 && a.temperature.is_finite(), "--temperature must be > 0 (got {}); lower values give more conservative text", a.temperature);
+    ensure!(
+        a.temperature > 0.0 && a.temperature.is_finite(),
+        "--temperature must be > 0 (got {}); lower values give more conservative text",
+        a.temperature
+    );
     ensure!(a.length > 0, "--length must be at least 1 token");
     let meta = run_files::load_meta(&a.checkpoint)?;
     let tok = meta.tokenizer()?;
@@ -22,14 +26,20 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     );
     let (mut ids, unknown) = tok.encode_prompt(&a.prompt)?;
     if !unknown.is_empty() {
-        eprintln!("note: words not in the vocabulary were replaced by <unk>: {}", unknown.join(", "));
+        eprintln!(
+            "note: words not in the vocabulary were replaced by <unk>: {}",
+            unknown.join(", ")
+        );
     }
     let t = meta.model.seq_len();
     let model = model::build(&meta.model, 1);
     let mut be = backend::create(a.device, model.table().clone(), true)?;
     run_files::load_into(&a.checkpoint, model.as_ref(), be.as_mut(), false)?;
     if ids.len() > t {
-        eprintln!("note: the prompt has {} tokens; the model's context is {t}, so it sees the last {t}", ids.len());
+        eprintln!(
+            "note: the prompt has {} tokens; the model's context is {t}, so it sees the last {t}",
+            ids.len()
+        );
     }
     let v = meta.model.vocab_size();
     let mut rng = Rng::derive(a.seed, "generate");
@@ -48,7 +58,12 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         model.forward(be.as_mut(), None);
         let logits = be.read(model.logits());
         let row = model.logits_row(0, ctx.len() - 1);
-        let next = sample(&logits[row * v..(row + 1) * v], a.temperature, a.top_k, &mut rng);
+        let next = sample(
+            &logits[row * v..(row + 1) * v],
+            a.temperature,
+            a.top_k,
+            &mut rng,
+        );
         write!(out, "{}", tok.decode_piece(prev, next))?;
         out.flush()?;
         prev = Some(next);
@@ -68,8 +83,14 @@ pub fn sample(logits: &[f32], temperature: f32, top_k: usize, rng: &mut Rng) -> 
         idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
         idx.truncate(top_k);
     }
-    let max = idx.iter().map(|&i| logits[i]).fold(f32::NEG_INFINITY, f32::max);
-    let w: Vec<f64> = idx.iter().map(|&i| (((logits[i] - max) / temperature) as f64).exp()).collect();
+    let max = idx
+        .iter()
+        .map(|&i| logits[i])
+        .fold(f32::NEG_INFINITY, f32::max);
+    let w: Vec<f64> = idx
+        .iter()
+        .map(|&i| (((logits[i] - max) / temperature) as f64).exp())
+        .collect();
     let total: f64 = w.iter().sum();
     let mut u = rng.uniform() * total;
     for (k, &wi) in w.iter().enumerate() {
@@ -95,7 +116,10 @@ mod tests {
         }
         // p = (0.2, 0.6, 0, 0.2); binomial standard error ~0.002.
         assert_eq!(counts[2], 0);
-        assert!((counts[1] as f64 / 50_000.0 - 0.6).abs() < 0.01, "{counts:?}");
+        assert!(
+            (counts[1] as f64 / 50_000.0 - 0.6).abs() < 0.01,
+            "{counts:?}"
+        );
         for _ in 0..1000 {
             assert_eq!(sample(&logits, 1.0, 1, &mut rng), 1);
         }

@@ -186,7 +186,10 @@ fn parse_tokenizer(s: &str) -> Result<TokenizerKind, String> {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(n) = cli.threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .ok();
     }
     match cli.command {
         Command::Train(a) => train_cmd::run(&a),

@@ -74,7 +74,10 @@ pub fn plan(a: &TrainArgs) -> Result<Plan> {
             set(&mut c.n_heads, a.heads);
             set(&mut c.dropout, a.dropout);
             c.pos_emb |= a.pos_emb;
-            ensure!(a.hidden.is_none() && a.embed.is_none(), "--hidden and --embed are LSTM flags; the attention model's width is --d-model");
+            ensure!(
+                a.hidden.is_none() && a.embed.is_none(),
+                "--hidden and --embed are LSTM flags; the attention model's width is --d-model"
+            );
         }
         ModelConfig::Lstm(c) => {
             set(&mut c.seq_len, a.seq_len);
@@ -82,7 +85,10 @@ pub fn plan(a: &TrainArgs) -> Result<Plan> {
             set(&mut c.embed, a.embed);
             set(&mut c.n_layers, a.layers);
             ensure!(a.d_model.is_none() && a.heads.is_none(), "--d-model and --heads are attention flags; the LSTM's sizes are --hidden and --embed");
-            ensure!(a.dropout.is_none() && !a.pos_emb, "--dropout and --pos-emb apply to the attention model only");
+            ensure!(
+                a.dropout.is_none() && !a.pos_emb,
+                "--dropout and --pos-emb apply to the attention model only"
+            );
         }
     }
     set(&mut train.batch, a.batch);
@@ -99,18 +105,33 @@ pub fn plan(a: &TrainArgs) -> Result<Plan> {
     }
     ensure!(train.batch > 0, "--batch must be at least 1");
     ensure!(model.seq_len() > 0, "--seq-len must be at least 1");
-    ensure!(train.lr > 0.0 && train.lr.is_finite(), "--lr must be a positive number");
-    ensure!(train.clip >= 0.0, "--clip must be >= 0 (0 turns clipping off)");
-    ensure!(train.adamw.weight_decay >= 0.0, "--weight-decay must be >= 0");
+    ensure!(
+        train.lr > 0.0 && train.lr.is_finite(),
+        "--lr must be a positive number"
+    );
+    ensure!(
+        train.clip >= 0.0,
+        "--clip must be >= 0 (0 turns clipping off)"
+    );
+    ensure!(
+        train.adamw.weight_decay >= 0.0,
+        "--weight-decay must be >= 0"
+    );
     match length {
         Length::Steps(0) => bail!("--steps must be at least 1"),
-        Length::Epochs(e) if !(e > 0.0 && e.is_finite()) => bail!("--epochs must be a positive number"),
+        Length::Epochs(e) if !(e > 0.0 && e.is_finite()) => {
+            bail!("--epochs must be a positive number")
+        }
         _ => {}
     }
     if let Some(n) = a.eval_every {
         ensure!(n > 0, "--eval-every must be at least 1");
     }
-    Ok(Plan { model, train, length })
+    Ok(Plan {
+        model,
+        train,
+        length,
+    })
 }
 
 fn base_train(batch: usize, lr: f32, warmup: u64, weight_decay: f32, clip: f32) -> TrainConfig {
@@ -120,7 +141,10 @@ fn base_train(batch: usize, lr: f32, warmup: u64, weight_decay: f32, clip: f32) 
         lr,
         min_lr_ratio: 0.1,
         warmup,
-        adamw: AdamWConfig { weight_decay, ..AdamWConfig::default() },
+        adamw: AdamWConfig {
+            weight_decay,
+            ..AdamWConfig::default()
+        },
         clip,
         eval_every: 0,
         seed: 0,

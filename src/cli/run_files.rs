@@ -44,12 +44,38 @@ pub fn save(run_dir: &Path, meta: &RunMeta, model: &dyn Model, be: &dyn Backend)
     let mut params = vec![];
     let mut moments = vec![];
     for p in model.params() {
-        params.push((p.name.clone(), t.shape(p.ids.param).to_vec(), be.read(p.ids.param)));
-        moments.push((format!("adam_m.{}", p.name), t.shape(p.ids.m).to_vec(), be.read(p.ids.m)));
-        moments.push((format!("adam_v.{}", p.name), t.shape(p.ids.v).to_vec(), be.read(p.ids.v)));
+        params.push((
+            p.name.clone(),
+            t.shape(p.ids.param).to_vec(),
+            be.read(p.ids.param),
+        ));
+        moments.push((
+            format!("adam_m.{}", p.name),
+            t.shape(p.ids.m).to_vec(),
+            be.read(p.ids.m),
+        ));
+        moments.push((
+            format!("adam_v.{}", p.name),
+            t.shape(p.ids.v).to_vec(),
+            be.read(p.ids.v),
+        ));
     }
-    let pr: Vec<TensorRef> = params.iter().map(|(n, s, d)| TensorRef { name: n, shape: s, data: d }).collect();
-    let mr: Vec<TensorRef> = moments.iter().map(|(n, s, d)| TensorRef { name: n, shape: s, data: d }).collect();
+    let pr: Vec<TensorRef> = params
+        .iter()
+        .map(|(n, s, d)| TensorRef {
+            name: n,
+            shape: s,
+            data: d,
+        })
+        .collect();
+    let mr: Vec<TensorRef> = moments
+        .iter()
+        .map(|(n, s, d)| TensorRef {
+            name: n,
+            shape: s,
+            data: d,
+        })
+        .collect();
     let json = serde_json::to_value(meta)?;
     checkpoint::save(run_dir, meta.step, &json, &pr, &mr)
 }
@@ -57,39 +83,75 @@ pub fn save(run_dir: &Path, meta: &RunMeta, model: &dyn Model, be: &dyn Backend)
 /// Reads just the metadata of a run's checkpoint.
 pub fn load_meta(run_dir: &Path) -> Result<RunMeta> {
     let (json, dir) = checkpoint::load_meta(run_dir)?;
-    serde_json::from_value(json).with_context(|| format!("{} is not a robo-poet checkpoint of this version (unexpected metadata)", dir.join(checkpoint::META_FILE).display()))
+    serde_json::from_value(json).with_context(|| {
+        format!(
+            "{} is not a robo-poet checkpoint of this version (unexpected metadata)",
+            dir.join(checkpoint::META_FILE).display()
+        )
+    })
 }
 
 /// Loads a checkpoint into a backend holding `model`; with `optimizer`, the AdamW moments too.
-pub fn load_into(run_dir: &Path, model: &dyn Model, be: &mut dyn Backend, optimizer: bool) -> Result<RunMeta> {
+pub fn load_into(
+    run_dir: &Path,
+    model: &dyn Model,
+    be: &mut dyn Backend,
+    optimizer: bool,
+) -> Result<RunMeta> {
     let ck = checkpoint::load(run_dir)?;
-    let meta: RunMeta = serde_json::from_value(ck.meta.clone()).with_context(|| format!("{} has unexpected metadata", ck.dir.display()))?;
+    let meta: RunMeta = serde_json::from_value(ck.meta.clone())
+        .with_context(|| format!("{} has unexpected metadata", ck.dir.display()))?;
     let file = ck.dir.join(checkpoint::MODEL_FILE);
-    let mut params: std::collections::HashMap<&str, &checkpoint::Tensor> = ck.model.iter().map(|t| (t.name.as_str(), t)).collect();
-    let moments: std::collections::HashMap<&str, &checkpoint::Tensor> = ck.optimizer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut params: std::collections::HashMap<&str, &checkpoint::Tensor> =
+        ck.model.iter().map(|t| (t.name.as_str(), t)).collect();
+    let moments: std::collections::HashMap<&str, &checkpoint::Tensor> =
+        ck.optimizer.iter().map(|t| (t.name.as_str(), t)).collect();
     let t = model.table();
     for p in model.params() {
         let want = t.shape(p.ids.param);
         let Some(x) = params.remove(p.name.as_str()) else {
-            bail!("{} has no tensor {:?}: it was not written for this model configuration", file.display(), p.name);
+            bail!(
+                "{} has no tensor {:?}: it was not written for this model configuration",
+                file.display(),
+                p.name
+            );
         };
         if x.shape != want {
-            bail!("{}: tensor {} has shape {}, the model expects {}", file.display(), p.name, Shape(&x.shape), Shape(want));
+            bail!(
+                "{}: tensor {} has shape {}, the model expects {}",
+                file.display(),
+                p.name,
+                Shape(&x.shape),
+                Shape(want)
+            );
         }
         be.write(p.ids.param, &x.data);
         if optimizer {
             for (prefix, id) in [("adam_m", p.ids.m), ("adam_v", p.ids.v)] {
                 let name = format!("{prefix}.{}", p.name);
-                let m = moments.get(name.as_str()).with_context(|| format!("{} has no tensor {name}", ck.dir.join(checkpoint::OPTIMIZER_FILE).display()))?;
+                let m = moments.get(name.as_str()).with_context(|| {
+                    format!(
+                        "{} has no tensor {name}",
+                        ck.dir.join(checkpoint::OPTIMIZER_FILE).display()
+                    )
+                })?;
                 if m.shape != want {
-                    bail!("{}: tensor {name} has shape {}, expected {}", ck.dir.join(checkpoint::OPTIMIZER_FILE).display(), Shape(&m.shape), Shape(want));
+                    bail!(
+                        "{}: tensor {name} has shape {}, expected {}",
+                        ck.dir.join(checkpoint::OPTIMIZER_FILE).display(),
+                        Shape(&m.shape),
+                        Shape(want)
+                    );
                 }
                 be.write(id, &m.data);
             }
         }
     }
     if let Some(extra) = params.keys().next() {
-        bail!("{} holds tensor {extra:?}, which this model configuration does not have", file.display());
+        bail!(
+            "{} holds tensor {extra:?}, which this model configuration does not have",
+            file.display()
+        );
     }
     Ok(meta)
 }
@@ -108,16 +170,26 @@ impl Metrics {
             if let Ok(text) = std::fs::read_to_string(&path) {
                 let kept: Vec<&str> = text
                     .lines()
-                    .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= last))
+                    .filter(|l| {
+                        serde_json::from_str::<serde_json::Value>(l)
+                            .ok()
+                            .and_then(|v| v["step"].as_u64())
+                            .is_some_and(|s| s <= last)
+                    })
                     .collect();
                 let mut body = kept.join("\n");
                 if !body.is_empty() {
                     body.push('\n');
                 }
-                checkpoint::write_atomic(&path, body.as_bytes()).with_context(|| format!("could not rewrite {}", path.display()))?;
+                checkpoint::write_atomic(&path, body.as_bytes())
+                    .with_context(|| format!("could not rewrite {}", path.display()))?;
             }
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("could not open {} for writing", path.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("could not open {} for writing", path.display()))?;
         Ok(Metrics { file })
     }
 
@@ -129,7 +201,10 @@ impl Metrics {
 
 /// `runs/<model>-<UTC timestamp>`, made unique with a suffix if needed.
 pub fn default_run_dir(model: &str) -> PathBuf {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let base = format!("runs/{model}-{}", utc_stamp(secs));
     let mut dir = PathBuf::from(&base);
     let mut i = 2;
@@ -153,7 +228,12 @@ pub fn utc_stamp(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

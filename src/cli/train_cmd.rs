@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
@@ -38,8 +38,18 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let (run_dir, resume_meta) = match &a.resume {
         Some(dir) => (dir.clone(), Some(resume_checks(dir, a)?)),
         None => {
-            let dir = a.out.clone().unwrap_or_else(|| run_files::default_run_dir(&a.model.unwrap_or(crate::model::ModelKind::Attention).to_string()));
-            if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            let dir = a.out.clone().unwrap_or_else(|| {
+                run_files::default_run_dir(
+                    &a.model
+                        .unwrap_or(crate::model::ModelKind::Attention)
+                        .to_string(),
+                )
+            });
+            if dir.exists()
+                && std::fs::read_dir(&dir)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(true)
+            {
                 bail!("{} already exists and is not empty; pass --resume {} to continue that run, or choose another --out", dir.display(), dir.display());
             }
             (dir, None)
@@ -54,8 +64,20 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             dataset::tokenize(source, &corpus, tok.kind(), a.min_count, Some(tok))?
         }
         None => {
-            let (source, corpus) = dataset::locate(&DataRequest { text_files: &a.text, data_dir: a.data.as_deref(), allow_download: true, show_progress: progress })?;
-            dataset::tokenize(source, &corpus, a.tokenizer.unwrap_or(crate::data::tokenizer::TokenizerKind::Char), a.min_count, None)?
+            let (source, corpus) = dataset::locate(&DataRequest {
+                text_files: &a.text,
+                data_dir: a.data.as_deref(),
+                allow_download: true,
+                show_progress: progress,
+            })?;
+            dataset::tokenize(
+                source,
+                &corpus,
+                a.tokenizer
+                    .unwrap_or(crate::data::tokenizer::TokenizerKind::Char),
+                a.min_count,
+                None,
+            )?
         }
     };
 
@@ -92,7 +114,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
 
     let model = model::build(&model_cfg, tcfg.batch);
     let mut be = backend::create(a.device, model.table().clone(), false)?;
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("could not create the run directory {}", run_dir.display()))?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("could not create the run directory {}", run_dir.display()))?;
     let mut elapsed0 = 0.0;
     if resume_meta.is_some() {
         let m = run_files::load_into(&run_dir, model.as_ref(), be.as_mut(), true)?;
@@ -104,7 +127,15 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         }
     }
 
-    print_header(&ds, model.as_ref(), be.as_ref(), &tcfg, &sampler, &run_dir, start_step);
+    print_header(
+        &ds,
+        model.as_ref(),
+        be.as_ref(),
+        &tcfg,
+        &sampler,
+        &run_dir,
+        start_step,
+    );
     let mut metrics = Metrics::open(&run_dir, resume_meta.as_ref().map(|m| m.step))?;
     install_ctrlc();
 
@@ -125,8 +156,18 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         run_files::save(&run_dir, &meta, model.as_ref(), be.as_ref())?;
     }
 
-    let pb = if progress { ProgressBar::new(tcfg.steps) } else { ProgressBar::hidden() };
-    pb.set_style(ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]").unwrap().progress_chars("=> "));
+    let pb = if progress {
+        ProgressBar::new(tcfg.steps)
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:30.cyan/blue} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
     pb.set_position(start_step);
     let tokens_per_step = (tcfg.batch * model_cfg.seq_len()) as f64;
     let t_start = Instant::now();
@@ -150,7 +191,11 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         train_secs += dt;
         window = (window.0 + st.loss, window.1 + 1, window.2 + dt);
         pb.set_position(step);
-        pb.set_message(format!("loss {:.4}  {:.1}k tok/s", st.loss, tokens_per_step / dt / 1e3));
+        pb.set_message(format!(
+            "loss {:.4}  {:.1}k tok/s",
+            st.loss,
+            tokens_per_step / dt / 1e3
+        ));
         if step % log_every == 0 || step == tcfg.steps {
             metrics.write(&json!({
                 "step": step, "train_loss": window.0 / window.1 as f64, "grad_norm": st.grad_norm, "lr": st.lr,
@@ -167,7 +212,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             let (val, n) = train::evaluate(model.as_ref(), be.as_mut(), &ds.val);
             meta.val_loss = Some(val);
             metrics.write(&json!({ "step": step, "val_loss": val, "val_tokens": n, "elapsed_s": elapsed0 + t_start.elapsed().as_secs_f64() }))?;
-            pb.println(format!(
+            say(&pb, format!(
                 "step {step:>6}/{} | train {:.4} | val {val:.4} (ppl {:.2}) | grad norm {:.3} | lr {:.2e} | {:.1}k tok/s | {}",
                 tcfg.steps,
                 st.loss,
@@ -207,11 +252,17 @@ fn resume_checks(dir: &Path, a: &TrainArgs) -> Result<RunMeta> {
     let m = run_files::load_meta(dir)?;
     let kind = m.model.kind();
     if let Some(want) = a.model.filter(|&k| k != kind) {
-        bail!("{} holds a {kind} model, not {want}; drop --model or pass --model {kind}", dir.display());
+        bail!(
+            "{} holds an {kind} model, not {want}; drop --model or pass --model {kind}",
+            dir.display()
+        );
     }
     let tok = m.tokenizer()?.kind();
     if let Some(want) = a.tokenizer.filter(|&k| k != tok) {
-        bail!("{} was trained with the {tok} tokenizer, not {want}; drop --tokenizer", dir.display());
+        bail!(
+            "{} was trained with the {tok} tokenizer, not {want}; drop --tokenizer",
+            dir.display()
+        );
     }
     let fixed = [
         ("--batch", a.batch.is_some()),
@@ -236,13 +287,42 @@ fn resume_checks(dir: &Path, a: &TrainArgs) -> Result<RunMeta> {
     Ok(m)
 }
 
-fn print_header(ds: &Dataset, model: &dyn Model, be: &dyn Backend, t: &TrainConfig, sampler: &Sampler, run_dir: &PathBuf, start: u64) {
+fn print_header(
+    ds: &Dataset,
+    model: &dyn Model,
+    be: &dyn Backend,
+    t: &TrainConfig,
+    sampler: &Sampler,
+    run_dir: &Path,
+    start: u64,
+) {
     let table = model.table();
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
-    eprintln!("data:   {} | {} tokenizer, vocab {} | train {} tokens, val {} tokens", ds.source.describe(), ds.tokenizer.kind(), ds.tokenizer.vocab_size(), ds.train.len(), ds.val.len());
-    eprintln!("model:  {} | {} parameters", model.config().describe(), table.parameter_count());
-    let cats: Vec<String> = table.bytes_by_category().iter().filter(|(_, b)| *b > 0).map(|(c, b)| format!("{} {:.1}", c.label(), mib(*b))).collect();
-    eprintln!("memory: {:.1} MiB on {} ({} MiB)", mib(table.total_bytes()), be.name(), cats.join(", "));
+    eprintln!(
+        "data:   {} | {} tokenizer, vocab {} | train {} tokens, val {} tokens",
+        ds.source.describe(),
+        ds.tokenizer.kind(),
+        ds.tokenizer.vocab_size(),
+        ds.train.len(),
+        ds.val.len()
+    );
+    eprintln!(
+        "model:  {} | {} parameters",
+        model.config().describe(),
+        table.parameter_count()
+    );
+    let cats: Vec<String> = table
+        .bytes_by_category()
+        .iter()
+        .filter(|(_, b)| *b > 0)
+        .map(|(c, b)| format!("{} {:.1}", c.label(), mib(*b)))
+        .collect();
+    eprintln!(
+        "memory: {:.1} MiB on {} ({} MiB)",
+        mib(table.total_bytes()),
+        be.name(),
+        cats.join(", ")
+    );
     eprintln!(
         "train:  {} steps of batch {} x {} ({:.2} epochs), lr {} (warmup {}, cosine to {}x), AdamW wd {}, clip {}, eval every {}, seed {}",
         t.steps,
@@ -262,6 +342,16 @@ fn print_header(ds: &Dataset, model: &dyn Model, be: &dyn Backend, t: &TrainConf
         eprintln!("resume: from step {start} in {}", run_dir.display());
     } else {
         eprintln!("run:    {}", run_dir.display());
+    }
+}
+
+/// A line above the progress bar, or on stdout when there is no bar (pb.println of a hidden
+/// bar prints nothing).
+fn say(pb: &ProgressBar, line: String) {
+    if pb.is_hidden() {
+        println!("{line}");
+    } else {
+        pb.println(line);
     }
 }
 

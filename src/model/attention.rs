@@ -57,12 +57,16 @@ impl AttentionConfig {
         anyhow::ensure!(self.n_layers > 0, "--layers must be at least 1");
         anyhow::ensure!(self.n_heads > 0, "--heads must be at least 1");
         anyhow::ensure!(
-            self.d_model % self.n_heads == 0,
+            self.d_model.is_multiple_of(self.n_heads),
             "--d-model {} is not divisible by --heads {}: each head gets d_model / heads channels",
             self.d_model,
             self.n_heads
         );
-        anyhow::ensure!((0.0..1.0).contains(&self.dropout), "--dropout must be in [0, 1), got {}", self.dropout);
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.dropout),
+            "--dropout must be in [0, 1), got {}",
+            self.dropout
+        );
         anyhow::ensure!(self.vocab_size > 0, "the vocabulary is empty");
         Ok(())
     }
@@ -185,12 +189,27 @@ impl AttentionModel {
         let (b, t, d, v) = (batch, c.seq_len, c.d_model, c.vocab_size);
         let nh = c.n_heads;
         let gpt = c.style == AttentionStyle::Gpt;
-        let mut bd = Builder { table: TensorTable::new(), params: vec![] };
+        let mut bd = Builder {
+            table: TensorTable::new(),
+            params: vec![],
+        };
         // GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 L).
         let std = 0.02;
         let resid_std = std / (2.0 * c.n_layers as f32).sqrt();
-        let wte = bd.param("wte".into(), &[v, d], true, Init::Normal(if gpt { std } else { 1.0 }));
-        let wpe = c.pos_emb.then(|| bd.param("wpe".into(), &[t, d], true, Init::Normal(if gpt { std } else { 1.0 })));
+        let wte = bd.param(
+            "wte".into(),
+            &[v, d],
+            true,
+            Init::Normal(if gpt { std } else { 1.0 }),
+        );
+        let wpe = c.pos_emb.then(|| {
+            bd.param(
+                "wpe".into(),
+                &[t, d],
+                true,
+                Init::Normal(if gpt { std } else { 1.0 }),
+            )
+        });
         let tokens = bd.table.add_u32("tokens", Category::Input, &[b, t]);
         let targets = bd.table.add_u32("targets", Category::Input, &[b, t]);
         let emb = bd.act("emb".into(), &[b, t, d]);
@@ -286,7 +305,12 @@ impl AttentionModel {
     }
 
     fn dropout_key(&self, ctx: Option<DropoutCtx>, layer: usize) -> Option<DropoutKey> {
-        ctx.filter(|_| self.c.dropout > 0.0).map(|d| DropoutKey { p: self.c.dropout, seed: d.seed, step: d.step, tensor: layer as u32 })
+        ctx.filter(|_| self.c.dropout > 0.0).map(|d| DropoutKey {
+            p: self.c.dropout,
+            seed: d.seed,
+            step: d.step,
+            tensor: layer as u32,
+        })
     }
 
     /// The attention probabilities tensor (B, NH, T, T) of a layer (for checks and maps).
@@ -319,7 +343,12 @@ impl Model for AttentionModel {
     }
 
     fn forward(&self, be: &mut dyn Backend, dropout: Option<DropoutCtx>) {
-        be.embedding_forward(self.emb, self.tokens, self.wte.param, self.wpe.map(|p| p.param));
+        be.embedding_forward(
+            self.emb,
+            self.tokens,
+            self.wte.param,
+            self.wpe.map(|p| p.param),
+        );
         let mut x = self.emb;
         for (l, ly) in self.layers.iter().enumerate() {
             let inp = match &ly.ln1 {
@@ -332,9 +361,25 @@ impl Model for AttentionModel {
             be.matmul_forward(ly.qa, inp, ly.q.w.param, Some(ly.q.b.param));
             be.matmul_forward(ly.ka, inp, ly.k.w.param, Some(ly.k.b.param));
             be.matmul_forward(ly.va, inp, ly.v.w.param, Some(ly.v.b.param));
-            be.attention_forward(ly.att, ly.probs, ly.qa, ly.ka, ly.va, self.dropout_key(dropout, l));
-            if let (Some(proj), Some(ln2), Some(fc), Some(fp)) = (&ly.proj, &ly.ln2, &ly.fc, &ly.fc_proj) {
-                let (attproj, res1, fch, fch_gelu, fcproj, res2) = (some(&ly.attproj), some(&ly.res1), some(&ly.fch), some(&ly.fch_gelu), some(&ly.fcproj), some(&ly.res2));
+            be.attention_forward(
+                ly.att,
+                ly.probs,
+                ly.qa,
+                ly.ka,
+                ly.va,
+                self.dropout_key(dropout, l),
+            );
+            if let (Some(proj), Some(ln2), Some(fc), Some(fp)) =
+                (&ly.proj, &ly.ln2, &ly.fc, &ly.fc_proj)
+            {
+                let (attproj, res1, fch, fch_gelu, fcproj, res2) = (
+                    some(&ly.attproj),
+                    some(&ly.res1),
+                    some(&ly.fch),
+                    some(&ly.fch_gelu),
+                    some(&ly.fcproj),
+                    some(&ly.res2),
+                );
                 be.matmul_forward(attproj, ly.att, proj.w.param, Some(proj.b.param));
                 be.add(res1, x, attproj);
                 be.layernorm_forward(ln2.out, ln2.mean, ln2.rstd, res1, ln2.w.param, ln2.b.param);
@@ -360,37 +405,127 @@ impl Model for AttentionModel {
             Some(n) => (n.out, n.dout),
             None => last,
         };
-        be.matmul_backward(Some(dx), self.head.w.grad, Some(self.head.b.grad), self.dlogits, x, self.head.w.param);
+        be.matmul_backward(
+            Some(dx),
+            self.head.w.grad,
+            Some(self.head.b.grad),
+            self.dlogits,
+            x,
+            self.head.w.param,
+        );
         if let Some(n) = &self.ln_f {
-            be.layernorm_backward(last.1, n.w.grad, n.b.grad, n.dout, last.0, n.w.param, n.mean, n.rstd);
+            be.layernorm_backward(
+                last.1, n.w.grad, n.b.grad, n.dout, last.0, n.w.param, n.mean, n.rstd,
+            );
         }
         for l in (0..self.layers.len()).rev() {
             let ly = &self.layers[l];
-            let (x_in, dx_in) = if l == 0 { (self.emb, self.demb) } else { self.layers[l - 1].output() };
-            if let (Some(proj), Some(ln2), Some(fc), Some(fp)) = (&ly.proj, &ly.ln2, &ly.fc, &ly.fc_proj) {
-                let (res1, fch, fch_gelu, dres1, dfch, dfch_gelu, dres2) =
-                    (some(&ly.res1), some(&ly.fch), some(&ly.fch_gelu), some(&ly.dres1), some(&ly.dfch), some(&ly.dfch_gelu), some(&ly.dres2));
-                be.matmul_backward(Some(dfch_gelu), fp.w.grad, Some(fp.b.grad), dres2, fch_gelu, fp.w.param);
+            let (x_in, dx_in) = if l == 0 {
+                (self.emb, self.demb)
+            } else {
+                self.layers[l - 1].output()
+            };
+            if let (Some(proj), Some(ln2), Some(fc), Some(fp)) =
+                (&ly.proj, &ly.ln2, &ly.fc, &ly.fc_proj)
+            {
+                let (res1, fch, fch_gelu, dres1, dfch, dfch_gelu, dres2) = (
+                    some(&ly.res1),
+                    some(&ly.fch),
+                    some(&ly.fch_gelu),
+                    some(&ly.dres1),
+                    some(&ly.dfch),
+                    some(&ly.dfch_gelu),
+                    some(&ly.dres2),
+                );
+                be.matmul_backward(
+                    Some(dfch_gelu),
+                    fp.w.grad,
+                    Some(fp.b.grad),
+                    dres2,
+                    fch_gelu,
+                    fp.w.param,
+                );
                 be.gelu_backward(dfch, fch, dfch_gelu);
-                be.matmul_backward(Some(ln2.dout), fc.w.grad, Some(fc.b.grad), dfch, ln2.out, fc.w.param);
-                be.layernorm_backward(dres1, ln2.w.grad, ln2.b.grad, ln2.dout, res1, ln2.w.param, ln2.mean, ln2.rstd);
+                be.matmul_backward(
+                    Some(ln2.dout),
+                    fc.w.grad,
+                    Some(fc.b.grad),
+                    dfch,
+                    ln2.out,
+                    fc.w.param,
+                );
+                be.layernorm_backward(
+                    dres1,
+                    ln2.w.grad,
+                    ln2.b.grad,
+                    ln2.dout,
+                    res1,
+                    ln2.w.param,
+                    ln2.mean,
+                    ln2.rstd,
+                );
                 be.accumulate(dres1, dres2);
-                be.matmul_backward(Some(ly.datt), proj.w.grad, Some(proj.b.grad), dres1, ly.att, proj.w.param);
+                be.matmul_backward(
+                    Some(ly.datt),
+                    proj.w.grad,
+                    Some(proj.b.grad),
+                    dres1,
+                    ly.att,
+                    proj.w.param,
+                );
             }
-            be.attention_backward(ly.dqa, ly.dka, ly.dva, ly.datt, ly.qa, ly.ka, ly.va, ly.probs, self.dropout_key(dropout, l));
+            be.attention_backward(
+                ly.dqa,
+                ly.dka,
+                ly.dva,
+                ly.datt,
+                ly.qa,
+                ly.ka,
+                ly.va,
+                ly.probs,
+                self.dropout_key(dropout, l),
+            );
             let (inp, dinp) = match &ly.ln1 {
                 Some(n) => (n.out, n.dout),
                 None => (x_in, dx_in),
             };
-            be.matmul_backward(Some(dinp), ly.q.w.grad, Some(ly.q.b.grad), ly.dqa, inp, ly.q.w.param);
-            be.matmul_backward(Some(dinp), ly.k.w.grad, Some(ly.k.b.grad), ly.dka, inp, ly.k.w.param);
-            be.matmul_backward(Some(dinp), ly.v.w.grad, Some(ly.v.b.grad), ly.dva, inp, ly.v.w.param);
+            be.matmul_backward(
+                Some(dinp),
+                ly.q.w.grad,
+                Some(ly.q.b.grad),
+                ly.dqa,
+                inp,
+                ly.q.w.param,
+            );
+            be.matmul_backward(
+                Some(dinp),
+                ly.k.w.grad,
+                Some(ly.k.b.grad),
+                ly.dka,
+                inp,
+                ly.k.w.param,
+            );
+            be.matmul_backward(
+                Some(dinp),
+                ly.v.w.grad,
+                Some(ly.v.b.grad),
+                ly.dva,
+                inp,
+                ly.v.w.param,
+            );
             if let Some(n) = &ly.ln1 {
-                be.layernorm_backward(dx_in, n.w.grad, n.b.grad, n.dout, x_in, n.w.param, n.mean, n.rstd);
+                be.layernorm_backward(
+                    dx_in, n.w.grad, n.b.grad, n.dout, x_in, n.w.param, n.mean, n.rstd,
+                );
                 be.accumulate(dx_in, some(&ly.dres1));
             }
         }
-        be.embedding_backward(self.wte.grad, self.wpe.map(|p| p.grad), self.demb, self.tokens);
+        be.embedding_backward(
+            self.wte.grad,
+            self.wpe.map(|p| p.grad),
+            self.demb,
+            self.tokens,
+        );
     }
 
     fn logits(&self) -> TensorId {

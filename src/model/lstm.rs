@@ -69,24 +69,55 @@ impl LstmModel {
         let (b, t, e, h, v) = (batch, c.seq_len, c.embed, c.hidden, c.vocab_size);
         let mut table = TensorTable::new();
         let mut params = vec![];
-        let mut param = |table: &mut TensorTable, name: String, shape: &[usize], decay: bool, init: Init| {
-            let ids = table.add_param(&name, shape, decay);
-            params.push(Param { name, ids, init });
-            ids
-        };
+        let mut param =
+            |table: &mut TensorTable, name: String, shape: &[usize], decay: bool, init: Init| {
+                let ids = table.add_param(&name, shape, decay);
+                params.push(Param { name, ids, init });
+                ids
+            };
         // PyTorch's defaults: Embedding N(0, 1); LSTM and Linear U(±1/sqrt(fan)).
         let k = 1.0 / (h as f32).sqrt();
         let wte = param(&mut table, "wte".into(), &[v, e], true, Init::Normal(1.0));
         let mut specs = vec![];
         for l in 0..c.n_layers {
             let inp = if l == 0 { e } else { h };
-            let w_ih = param(&mut table, format!("lstm.{l}.w_ih"), &[4 * h, inp], true, Init::Uniform(k));
-            let w_hh = param(&mut table, format!("lstm.{l}.w_hh"), &[4 * h, h], true, Init::Uniform(k));
-            let bias = param(&mut table, format!("lstm.{l}.bias"), &[4 * h], false, Init::Uniform(k));
+            let w_ih = param(
+                &mut table,
+                format!("lstm.{l}.w_ih"),
+                &[4 * h, inp],
+                true,
+                Init::Uniform(k),
+            );
+            let w_hh = param(
+                &mut table,
+                format!("lstm.{l}.w_hh"),
+                &[4 * h, h],
+                true,
+                Init::Uniform(k),
+            );
+            let bias = param(
+                &mut table,
+                format!("lstm.{l}.bias"),
+                &[4 * h],
+                false,
+                Init::Uniform(k),
+            );
             specs.push((w_ih, w_hh, bias));
         }
-        let head_w = param(&mut table, "lm_head.weight".into(), &[v, h], true, Init::Uniform(k));
-        let head_b = param(&mut table, "lm_head.bias".into(), &[v], false, Init::Uniform(k));
+        let head_w = param(
+            &mut table,
+            "lm_head.weight".into(),
+            &[v, h],
+            true,
+            Init::Uniform(k),
+        );
+        let head_b = param(
+            &mut table,
+            "lm_head.bias".into(),
+            &[v],
+            false,
+            Init::Uniform(k),
+        );
         let tokens = table.add_u32("tokens", Category::Input, &[t, b]);
         let targets = table.add_u32("targets", Category::Input, &[t, b]);
         let emb = table.add("emb", Category::Activation, &[t, b, e]);
@@ -100,15 +131,40 @@ impl LstmModel {
                 bias,
                 h: table.add(format!("lstm.{l}.h"), Category::Activation, &[t, b, h]),
                 c: table.add(format!("lstm.{l}.c"), Category::Activation, &[t, b, h]),
-                gates: table.add(format!("lstm.{l}.gates"), Category::Activation, &[t, b, 4 * h]),
+                gates: table.add(
+                    format!("lstm.{l}.gates"),
+                    Category::Activation,
+                    &[t, b, 4 * h],
+                ),
                 dh: table.add(format!("d.lstm.{l}.h"), Category::Workspace, &[t, b, h]),
-                dgates: table.add(format!("d.lstm.{l}.gates"), Category::Workspace, &[t, b, 4 * h]),
+                dgates: table.add(
+                    format!("d.lstm.{l}.gates"),
+                    Category::Workspace,
+                    &[t, b, 4 * h],
+                ),
             })
             .collect();
         let logits = table.add("logits", Category::Activation, &[t, b, v]);
         let dlogits = table.add("d.logits", Category::Workspace, &[t, b, v]);
         let losses = table.add("losses", Category::Activation, &[t, b]);
-        LstmModel { cfg: ModelConfig::Lstm(c.clone()), c, batch, table, params, wte, layers, head_w, head_b, tokens, targets, emb, demb, logits, dlogits, losses }
+        LstmModel {
+            cfg: ModelConfig::Lstm(c.clone()),
+            c,
+            batch,
+            table,
+            params,
+            wte,
+            layers,
+            head_w,
+            head_b,
+            tokens,
+            targets,
+            emb,
+            demb,
+            logits,
+            dlogits,
+            losses,
+        }
     }
 
     fn transpose(&self, x: &[u32]) -> Vec<u32> {
@@ -147,7 +203,15 @@ impl Model for LstmModel {
         be.embedding_forward(self.emb, self.tokens, self.wte.param, None);
         let mut x = self.emb;
         for ly in &self.layers {
-            be.lstm_forward(ly.h, ly.c, ly.gates, x, ly.w_ih.param, ly.w_hh.param, ly.bias.param);
+            be.lstm_forward(
+                ly.h,
+                ly.c,
+                ly.gates,
+                x,
+                ly.w_ih.param,
+                ly.w_hh.param,
+                ly.bias.param,
+            );
             x = ly.h;
         }
         be.matmul_forward(self.logits, x, self.head_w.param, Some(self.head_b.param));
@@ -157,11 +221,35 @@ impl Model for LstmModel {
     fn backward(&self, be: &mut dyn Backend, loss_scale: f32, _dropout: Option<DropoutCtx>) {
         be.cross_entropy_backward(self.dlogits, self.logits, self.targets, loss_scale);
         let top = self.layers.last().expect("at least one layer");
-        be.matmul_backward(Some(top.dh), self.head_w.grad, Some(self.head_b.grad), self.dlogits, top.h, self.head_w.param);
+        be.matmul_backward(
+            Some(top.dh),
+            self.head_w.grad,
+            Some(self.head_b.grad),
+            self.dlogits,
+            top.h,
+            self.head_w.param,
+        );
         for l in (0..self.layers.len()).rev() {
             let ly = &self.layers[l];
-            let (x, dx) = if l == 0 { (self.emb, self.demb) } else { (self.layers[l - 1].h, self.layers[l - 1].dh) };
-            be.lstm_backward(Some(dx), ly.w_ih.grad, ly.w_hh.grad, ly.bias.grad, ly.dgates, ly.dh, ly.h, ly.c, ly.gates, x, ly.w_ih.param, ly.w_hh.param);
+            let (x, dx) = if l == 0 {
+                (self.emb, self.demb)
+            } else {
+                (self.layers[l - 1].h, self.layers[l - 1].dh)
+            };
+            be.lstm_backward(
+                Some(dx),
+                ly.w_ih.grad,
+                ly.w_hh.grad,
+                ly.bias.grad,
+                ly.dgates,
+                ly.dh,
+                ly.h,
+                ly.c,
+                ly.gates,
+                x,
+                ly.w_ih.param,
+                ly.w_hh.param,
+            );
         }
         be.embedding_backward(self.wte.grad, None, self.demb, self.tokens);
     }

@@ -97,7 +97,9 @@ impl Init {
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],
             Init::Normal(std) => (0..n).map(|_| (rng.normal() * std as f64) as f32).collect(),
-            Init::Uniform(a) => (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * a as f64) as f32).collect(),
+            Init::Uniform(a) => (0..n)
+                .map(|_| ((rng.uniform() * 2.0 - 1.0) * a as f64) as f32)
+                .collect(),
         }
     }
 }

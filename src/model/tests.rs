@@ -10,18 +10,37 @@ use crate::tensor::Category;
 
 fn tiny_configs() -> Vec<ModelConfig> {
     let att = |style, pos_emb, n_layers, n_heads, dropout| {
-        ModelConfig::Attention(AttentionConfig { style, vocab_size: 11, seq_len: 7, d_model: 6, n_layers, n_heads, pos_emb, dropout })
+        ModelConfig::Attention(AttentionConfig {
+            style,
+            vocab_size: 11,
+            seq_len: 7,
+            d_model: 6,
+            n_layers,
+            n_heads,
+            pos_emb,
+            dropout,
+        })
     };
     vec![
         att(AttentionStyle::Seed, false, 1, 1, 0.0),
         att(AttentionStyle::Seed, true, 2, 2, 0.2),
         att(AttentionStyle::Gpt, true, 2, 3, 0.0),
         att(AttentionStyle::Gpt, true, 1, 2, 0.3),
-        ModelConfig::Lstm(LstmConfig { vocab_size: 11, seq_len: 7, embed: 5, hidden: 6, n_layers: 2 }),
+        ModelConfig::Lstm(LstmConfig {
+            vocab_size: 11,
+            seq_len: 7,
+            embed: 5,
+            hidden: 6,
+            n_layers: 2,
+        }),
     ]
 }
 
-fn setup(cfg: &ModelConfig, batch: usize, seed: u64) -> (Box<dyn Model>, CpuBackend, Vec<u32>, Vec<u32>) {
+fn setup(
+    cfg: &ModelConfig,
+    batch: usize,
+    seed: u64,
+) -> (Box<dyn Model>, CpuBackend, Vec<u32>, Vec<u32>) {
     let model = build(cfg, batch);
     let mut be = CpuBackend::new(model.table().clone());
     let mut rng = Rng::new(seed);
@@ -58,13 +77,21 @@ fn whole_model_gradients_match_finite_differences() {
         for p in model.params() {
             let x = be.read(p.ids.param);
             let g = be.read(p.ids.grad);
-            assert!(g.iter().any(|&v| v != 0.0) || x.len() == 0, "{}: {} has an all-zero gradient", cfg.describe(), p.name);
+            assert!(
+                g.iter().any(|&v| v != 0.0) || x.is_empty(),
+                "{}: {} has an all-zero gradient",
+                cfg.describe(),
+                p.name
+            );
             let id = p.ids.param;
             let mut probe = CpuBackend::new(model.table().clone());
             for q in model.params() {
                 probe.write(q.ids.param, &be.read(q.ids.param));
             }
-            probe.write_u32(model.table().get("tokens").unwrap(), &be.read_u32(model.table().get("tokens").unwrap()));
+            probe.write_u32(
+                model.table().get("tokens").unwrap(),
+                &be.read_u32(model.table().get("tokens").unwrap()),
+            );
             probe.write_u32(model.targets(), &be.read_u32(model.targets()));
             let probe = std::cell::RefCell::new(probe);
             grad_check(&format!("{} / {}", cfg.describe(), p.name), &x, &g, |v| {
@@ -99,12 +126,20 @@ fn a_future_token_never_changes_earlier_logits() {
                 let r = model.logits_row(bi, ti);
                 let same = before[r * v..(r + 1) * v] == after[r * v..(r + 1) * v];
                 if ti < pos {
-                    assert!(same, "{}: logits at (b {bi}, t {ti}) changed when the token at t {pos} did", cfg.describe());
+                    assert!(
+                        same,
+                        "{}: logits at (b {bi}, t {ti}) changed when the token at t {pos} did",
+                        cfg.describe()
+                    );
                 } else if !same {
                     later_changed = true;
                 }
             }
         }
-        assert!(later_changed, "{}: no logits at or after t {pos} saw the token change", cfg.describe());
+        assert!(
+            later_changed,
+            "{}: no logits at or after t {pos} saw the token change",
+            cfg.describe()
+        );
     }
 }

@@ -13,14 +13,28 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        }
     }
 }
 
 /// One AdamW step on one tensor. `step` counts from 1. `grad_scale` multiplies the gradient
 /// first (it carries gradient clipping). Weight decay applies only when `decay` is set.
-#[allow(clippy::too_many_arguments)]
-pub fn adamw_update(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], cfg: &AdamWConfig, lr: f32, step: u64, grad_scale: f32, decay: bool) {
+pub fn adamw_update(
+    param: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    cfg: &AdamWConfig,
+    lr: f32,
+    step: u64,
+    grad_scale: f32,
+    decay: bool,
+) {
     let n = param.len();
     check_len("adamw_update", "grad", grad.len(), &[n]);
     check_len("adamw_update", "m", m.len(), &[n]);
@@ -60,7 +74,12 @@ mod tests {
 
     #[test]
     fn adamw_matches_the_textbook_update() {
-        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
+        let cfg = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
         let mut p = vec![1.0f32, -2.0, 0.5];
         let g = [0.1f32, -0.3, 0.0];
         let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
@@ -77,11 +96,26 @@ mod tests {
             }
         }
         for i in 0..3 {
-            assert!((p[i] as f64 - pe[i]).abs() < 1e-6, "param {i}: {} vs {}", p[i], pe[i]);
+            assert!(
+                (p[i] as f64 - pe[i]).abs() < 1e-6,
+                "param {i}: {} vs {}",
+                p[i],
+                pe[i]
+            );
         }
         // No decay: a zero gradient leaves the parameter alone.
         let mut q = vec![3.0f32];
-        adamw_update(&mut q, &[0.0], &mut [0.0], &mut [0.0], &cfg, 0.01, 1, 1.0, false);
+        adamw_update(
+            &mut q,
+            &[0.0],
+            &mut [0.0],
+            &mut [0.0],
+            &cfg,
+            0.01,
+            1,
+            1.0,
+            false,
+        );
         assert_eq!(q[0], 3.0);
     }
 

@@ -66,7 +66,14 @@ pub fn attention_scores_forward(scores: &mut [f32], q: &[f32], k: &[f32], s: Att
 }
 
 /// dq += dscores · k · scale; dk += dscoresᵀ · q · scale (dscores zero above the diagonal).
-pub fn attention_scores_backward(dq: &mut [f32], dk: &mut [f32], dscores: &[f32], q: &[f32], k: &[f32], s: AttnShape) {
+pub fn attention_scores_backward(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dscores: &[f32],
+    q: &[f32],
+    k: &[f32],
+    s: AttnShape,
+) {
     let op = "attention_scores_backward";
     s.check_qkv(op, "dq", dq.len());
     s.check_qkv(op, "dk", dk.len());
@@ -118,12 +125,22 @@ pub fn causal_softmax_forward(probs: &mut [f32], scores: &[f32], r: usize, t: us
 }
 
 /// dscores += P ⊙ (dP − Σ_j P·dP) per row (zero above the diagonal, where P is 0).
-pub fn causal_softmax_backward(dscores: &mut [f32], dprobs: &[f32], probs: &[f32], r: usize, t: usize) {
+pub fn causal_softmax_backward(
+    dscores: &mut [f32],
+    dprobs: &[f32],
+    probs: &[f32],
+    r: usize,
+    t: usize,
+) {
     let op = "causal_softmax_backward";
     check_len(op, "dscores", dscores.len(), &[r, t, t]);
     check_len(op, "dprobs", dprobs.len(), &[r, t, t]);
     check_len(op, "probs", probs.len(), &[r, t, t]);
-    for ((ds, dp), p) in dscores.chunks_exact_mut(t).zip(dprobs.chunks_exact(t)).zip(probs.chunks_exact(t)) {
+    for ((ds, dp), p) in dscores
+        .chunks_exact_mut(t)
+        .zip(dprobs.chunks_exact(t))
+        .zip(probs.chunks_exact(t))
+    {
         let dot: f64 = p.iter().zip(dp).map(|(&a, &b)| a as f64 * b as f64).sum();
         for j in 0..t {
             ds[j] += p[j] * (dp[j] - dot as f32);
@@ -162,7 +179,10 @@ pub fn attention_values_forward(out: &mut [f32], weights: &[f32], v: &[f32], s: 
             for i in 0..t {
                 for d in 0..hs {
                     let acc: f64 = (0..t)
-                        .map(|j| weights[((b * s.nh + h) * t + i) * t + j] as f64 * v[(b * t + j) * c + h * hs + d] as f64)
+                        .map(|j| {
+                            weights[((b * s.nh + h) * t + i) * t + j] as f64
+                                * v[(b * t + j) * c + h * hs + d] as f64
+                        })
                         .sum();
                     out[(b * t + i) * c + h * hs + d] = acc as f32;
                 }
@@ -172,7 +192,14 @@ pub fn attention_values_forward(out: &mut [f32], weights: &[f32], v: &[f32], s: 
 }
 
 /// dweights += dout · vᵀ per head; dv += weightsᵀ · dout per head.
-pub fn attention_values_backward(dweights: &mut [f32], dv: &mut [f32], dout: &[f32], weights: &[f32], v: &[f32], s: AttnShape) {
+pub fn attention_values_backward(
+    dweights: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    weights: &[f32],
+    v: &[f32],
+    s: AttnShape,
+) {
     let op = "attention_values_backward";
     s.check_tt(op, "dweights", dweights.len());
     s.check_qkv(op, "dv", dv.len());
@@ -211,7 +238,15 @@ fn causal_mask(key: DropoutKey, first: u64, t: usize, mask: &mut [f32]) {
 }
 
 /// out (B,T,C), probs (B,NH,T,T) saved = causal softmax(q kᵀ · scale); out = dropout(probs) · v.
-pub fn attention_forward(out: &mut [f32], probs: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: AttnShape, dropout: Option<DropoutKey>) {
+pub fn attention_forward(
+    out: &mut [f32],
+    probs: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: AttnShape,
+    dropout: Option<DropoutKey>,
+) {
     let op = "attention_forward";
     s.check_qkv(op, "out", out.len());
     s.check_tt(op, "probs", probs.len());
@@ -222,13 +257,28 @@ pub fn attention_forward(out: &mut [f32], probs: &mut [f32], q: &[f32], k: &[f32
     let dropout = dropout.filter(|d| d.p > 0.0);
     out.par_chunks_mut(t * c)
         .zip(probs.par_chunks_mut(nh * t * t))
-        .zip(q.par_chunks(t * c).zip(k.par_chunks(t * c)).zip(v.par_chunks(t * c)))
+        .zip(
+            q.par_chunks(t * c)
+                .zip(k.par_chunks(t * c))
+                .zip(v.par_chunks(t * c)),
+        )
         .enumerate()
         .for_each(|(b, ((out_b, probs_b), ((q_b, k_b), v_b)))| {
-            let mut scratch = if dropout.is_some() { vec![0.0f32; t * t] } else { Vec::new() };
+            let mut scratch = if dropout.is_some() {
+                vec![0.0f32; t * t]
+            } else {
+                Vec::new()
+            };
             for h in 0..nh {
                 let p = &mut probs_b[h * t * t..(h + 1) * t * t];
-                sgemm(MatMut::rm(p, t, t), Mat::strided(q_b, h * hs, t, hs, c), Mat::strided(k_b, h * hs, t, hs, c).t(), s.scale(), false, false);
+                sgemm(
+                    MatMut::rm(p, t, t),
+                    Mat::strided(q_b, h * hs, t, hs, c),
+                    Mat::strided(k_b, h * hs, t, hs, c).t(),
+                    s.scale(),
+                    false,
+                    false,
+                );
                 for (i, row) in p.chunks_exact_mut(t).enumerate() {
                     causal_softmax_row(row, i);
                 }
@@ -242,13 +292,19 @@ pub fn attention_forward(out: &mut [f32], probs: &mut [f32], q: &[f32], k: &[f32
                     }
                     None => p,
                 };
-                sgemm(MatMut::strided(out_b, h * hs, t, hs, c), Mat::rm(weights, t, t), Mat::strided(v_b, h * hs, t, hs, c), 1.0, false, false);
+                sgemm(
+                    MatMut::strided(out_b, h * hs, t, hs, c),
+                    Mat::rm(weights, t, t),
+                    Mat::strided(v_b, h * hs, t, hs, c),
+                    1.0,
+                    false,
+                    false,
+                );
             }
         });
 }
 
 /// dq, dk, dv (B,T,C) += gradients of attention_forward given dout (B,T,C) and the saved probs.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dq: &mut [f32],
     dk: &mut [f32],
@@ -262,7 +318,15 @@ pub fn attention_backward(
     dropout: Option<DropoutKey>,
 ) {
     let op = "attention_backward";
-    for (arg, len) in [("dq", dq.len()), ("dk", dk.len()), ("dv", dv.len()), ("dout", dout.len()), ("q", q.len()), ("k", k.len()), ("v", v.len())] {
+    for (arg, len) in [
+        ("dq", dq.len()),
+        ("dk", dk.len()),
+        ("dv", dv.len()),
+        ("dout", dout.len()),
+        ("q", q.len()),
+        ("k", k.len()),
+        ("v", v.len()),
+    ] {
         s.check_qkv(op, arg, len);
     }
     s.check_tt(op, "probs", probs.len());
@@ -272,49 +336,95 @@ pub fn attention_backward(
         .zip(dk.par_chunks_mut(t * c))
         .zip(dv.par_chunks_mut(t * c))
         .zip(dout.par_chunks(t * c).zip(probs.par_chunks(nh * t * t)))
-        .zip(q.par_chunks(t * c).zip(k.par_chunks(t * c)).zip(v.par_chunks(t * c)))
+        .zip(
+            q.par_chunks(t * c)
+                .zip(k.par_chunks(t * c))
+                .zip(v.par_chunks(t * c)),
+        )
         .enumerate()
-        .for_each(|(b, ((((dq_b, dk_b), dv_b), (dout_b, probs_b)), ((q_b, k_b), v_b)))| {
-            let mut mask = if dropout.is_some() { vec![0.0f32; t * t] } else { Vec::new() };
-            let mut weights = if dropout.is_some() { vec![0.0f32; t * t] } else { Vec::new() };
-            let mut dp = vec![0.0f32; t * t];
-            for h in 0..nh {
-                let p = &probs_b[h * t * t..(h + 1) * t * t];
-                let w: &[f32] = match dropout {
-                    Some(key) => {
-                        causal_mask(key, ((b * nh + h) * t * t) as u64, t, &mut mask);
-                        for ((wv, &m), &x) in weights.iter_mut().zip(&mask).zip(p) {
-                            *wv = m * x;
-                        }
-                        &weights
-                    }
-                    None => p,
+        .for_each(
+            |(b, ((((dq_b, dk_b), dv_b), (dout_b, probs_b)), ((q_b, k_b), v_b)))| {
+                let mut mask = if dropout.is_some() {
+                    vec![0.0f32; t * t]
+                } else {
+                    Vec::new()
                 };
-                let dout_h = Mat::strided(dout_b, h * hs, t, hs, c);
-                // dv_h += wᵀ · dout_h ; dw = dout_h · v_hᵀ
-                sgemm(MatMut::strided(dv_b, h * hs, t, hs, c), Mat::rm(w, t, t).t(), dout_h, 1.0, true, false);
-                sgemm(MatMut::rm(&mut dp, t, t), dout_h, Mat::strided(v_b, h * hs, t, hs, c).t(), 1.0, false, false);
-                // Through dropout, then softmax: ds = p ⊙ (dp − Σ p·dp), zero above the diagonal.
-                for i in 0..t {
-                    let row = &mut dp[i * t..(i + 1) * t];
-                    if dropout.is_some() {
-                        for (g, &m) in row.iter_mut().zip(&mask[i * t..(i + 1) * t]) {
-                            *g *= m;
+                let mut weights = if dropout.is_some() {
+                    vec![0.0f32; t * t]
+                } else {
+                    Vec::new()
+                };
+                let mut dp = vec![0.0f32; t * t];
+                for h in 0..nh {
+                    let p = &probs_b[h * t * t..(h + 1) * t * t];
+                    let w: &[f32] = match dropout {
+                        Some(key) => {
+                            causal_mask(key, ((b * nh + h) * t * t) as u64, t, &mut mask);
+                            for ((wv, &m), &x) in weights.iter_mut().zip(&mask).zip(p) {
+                                *wv = m * x;
+                            }
+                            &weights
                         }
+                        None => p,
+                    };
+                    let dout_h = Mat::strided(dout_b, h * hs, t, hs, c);
+                    // dv_h += wᵀ · dout_h ; dw = dout_h · v_hᵀ
+                    sgemm(
+                        MatMut::strided(dv_b, h * hs, t, hs, c),
+                        Mat::rm(w, t, t).t(),
+                        dout_h,
+                        1.0,
+                        true,
+                        false,
+                    );
+                    sgemm(
+                        MatMut::rm(&mut dp, t, t),
+                        dout_h,
+                        Mat::strided(v_b, h * hs, t, hs, c).t(),
+                        1.0,
+                        false,
+                        false,
+                    );
+                    // Through dropout, then softmax: ds = p ⊙ (dp − Σ p·dp), zero above the diagonal.
+                    for i in 0..t {
+                        let row = &mut dp[i * t..(i + 1) * t];
+                        if dropout.is_some() {
+                            for (g, &m) in row.iter_mut().zip(&mask[i * t..(i + 1) * t]) {
+                                *g *= m;
+                            }
+                        }
+                        let prow = &p[i * t..(i + 1) * t];
+                        let dot: f64 = prow[..=i]
+                            .iter()
+                            .zip(&row[..=i])
+                            .map(|(&a, &g)| a as f64 * g as f64)
+                            .sum();
+                        let dot = dot as f32;
+                        for j in 0..=i {
+                            row[j] = prow[j] * (row[j] - dot);
+                        }
+                        row[i + 1..].fill(0.0);
                     }
-                    let prow = &p[i * t..(i + 1) * t];
-                    let dot: f64 = prow[..=i].iter().zip(&row[..=i]).map(|(&a, &g)| a as f64 * g as f64).sum();
-                    let dot = dot as f32;
-                    for j in 0..=i {
-                        row[j] = prow[j] * (row[j] - dot);
-                    }
-                    row[i + 1..].fill(0.0);
+                    // dq_h += scale · ds · k_h ; dk_h += scale · dsᵀ · q_h
+                    sgemm(
+                        MatMut::strided(dq_b, h * hs, t, hs, c),
+                        Mat::rm(&dp, t, t),
+                        Mat::strided(k_b, h * hs, t, hs, c),
+                        s.scale(),
+                        true,
+                        false,
+                    );
+                    sgemm(
+                        MatMut::strided(dk_b, h * hs, t, hs, c),
+                        Mat::rm(&dp, t, t).t(),
+                        Mat::strided(q_b, h * hs, t, hs, c),
+                        s.scale(),
+                        true,
+                        false,
+                    );
                 }
-                // dq_h += scale · ds · k_h ; dk_h += scale · dsᵀ · q_h
-                sgemm(MatMut::strided(dq_b, h * hs, t, hs, c), Mat::rm(&dp, t, t), Mat::strided(k_b, h * hs, t, hs, c), s.scale(), true, false);
-                sgemm(MatMut::strided(dk_b, h * hs, t, hs, c), Mat::rm(&dp, t, t).t(), Mat::strided(q_b, h * hs, t, hs, c), s.scale(), true, false);
-            }
-        });
+            },
+        );
 }
 
 #[cfg(test)]
@@ -323,24 +433,60 @@ mod tests {
     use crate::ops::testutil::*;
 
     const SHAPES: [AttnShape; 4] = [
-        AttnShape { b: 1, t: 1, nh: 1, hs: 3 },
-        AttnShape { b: 3, t: 37, nh: 2, hs: 5 },
-        AttnShape { b: 2, t: 19, nh: 3, hs: 7 },
-        AttnShape { b: 1, t: 64, nh: 1, hs: 13 },
+        AttnShape {
+            b: 1,
+            t: 1,
+            nh: 1,
+            hs: 3,
+        },
+        AttnShape {
+            b: 3,
+            t: 37,
+            nh: 2,
+            hs: 5,
+        },
+        AttnShape {
+            b: 2,
+            t: 19,
+            nh: 3,
+            hs: 7,
+        },
+        AttnShape {
+            b: 1,
+            t: 64,
+            nh: 1,
+            hs: 13,
+        },
     ];
 
     fn inputs(s: AttnShape, seed: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
         let mut r = rng(seed);
         let n = s.b * s.t * s.c();
-        (randn(&mut r, n), randn(&mut r, n), randn(&mut r, n), randn(&mut r, n))
+        (
+            randn(&mut r, n),
+            randn(&mut r, n),
+            randn(&mut r, n),
+            randn(&mut r, n),
+        )
     }
 
     fn key(p: f32) -> Option<DropoutKey> {
-        Some(DropoutKey { p, seed: 99, step: 5, tensor: 1 })
+        Some(DropoutKey {
+            p,
+            seed: 99,
+            step: 5,
+            tensor: 1,
+        })
     }
 
     /// The plain-op chain: scores → causal softmax → dropout → values.
-    fn chain_forward(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, d: Option<DropoutKey>) -> (Vec<f32>, Vec<f32>) {
+    fn chain_forward(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        s: AttnShape,
+        d: Option<DropoutKey>,
+    ) -> (Vec<f32>, Vec<f32>) {
         let tt = s.b * s.nh * s.t * s.t;
         let mut scores = vec![0.0; tt];
         attention_scores_forward(&mut scores, q, k, s);
@@ -365,17 +511,33 @@ mod tests {
                 for h in 0..s.nh {
                     for i in 0..t {
                         let sc: Vec<f64> = (0..=i)
-                            .map(|j| (0..hs).map(|d| q[(b * t + i) * c + h * hs + d] as f64 * k[(b * t + j) * c + h * hs + d] as f64).sum::<f64>() / (hs as f64).sqrt())
+                            .map(|j| {
+                                (0..hs)
+                                    .map(|d| {
+                                        q[(b * t + i) * c + h * hs + d] as f64
+                                            * k[(b * t + j) * c + h * hs + d] as f64
+                                    })
+                                    .sum::<f64>()
+                                    / (hs as f64).sqrt()
+                            })
                             .collect();
                         let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                         let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
                         let row = &probs[((b * s.nh + h) * t + i) * t..][..t];
                         for j in 0..t {
                             let want = if j <= i { (sc[j] - m).exp() / z } else { 0.0 };
-                            assert_close(row[j], want, 1e-5, &format!("{s:?} probs[{b},{h},{i},{j}]"));
+                            assert_close(
+                                row[j],
+                                want,
+                                1e-5,
+                                &format!("{s:?} probs[{b},{h},{i},{j}]"),
+                            );
                         }
                         let sum: f64 = row.iter().map(|&x| x as f64).sum();
-                        assert!((sum - 1.0).abs() <= 1e-6, "{s:?} row ({b},{h},{i}) sums to {sum}");
+                        assert!(
+                            (sum - 1.0).abs() <= 1e-6,
+                            "{s:?} row ({b},{h},{i}) sums to {sum}"
+                        );
                     }
                 }
             }
@@ -392,10 +554,20 @@ mod tests {
                 let mut probs = vec![0.0; want_probs.len()];
                 attention_forward(&mut out, &mut probs, &q, &k, &v, s, d);
                 for i in 0..out.len() {
-                    assert_close(out[i], want[i] as f64, 1e-4, &format!("{s:?} dropout {d:?} out[{i}]"));
+                    assert_close(
+                        out[i],
+                        want[i] as f64,
+                        1e-4,
+                        &format!("{s:?} dropout {d:?} out[{i}]"),
+                    );
                 }
                 for i in 0..probs.len() {
-                    assert_close(probs[i], want_probs[i] as f64, 1e-5, &format!("{s:?} probs[{i}]"));
+                    assert_close(
+                        probs[i],
+                        want_probs[i] as f64,
+                        1e-5,
+                        &format!("{s:?} probs[{i}]"),
+                    );
                 }
             }
         }
@@ -403,7 +575,12 @@ mod tests {
 
     #[test]
     fn step_ops_backward_match_finite_differences() {
-        let s = AttnShape { b: 3, t: 5, nh: 2, hs: 3 };
+        let s = AttnShape {
+            b: 3,
+            t: 5,
+            nh: 2,
+            hs: 3,
+        };
         let (q, k, v, _) = inputs(s, 77);
         let tt = s.b * s.nh * s.t * s.t;
         let mut r = rng(78);
@@ -466,7 +643,8 @@ mod tests {
                 let mut out = vec![0.0; q.len()];
                 let mut probs = vec![0.0; s.b * s.nh * s.t * s.t];
                 attention_forward(&mut out, &mut probs, &q, &k, &v, s, d);
-                let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; q.len()], vec![0.0; q.len()]);
+                let (mut dq, mut dk, mut dv) =
+                    (vec![0.0; q.len()], vec![0.0; q.len()], vec![0.0; q.len()]);
                 attention_backward(&mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &probs, s, d);
                 let f = |q: &[f32], k: &[f32], v: &[f32]| {
                     let mut o = vec![0.0; q.len()];
@@ -483,7 +661,12 @@ mod tests {
 
     #[test]
     fn changing_a_future_token_leaves_earlier_outputs_unchanged() {
-        let s = AttnShape { b: 2, t: 37, nh: 2, hs: 5 };
+        let s = AttnShape {
+            b: 2,
+            t: 37,
+            nh: 2,
+            hs: 5,
+        };
         let (q, k, v, _) = inputs(s, 5);
         let mut out = vec![0.0; q.len()];
         let mut probs = vec![0.0; s.b * s.nh * s.t * s.t];

@@ -3,18 +3,37 @@
 use super::check_len;
 
 /// out (B, T, C) = wte[tokens[b,t]] + wpe[t] (wpe optional; its rows must number at least T).
-pub fn embedding_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: Option<&[f32]>, b: usize, t: usize, c: usize) {
+pub fn embedding_forward(
+    out: &mut [f32],
+    tokens: &[u32],
+    wte: &[f32],
+    wpe: Option<&[f32]>,
+    b: usize,
+    t: usize,
+    c: usize,
+) {
     let op = "embedding_forward";
     check_len(op, "out", out.len(), &[b, t, c]);
     check_len(op, "tokens", tokens.len(), &[b, t]);
-    assert!(wte.len() % c == 0, "shape mismatch in {op}: wte has {} elements, not a multiple of C = {c}", wte.len());
+    assert!(
+        wte.len().is_multiple_of(c),
+        "shape mismatch in {op}: wte has {} elements, not a multiple of C = {c}",
+        wte.len()
+    );
     let v = wte.len() / c;
     if let Some(p) = wpe {
-        assert!(p.len() >= t * c, "shape mismatch in {op}: wpe expected at least [{t}, {c}], got {} elements", p.len());
+        assert!(
+            p.len() >= t * c,
+            "shape mismatch in {op}: wpe expected at least [{t}, {c}], got {} elements",
+            p.len()
+        );
     }
     for (n, (row, &tok)) in out.chunks_exact_mut(c).zip(tokens).enumerate() {
         let tok = tok as usize;
-        assert!(tok < v, "{op}: token id {tok} out of range for vocabulary {v}");
+        assert!(
+            tok < v,
+            "{op}: token id {tok} out of range for vocabulary {v}"
+        );
         row.copy_from_slice(&wte[tok * c..(tok + 1) * c]);
         if let Some(p) = wpe {
             let pos = n % t;
@@ -27,14 +46,25 @@ pub fn embedding_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: Opti
 
 /// dwte[tokens[n]] += dout[n]; dwpe[t] += Σ_b dout[b, t]. Rows are visited in index order, so the
 /// sums are deterministic (the GPU version must not use order-dependent float atomics either).
-pub fn embedding_backward(dwte: &mut [f32], dwpe: Option<&mut [f32]>, dout: &[f32], tokens: &[u32], b: usize, t: usize, c: usize) {
+pub fn embedding_backward(
+    dwte: &mut [f32],
+    dwpe: Option<&mut [f32]>,
+    dout: &[f32],
+    tokens: &[u32],
+    b: usize,
+    t: usize,
+    c: usize,
+) {
     let op = "embedding_backward";
     check_len(op, "dout", dout.len(), &[b, t, c]);
     check_len(op, "tokens", tokens.len(), &[b, t]);
     let v = dwte.len() / c;
     for (row, &tok) in dout.chunks_exact(c).zip(tokens) {
         let tok = tok as usize;
-        assert!(tok < v, "{op}: token id {tok} out of range for vocabulary {v}");
+        assert!(
+            tok < v,
+            "{op}: token id {tok} out of range for vocabulary {v}"
+        );
         for (d, &g) in dwte[tok * c..(tok + 1) * c].iter_mut().zip(row) {
             *d += g;
         }

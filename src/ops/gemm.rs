@@ -19,20 +19,44 @@ pub struct Mat<'a> {
 impl<'a> Mat<'a> {
     /// A row-major (rows × cols) matrix at the start of `data`.
     pub fn rm(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Mat { data, offset: 0, rows, cols, rs: cols, cs: 1 }
+        Mat {
+            data,
+            offset: 0,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
     }
     /// The transpose of this view (no copy).
     pub fn t(self) -> Self {
-        Mat { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
     }
     /// Sub-view starting at `offset` with row stride `rs`, as used for head slices of (B,T,C).
     pub fn strided(data: &'a [f32], offset: usize, rows: usize, cols: usize, rs: usize) -> Self {
-        Mat { data, offset, rows, cols, rs, cs: 1 }
+        Mat {
+            data,
+            offset,
+            rows,
+            cols,
+            rs,
+            cs: 1,
+        }
     }
     fn check(&self, what: &str) {
         if self.rows > 0 && self.cols > 0 {
             let last = self.offset + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
-            assert!(last < self.data.len(), "gemm: {what} view reaches element {last} of a slice of {}", self.data.len());
+            assert!(
+                last < self.data.len(),
+                "gemm: {what} view reaches element {last} of a slice of {}",
+                self.data.len()
+            );
         }
     }
 }
@@ -49,14 +73,40 @@ pub struct MatMut<'a> {
 
 impl<'a> MatMut<'a> {
     pub fn rm(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
-        MatMut { data, offset: 0, rows, cols, rs: cols, cs: 1 }
+        MatMut {
+            data,
+            offset: 0,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
     }
-    pub fn strided(data: &'a mut [f32], offset: usize, rows: usize, cols: usize, rs: usize) -> Self {
-        MatMut { data, offset, rows, cols, rs, cs: 1 }
+    pub fn strided(
+        data: &'a mut [f32],
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        rs: usize,
+    ) -> Self {
+        MatMut {
+            data,
+            offset,
+            rows,
+            cols,
+            rs,
+            cs: 1,
+        }
     }
     /// The transpose of this view (no copy).
     pub fn t(self) -> Self {
-        MatMut { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+        MatMut {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
     }
 }
 
@@ -74,12 +124,25 @@ fn parallelism(m: usize, n: usize, k: usize, allow: bool) -> gemm::Parallelism {
 /// `parallel` lets the GEMM use the rayon pool; pass false when already inside a parallel loop.
 pub fn sgemm(c: MatMut, a: Mat, b: Mat, alpha: f32, accumulate: bool, parallel: bool) {
     let (m, n, k) = (c.rows, c.cols, a.cols);
-    assert!(a.rows == m && b.rows == k && b.cols == n, "gemm: ({}x{})·({}x{}) into ({}x{})", a.rows, a.cols, b.rows, b.cols, m, n);
+    assert!(
+        a.rows == m && b.rows == k && b.cols == n,
+        "gemm: ({}x{})·({}x{}) into ({}x{})",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols,
+        m,
+        n
+    );
     a.check("lhs");
     b.check("rhs");
     if m > 0 && n > 0 {
         let last = c.offset + (m - 1) * c.rs + (n - 1) * c.cs;
-        assert!(last < c.data.len(), "gemm: dst view reaches element {last} of a slice of {}", c.data.len());
+        assert!(
+            last < c.data.len(),
+            "gemm: dst view reaches element {last} of a slice of {}",
+            c.data.len()
+        );
     }
     if m == 0 || n == 0 {
         return;
@@ -130,7 +193,9 @@ mod tests {
         let mut c = vec![0.0; m * n];
         for i in 0..m {
             for j in 0..n {
-                c[i * n + j] = (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum();
+                c[i * n + j] = (0..k)
+                    .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                    .sum();
             }
         }
         c
@@ -144,14 +209,33 @@ mod tests {
             let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
             let want = naive(&a, &b, m, k, n);
             let mut c = vec![1.0f32; m * n];
-            sgemm(MatMut::rm(&mut c, m, n), Mat::rm(&a, m, k), Mat::rm(&b, k, n), 1.0, true, true);
+            sgemm(
+                MatMut::rm(&mut c, m, n),
+                Mat::rm(&a, m, k),
+                Mat::rm(&b, k, n),
+                1.0,
+                true,
+                true,
+            );
             for i in 0..m * n {
                 let tol = 1e-4 * (k as f64).sqrt() * 4.0;
-                assert!((c[i] as f64 - 1.0 - want[i]).abs() < tol, "({m},{k},{n}) element {i}: {} vs {}", c[i] - 1.0, want[i]);
+                assert!(
+                    (c[i] as f64 - 1.0 - want[i]).abs() < tol,
+                    "({m},{k},{n}) element {i}: {} vs {}",
+                    c[i] - 1.0,
+                    want[i]
+                );
             }
             // Transposed views: cᵀ = bᵀ aᵀ.
             let mut ct = vec![0.0f32; n * m];
-            sgemm(MatMut::rm(&mut ct, n, m), Mat::rm(&b, k, n).t(), Mat::rm(&a, m, k).t(), 2.0, false, false);
+            sgemm(
+                MatMut::rm(&mut ct, n, m),
+                Mat::rm(&b, k, n).t(),
+                Mat::rm(&a, m, k).t(),
+                2.0,
+                false,
+                false,
+            );
             for i in 0..m {
                 for j in 0..n {
                     let tol = 2e-4 * (k as f64).sqrt() * 4.0;

@@ -12,46 +12,70 @@ fn row_max_and_log_sum(row: &[f32]) -> (f32, f64) {
 }
 
 /// losses (N) = −log softmax(logits[n])[targets[n]]; 0 where targets[n] == IGNORE.
-pub fn cross_entropy_forward(losses: &mut [f32], logits: &[f32], targets: &[u32], n: usize, v: usize) {
+pub fn cross_entropy_forward(
+    losses: &mut [f32],
+    logits: &[f32],
+    targets: &[u32],
+    n: usize,
+    v: usize,
+) {
     let op = "cross_entropy_forward";
     check_len(op, "losses", losses.len(), &[n]);
     check_len(op, "logits", logits.len(), &[n, v]);
     check_len(op, "targets", targets.len(), &[n]);
     let rows = rows_per_task(n, v);
-    losses.par_chunks_mut(rows).zip(logits.par_chunks(rows * v)).zip(targets.par_chunks(rows)).for_each(|((l, x), t)| {
-        for ((l, row), &tg) in l.iter_mut().zip(x.chunks_exact(v)).zip(t) {
-            if tg == IGNORE {
-                *l = 0.0;
-                continue;
+    losses
+        .par_chunks_mut(rows)
+        .zip(logits.par_chunks(rows * v))
+        .zip(targets.par_chunks(rows))
+        .for_each(|((l, x), t)| {
+            for ((l, row), &tg) in l.iter_mut().zip(x.chunks_exact(v)).zip(t) {
+                if tg == IGNORE {
+                    *l = 0.0;
+                    continue;
+                }
+                assert!(
+                    (tg as usize) < v,
+                    "{op}: target id {tg} out of range for vocabulary {v}"
+                );
+                let (max, log_sum) = row_max_and_log_sum(row);
+                *l = (log_sum - (row[tg as usize] - max) as f64) as f32;
             }
-            assert!((tg as usize) < v, "{op}: target id {tg} out of range for vocabulary {v}");
-            let (max, log_sum) = row_max_and_log_sum(row);
-            *l = (log_sum - (row[tg as usize] - max) as f64) as f32;
-        }
-    });
+        });
 }
 
 /// dlogits (N, V) += scale · (softmax(logits[n]) − onehot(targets[n])); IGNORE rows get nothing.
 /// With scale = 1 / (number of counted targets) this is the gradient of the mean loss.
-pub fn cross_entropy_backward(dlogits: &mut [f32], logits: &[f32], targets: &[u32], scale: f32, n: usize, v: usize) {
+pub fn cross_entropy_backward(
+    dlogits: &mut [f32],
+    logits: &[f32],
+    targets: &[u32],
+    scale: f32,
+    n: usize,
+    v: usize,
+) {
     let op = "cross_entropy_backward";
     check_len(op, "dlogits", dlogits.len(), &[n, v]);
     check_len(op, "logits", logits.len(), &[n, v]);
     check_len(op, "targets", targets.len(), &[n]);
     let rows = rows_per_task(n, v);
-    dlogits.par_chunks_mut(rows * v).zip(logits.par_chunks(rows * v)).zip(targets.par_chunks(rows)).for_each(|((d, x), t)| {
-        for ((drow, row), &tg) in d.chunks_exact_mut(v).zip(x.chunks_exact(v)).zip(t) {
-            if tg == IGNORE {
-                continue;
+    dlogits
+        .par_chunks_mut(rows * v)
+        .zip(logits.par_chunks(rows * v))
+        .zip(targets.par_chunks(rows))
+        .for_each(|((d, x), t)| {
+            for ((drow, row), &tg) in d.chunks_exact_mut(v).zip(x.chunks_exact(v)).zip(t) {
+                if tg == IGNORE {
+                    continue;
+                }
+                let (max, log_sum) = row_max_and_log_sum(row);
+                for (j, (dj, &xj)) in drow.iter_mut().zip(row).enumerate() {
+                    let p = ((xj - max) as f64 - log_sum).exp() as f32;
+                    let y = if j == tg as usize { 1.0 } else { 0.0 };
+                    *dj += scale * (p - y);
+                }
             }
-            let (max, log_sum) = row_max_and_log_sum(row);
-            for (j, (dj, &xj)) in drow.iter_mut().zip(row).enumerate() {
-                let p = ((xj - max) as f64 - log_sum).exp() as f32;
-                let y = if j == tg as usize { 1.0 } else { 0.0 };
-                *dj += scale * (p - y);
-            }
-        }
-    });
+        });
 }
 
 /// (Σ losses over counted positions in f64, number of counted positions).
@@ -77,7 +101,15 @@ mod tests {
         for &(n, v) in &[(1, 1), (1, 5), (3 * 37, 13), (37, 130)] {
             let mut r = rng(n + v);
             let logits: Vec<f32> = randn(&mut r, n * v).iter().map(|x| x * 2.0).collect();
-            let targets: Vec<u32> = (0..n).map(|i| if i % 7 == 3 { IGNORE } else { r.below(v as u64) as u32 }).collect();
+            let targets: Vec<u32> = (0..n)
+                .map(|i| {
+                    if i % 7 == 3 {
+                        IGNORE
+                    } else {
+                        r.below(v as u64) as u32
+                    }
+                })
+                .collect();
             let mut losses = vec![0.0; n];
             cross_entropy_forward(&mut losses, &logits, &targets, n, v);
             for i in 0..n {

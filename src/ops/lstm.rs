@@ -7,9 +7,9 @@
 //! `lstm_cell_forward` / `lstm_cell_backward` are the pointwise cell (one CUDA kernel each); the
 //! layer functions add the gate GEMMs and backpropagation through time.
 
-use super::{check_len, tanh_fast};
 use super::gemm::{sgemm, Mat, MatMut};
 use super::matmul::column_sums_into;
+use super::{check_len, tanh_fast};
 use rayon::prelude::*;
 
 #[inline]
@@ -19,7 +19,14 @@ fn sigmoid(x: f32) -> f32 {
 
 /// Pointwise cell for one timestep. gates (B, 4H): pre-activations in, activations out (in
 /// place: they are what backward needs). c_prev (B, H) (None = zeros); writes c (B, H), h (B, H).
-pub fn lstm_cell_forward(gates: &mut [f32], c_prev: Option<&[f32]>, c: &mut [f32], h: &mut [f32], b: usize, hid: usize) {
+pub fn lstm_cell_forward(
+    gates: &mut [f32],
+    c_prev: Option<&[f32]>,
+    c: &mut [f32],
+    h: &mut [f32],
+    b: usize,
+    hid: usize,
+) {
     let op = "lstm_cell_forward";
     check_len(op, "gates", gates.len(), &[b, 4 * hid]);
     check_len(op, "c", c.len(), &[b, hid]);
@@ -49,8 +56,16 @@ pub fn lstm_cell_forward(gates: &mut [f32], c_prev: Option<&[f32]>, c: &mut [f32
 /// Backward of the cell. dh (B, H) and dc (B, H) are the total gradients reaching h and c of this
 /// step (dc is updated in place to become the gradient reaching c_prev). Writes the
 /// pre-activation gradients into dgates (B, 4H) (overwrite, not accumulate: it is per-step scratch).
-#[allow(clippy::too_many_arguments)]
-pub fn lstm_cell_backward(dgates: &mut [f32], dc: &mut [f32], dh: &[f32], gates: &[f32], c: &[f32], c_prev: Option<&[f32]>, b: usize, hid: usize) {
+pub fn lstm_cell_backward(
+    dgates: &mut [f32],
+    dc: &mut [f32],
+    dh: &[f32],
+    gates: &[f32],
+    c: &[f32],
+    c_prev: Option<&[f32]>,
+    b: usize,
+    hid: usize,
+) {
     let op = "lstm_cell_backward";
     check_len(op, "dgates", dgates.len(), &[b, 4 * hid]);
     check_len(op, "dc", dc.len(), &[b, hid]);
@@ -85,8 +100,16 @@ pub struct LstmShape {
 }
 
 /// Forward over the sequence. Writes gates (T,B,4H) (activations), c (T,B,H), h (T,B,H).
-#[allow(clippy::too_many_arguments)]
-pub fn lstm_forward(h: &mut [f32], c: &mut [f32], gates: &mut [f32], x: &[f32], w_ih: &[f32], w_hh: &[f32], bias: &[f32], s: LstmShape) {
+pub fn lstm_forward(
+    h: &mut [f32],
+    c: &mut [f32],
+    gates: &mut [f32],
+    x: &[f32],
+    w_ih: &[f32],
+    w_hh: &[f32],
+    bias: &[f32],
+    s: LstmShape,
+) {
     let op = "lstm_forward";
     let LstmShape { t, b, e, h: hid } = s;
     check_len(op, "h", h.len(), &[t, b, hid]);
@@ -101,33 +124,61 @@ pub fn lstm_forward(h: &mut [f32], c: &mut [f32], gates: &mut [f32], x: &[f32], 
     for row in gates.chunks_exact_mut(4 * hid) {
         row.copy_from_slice(bias);
     }
-    sgemm(MatMut::rm(gates, t * b, 4 * hid), Mat::rm(x, t * b, e), Mat::rm(w_ih, 4 * hid, e).t(), 1.0, true, true);
+    sgemm(
+        MatMut::rm(gates, t * b, 4 * hid),
+        Mat::rm(x, t * b, e),
+        Mat::rm(w_ih, 4 * hid, e).t(),
+        1.0,
+        true,
+        true,
+    );
     for step in 0..t {
         let (h_done, h_rest) = h.split_at_mut(step * bh);
         let (c_done, c_rest) = c.split_at_mut(step * bh);
         let g = &mut gates[step * bg..(step + 1) * bg];
-        let c_prev = if step > 0 { Some(&c_done[(step - 1) * bh..]) } else { None };
+        let c_prev = if step > 0 {
+            Some(&c_done[(step - 1) * bh..])
+        } else {
+            None
+        };
         if step > 0 {
             let h_prev = &h_done[(step - 1) * bh..];
-            sgemm(MatMut::rm(g, b, 4 * hid), Mat::rm(h_prev, b, hid), Mat::rm(w_hh, 4 * hid, hid).t(), 1.0, true, true);
+            sgemm(
+                MatMut::rm(g, b, 4 * hid),
+                Mat::rm(h_prev, b, hid),
+                Mat::rm(w_hh, 4 * hid, hid).t(),
+                1.0,
+                true,
+                true,
+            );
         }
         cell_forward_par(g, c_prev, &mut c_rest[..bh], &mut h_rest[..bh], b, hid);
     }
 }
 
 /// The cell over B rows, split across threads by row (rows are independent).
-fn cell_forward_par(g: &mut [f32], c_prev: Option<&[f32]>, c: &mut [f32], h: &mut [f32], b: usize, hid: usize) {
+fn cell_forward_par(
+    g: &mut [f32],
+    c_prev: Option<&[f32]>,
+    c: &mut [f32],
+    h: &mut [f32],
+    b: usize,
+    hid: usize,
+) {
     let rows = b.div_ceil(rayon::current_num_threads()).max(1);
-    g.par_chunks_mut(rows * 4 * hid).zip(c.par_chunks_mut(rows * hid)).zip(h.par_chunks_mut(rows * hid)).enumerate().for_each(|(i, ((g, c), h))| {
-        let n = c.len() / hid;
-        let cp = c_prev.map(|cp| &cp[i * rows * hid..i * rows * hid + n * hid]);
-        lstm_cell_forward(g, cp, c, h, n, hid);
-    });
+    g.par_chunks_mut(rows * 4 * hid)
+        .zip(c.par_chunks_mut(rows * hid))
+        .zip(h.par_chunks_mut(rows * hid))
+        .enumerate()
+        .for_each(|(i, ((g, c), h))| {
+            let n = c.len() / hid;
+            let cp = c_prev.map(|cp| &cp[i * rows * hid..i * rows * hid + n * hid]);
+            lstm_cell_forward(g, cp, c, h, n, hid);
+        });
 }
 
 /// Backward through time. dh (T,B,H): gradient from above (consumed: used as scratch).
 /// dgates (T,B,4H): scratch for pre-activation gradients. Accumulates into dx, dw_ih, dw_hh, dbias.
-#[allow(clippy::too_many_arguments)]
 pub fn lstm_backward(
     dx: Option<&mut [f32]>,
     dw_ih: &mut [f32],
@@ -159,24 +210,65 @@ pub fn lstm_backward(
     let (bh, bg) = (b * hid, b * 4 * hid);
     let mut dc = vec![0.0f32; bh];
     for step in (0..t).rev() {
-        let c_prev = if step > 0 { Some(&c[(step - 1) * bh..step * bh]) } else { None };
+        let c_prev = if step > 0 {
+            Some(&c[(step - 1) * bh..step * bh])
+        } else {
+            None
+        };
         let (dh_before, dh_rest) = dh.split_at_mut(step * bh);
         let dg = &mut dgates[step * bg..(step + 1) * bg];
-        lstm_cell_backward(dg, &mut dc, &dh_rest[..bh], &gates[step * bg..(step + 1) * bg], &c[step * bh..(step + 1) * bh], c_prev, b, hid);
+        lstm_cell_backward(
+            dg,
+            &mut dc,
+            &dh_rest[..bh],
+            &gates[step * bg..(step + 1) * bg],
+            &c[step * bh..(step + 1) * bh],
+            c_prev,
+            b,
+            hid,
+        );
         if step > 0 {
             // dh_{t-1} += dgates_t · W_hh
-            sgemm(MatMut::rm(&mut dh_before[(step - 1) * bh..], b, hid), Mat::rm(dg, b, 4 * hid), Mat::rm(w_hh, 4 * hid, hid), 1.0, true, true);
+            sgemm(
+                MatMut::rm(&mut dh_before[(step - 1) * bh..], b, hid),
+                Mat::rm(dg, b, 4 * hid),
+                Mat::rm(w_hh, 4 * hid, hid),
+                1.0,
+                true,
+                true,
+            );
         }
     }
     // Weight gradients as three big GEMMs over all timesteps.
     if t > 1 {
-        sgemm(MatMut::rm(dw_hh, 4 * hid, hid), Mat::rm(&dgates[bg..], (t - 1) * b, 4 * hid).t(), Mat::rm(&h[..(t - 1) * bh], (t - 1) * b, hid), 1.0, true, true);
+        sgemm(
+            MatMut::rm(dw_hh, 4 * hid, hid),
+            Mat::rm(&dgates[bg..], (t - 1) * b, 4 * hid).t(),
+            Mat::rm(&h[..(t - 1) * bh], (t - 1) * b, hid),
+            1.0,
+            true,
+            true,
+        );
     }
-    sgemm(MatMut::rm(dw_ih, 4 * hid, e), Mat::rm(dgates, t * b, 4 * hid).t(), Mat::rm(x, t * b, e), 1.0, true, true);
+    sgemm(
+        MatMut::rm(dw_ih, 4 * hid, e),
+        Mat::rm(dgates, t * b, 4 * hid).t(),
+        Mat::rm(x, t * b, e),
+        1.0,
+        true,
+        true,
+    );
     column_sums_into(dbias, dgates, 4 * hid);
     if let Some(dx) = dx {
         check_len(op, "dx", dx.len(), &[t, b, e]);
-        sgemm(MatMut::rm(dx, t * b, e), Mat::rm(dgates, t * b, 4 * hid), Mat::rm(w_ih, 4 * hid, e), 1.0, true, true);
+        sgemm(
+            MatMut::rm(dx, t * b, e),
+            Mat::rm(dgates, t * b, 4 * hid),
+            Mat::rm(w_ih, 4 * hid, e),
+            1.0,
+            true,
+            true,
+        );
     }
 }
 
@@ -186,7 +278,13 @@ mod tests {
     use crate::ops::testutil::*;
 
     /// A direct per-element formula in f64, the forward's oracle.
-    fn naive_forward(x: &[f32], w_ih: &[f32], w_hh: &[f32], bias: &[f32], s: LstmShape) -> Vec<f64> {
+    fn naive_forward(
+        x: &[f32],
+        w_ih: &[f32],
+        w_hh: &[f32],
+        bias: &[f32],
+        s: LstmShape,
+    ) -> Vec<f64> {
         let LstmShape { t, b, e, h } = s;
         let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
         let mut hs = vec![0.0f64; t * b * h];
@@ -197,8 +295,12 @@ mod tests {
                 let mut a = vec![0.0f64; 4 * h];
                 for r in 0..4 * h {
                     a[r] = bias[r] as f64
-                        + (0..e).map(|k| w_ih[r * e + k] as f64 * x[(step * b + n) * e + k] as f64).sum::<f64>()
-                        + (0..h).map(|k| w_hh[r * h + k] as f64 * hp[n * h + k]).sum::<f64>();
+                        + (0..e)
+                            .map(|k| w_ih[r * e + k] as f64 * x[(step * b + n) * e + k] as f64)
+                            .sum::<f64>()
+                        + (0..h)
+                            .map(|k| w_hh[r * h + k] as f64 * hp[n * h + k])
+                            .sum::<f64>();
                 }
                 for j in 0..h {
                     let c = sig(a[h + j]) * cs[n * h + j] + sig(a[j]) * a[2 * h + j].tanh();
@@ -211,19 +313,54 @@ mod tests {
         hs
     }
 
-    fn run(x: &[f32], w_ih: &[f32], w_hh: &[f32], bias: &[f32], s: LstmShape) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let (mut h, mut c, mut g) = (vec![0.0; s.t * s.b * s.h], vec![0.0; s.t * s.b * s.h], vec![0.0; s.t * s.b * 4 * s.h]);
+    fn run(
+        x: &[f32],
+        w_ih: &[f32],
+        w_hh: &[f32],
+        bias: &[f32],
+        s: LstmShape,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (mut h, mut c, mut g) = (
+            vec![0.0; s.t * s.b * s.h],
+            vec![0.0; s.t * s.b * s.h],
+            vec![0.0; s.t * s.b * 4 * s.h],
+        );
         lstm_forward(&mut h, &mut c, &mut g, x, w_ih, w_hh, bias, s);
         (h, c, g)
     }
 
-    const SHAPES: [LstmShape; 3] = [LstmShape { t: 1, b: 1, e: 1, h: 1 }, LstmShape { t: 37, b: 3, e: 5, h: 7 }, LstmShape { t: 6, b: 2, e: 9, h: 13 }];
+    const SHAPES: [LstmShape; 3] = [
+        LstmShape {
+            t: 1,
+            b: 1,
+            e: 1,
+            h: 1,
+        },
+        LstmShape {
+            t: 37,
+            b: 3,
+            e: 5,
+            h: 7,
+        },
+        LstmShape {
+            t: 6,
+            b: 2,
+            e: 9,
+            h: 13,
+        },
+    ];
 
     fn params(s: LstmShape, seed: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
         let mut r = rng(seed);
         let sc = 1.0 / (s.h as f32).sqrt();
-        let scaled = |r: &mut crate::rng::Rng, n| randn(r, n).iter().map(|v| v * sc).collect::<Vec<f32>>();
-        (randn(&mut r, s.t * s.b * s.e), scaled(&mut r, 4 * s.h * s.e), scaled(&mut r, 4 * s.h * s.h), scaled(&mut r, 4 * s.h))
+        let scaled =
+            |r: &mut crate::rng::Rng, n| randn(r, n).iter().map(|v| v * sc).collect::<Vec<f32>>();
+        (
+            randn(&mut r, s.t * s.b * s.e),
+            scaled(&mut r, 4 * s.h * s.e),
+            scaled(&mut r, 4 * s.h * s.h),
+            scaled(&mut r, 4 * s.h),
+        )
     }
 
     #[test]
@@ -245,15 +382,43 @@ mod tests {
             let mut r = rng(20 + i);
             let dout = randn(&mut r, s.t * s.b * s.h);
             let (h, c, g) = run(&x, &w_ih, &w_hh, &bias, s);
-            let (mut dx, mut dwi, mut dwh, mut db) = (vec![0.0; x.len()], vec![0.0; w_ih.len()], vec![0.0; w_hh.len()], vec![0.0; bias.len()]);
+            let (mut dx, mut dwi, mut dwh, mut db) = (
+                vec![0.0; x.len()],
+                vec![0.0; w_ih.len()],
+                vec![0.0; w_hh.len()],
+                vec![0.0; bias.len()],
+            );
             let mut dgates = vec![0.0; g.len()];
             let mut dh = dout.clone();
-            lstm_backward(Some(&mut dx), &mut dwi, &mut dwh, &mut db, &mut dgates, &mut dh, &h, &c, &g, &x, &w_ih, &w_hh, s);
-            let f = |x: &[f32], wi: &[f32], wh: &[f32], b: &[f32]| dot(&run(x, wi, wh, b, s).0, &dout);
-            grad_check(&format!("{s:?} lstm dx"), &x, &dx, |v| f(v, &w_ih, &w_hh, &bias));
-            grad_check(&format!("{s:?} lstm dw_ih"), &w_ih, &dwi, |v| f(&x, v, &w_hh, &bias));
-            grad_check(&format!("{s:?} lstm dw_hh"), &w_hh, &dwh, |v| f(&x, &w_ih, v, &bias));
-            grad_check(&format!("{s:?} lstm dbias"), &bias, &db, |v| f(&x, &w_ih, &w_hh, v));
+            lstm_backward(
+                Some(&mut dx),
+                &mut dwi,
+                &mut dwh,
+                &mut db,
+                &mut dgates,
+                &mut dh,
+                &h,
+                &c,
+                &g,
+                &x,
+                &w_ih,
+                &w_hh,
+                s,
+            );
+            let f =
+                |x: &[f32], wi: &[f32], wh: &[f32], b: &[f32]| dot(&run(x, wi, wh, b, s).0, &dout);
+            grad_check(&format!("{s:?} lstm dx"), &x, &dx, |v| {
+                f(v, &w_ih, &w_hh, &bias)
+            });
+            grad_check(&format!("{s:?} lstm dw_ih"), &w_ih, &dwi, |v| {
+                f(&x, v, &w_hh, &bias)
+            });
+            grad_check(&format!("{s:?} lstm dw_hh"), &w_hh, &dwh, |v| {
+                f(&x, &w_ih, v, &bias)
+            });
+            grad_check(&format!("{s:?} lstm dbias"), &bias, &db, |v| {
+                f(&x, &w_ih, &w_hh, v)
+            });
         }
     }
 
@@ -282,7 +447,12 @@ mod tests {
 
     #[test]
     fn changing_a_future_input_leaves_earlier_outputs_unchanged() {
-        let s = LstmShape { t: 37, b: 3, e: 5, h: 7 };
+        let s = LstmShape {
+            t: 37,
+            b: 3,
+            e: 5,
+            h: 7,
+        };
         let (x, w_ih, w_hh, bias) = params(s, 40);
         let (h, _, _) = run(&x, &w_ih, &w_hh, &bias, s);
         let mut x2 = x.clone();

@@ -34,7 +34,6 @@ pub fn matmul_forward(
 }
 
 /// dinp (N, IC) += dout · weight; dweight (OC, IC) += doutᵀ · inp; dbias (OC) += Σ_n dout.
-#[allow(clippy::too_many_arguments)]
 pub fn matmul_backward(
     dinp: Option<&mut [f32]>,
     dweight: &mut [f32],
@@ -53,9 +52,23 @@ pub fn matmul_backward(
     check_len(op, "dweight", dweight.len(), &[oc, ic]);
     if let Some(dinp) = dinp {
         check_len(op, "dinp", dinp.len(), &[n, ic]);
-        sgemm(MatMut::rm(dinp, n, ic), Mat::rm(dout, n, oc), Mat::rm(weight, oc, ic), 1.0, true, true);
+        sgemm(
+            MatMut::rm(dinp, n, ic),
+            Mat::rm(dout, n, oc),
+            Mat::rm(weight, oc, ic),
+            1.0,
+            true,
+            true,
+        );
     }
-    sgemm(MatMut::rm(dweight, oc, ic), Mat::rm(dout, n, oc).t(), Mat::rm(inp, n, ic), 1.0, true, true);
+    sgemm(
+        MatMut::rm(dweight, oc, ic),
+        Mat::rm(dout, n, oc).t(),
+        Mat::rm(inp, n, ic),
+        1.0,
+        true,
+        true,
+    );
     if let Some(db) = dbias {
         check_len(op, "dbias", db.len(), &[oc]);
         column_sums_into(db, dout, oc);
@@ -91,8 +104,16 @@ mod tests {
             matmul_forward(&mut out, &inp, &w, Some(&b), n, ic, oc);
             for i in 0..n {
                 for o in 0..oc {
-                    let want: f64 = b[o] as f64 + (0..ic).map(|k| inp[i * ic + k] as f64 * w[o * ic + k] as f64).sum::<f64>();
-                    assert_close(out[i * oc + o], want, 1e-4, &format!("({n},{ic},{oc}) out[{i},{o}]"));
+                    let want: f64 = b[o] as f64
+                        + (0..ic)
+                            .map(|k| inp[i * ic + k] as f64 * w[o * ic + k] as f64)
+                            .sum::<f64>();
+                    assert_close(
+                        out[i * oc + o],
+                        want,
+                        1e-4,
+                        &format!("({n},{ic},{oc}) out[{i},{o}]"),
+                    );
                 }
             }
         }
@@ -107,7 +128,17 @@ mod tests {
             let b = randn(&mut r, oc);
             let dout = randn(&mut r, n * oc);
             let (mut dinp, mut dw, mut db) = (vec![0.0; n * ic], vec![0.0; oc * ic], vec![0.0; oc]);
-            matmul_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, n, ic, oc);
+            matmul_backward(
+                Some(&mut dinp),
+                &mut dw,
+                Some(&mut db),
+                &dout,
+                &inp,
+                &w,
+                n,
+                ic,
+                oc,
+            );
             let f = |inp: &[f32], w: &[f32], b: &[f32]| {
                 let mut out = vec![0.0; n * oc];
                 matmul_forward(&mut out, inp, w, Some(b), n, ic, oc);

@@ -29,7 +29,12 @@ pub fn layernorm_forward(
         .zip(rstd.par_chunks_mut(rows))
         .zip(inp.par_chunks(rows * c))
         .for_each(|(((out, mean), rstd), inp)| {
-            for (((o, m), r), x) in out.chunks_exact_mut(c).zip(mean.iter_mut()).zip(rstd.iter_mut()).zip(inp.chunks_exact(c)) {
+            for (((o, m), r), x) in out
+                .chunks_exact_mut(c)
+                .zip(mean.iter_mut())
+                .zip(rstd.iter_mut())
+                .zip(inp.chunks_exact(c))
+            {
                 let mu = x.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
                 let var = x.iter().map(|&v| (v as f64 - mu).powi(2)).sum::<f64>() / c as f64;
                 let rs = 1.0 / (var + LAYERNORM_EPS as f64).sqrt();
@@ -44,7 +49,6 @@ pub fn layernorm_forward(
 }
 
 /// Backward of layernorm: dinp += …, dweight += Σ_n dout·x̂, dbias += Σ_n dout.
-#[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
     dinp: &mut [f32],
     dweight: &mut [f32],
@@ -78,7 +82,13 @@ pub fn layernorm_backward(
         .map(|((((dinp, dout), inp), mean), rstd)| {
             let mut dw = vec![0.0f64; c];
             let mut db = vec![0.0f64; c];
-            for ((((di, d), x), &mu), &rs) in dinp.chunks_exact_mut(c).zip(dout.chunks_exact(c)).zip(inp.chunks_exact(c)).zip(mean).zip(rstd) {
+            for ((((di, d), x), &mu), &rs) in dinp
+                .chunks_exact_mut(c)
+                .zip(dout.chunks_exact(c))
+                .zip(inp.chunks_exact(c))
+                .zip(mean)
+                .zip(rstd)
+            {
                 // x̂ = (x - mu) rs; dx̂ = dout * w; dx = rs (dx̂ - mean(dx̂) - x̂ mean(dx̂ x̂))
                 let mut sum_dxh = 0.0f64;
                 let mut sum_dxh_xh = 0.0f64;
@@ -134,22 +144,27 @@ pub fn gelu_grad(x: f32) -> f32 {
 /// out (N) = gelu(inp (N)).
 pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
     check_len("gelu_forward", "out", out.len(), &[inp.len()]);
-    out.par_chunks_mut(16 * 1024).zip(inp.par_chunks(16 * 1024)).for_each(|(o, x)| {
-        for (o, &x) in o.iter_mut().zip(x) {
-            *o = gelu(x);
-        }
-    });
+    out.par_chunks_mut(16 * 1024)
+        .zip(inp.par_chunks(16 * 1024))
+        .for_each(|(o, x)| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = gelu(x);
+            }
+        });
 }
 
 /// dinp (N) += gelu'(inp) · dout.
 pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
     check_len("gelu_backward", "dinp", dinp.len(), &[inp.len()]);
     check_len("gelu_backward", "dout", dout.len(), &[inp.len()]);
-    dinp.par_chunks_mut(16 * 1024).zip(inp.par_chunks(16 * 1024)).zip(dout.par_chunks(16 * 1024)).for_each(|((d, x), g)| {
-        for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-            *d += gelu_grad(x) * g;
-        }
-    });
+    dinp.par_chunks_mut(16 * 1024)
+        .zip(inp.par_chunks(16 * 1024))
+        .zip(dout.par_chunks(16 * 1024))
+        .for_each(|((d, x), g)| {
+            for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
+                *d += gelu_grad(x) * g;
+            }
+        });
 }
 
 /// out = a + b (the residual connection). Its backward is `accumulate` into both inputs' grads.
@@ -198,7 +213,12 @@ mod tests {
             layernorm_forward(&mut out, &mut mean, &mut rstd, &x, &w, &b, n, c);
             let want = ln_naive(&x, &w, &b, c);
             for i in 0..n * c {
-                assert_close(out[i], want[i], 1e-4, &format!("layernorm ({n},{c}) out[{i}]"));
+                assert_close(
+                    out[i],
+                    want[i],
+                    1e-4,
+                    &format!("layernorm ({n},{c}) out[{i}]"),
+                );
             }
             if c == 1 {
                 continue; // a one-element row normalises to 0: its input gradient is identically 0
@@ -224,7 +244,9 @@ mod tests {
         gelu_forward(&mut out, &x);
         for (i, &v) in x.iter().enumerate() {
             let v = v as f64;
-            let want = 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh());
+            let want = 0.5
+                * v
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh());
             assert_close(out[i], want, 1e-6, "gelu");
         }
         let dout = randn(&mut r, x.len());

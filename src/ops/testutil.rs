@@ -25,7 +25,10 @@ pub fn dot(a: &[f32], b: &[f32]) -> f64 {
 #[track_caller]
 pub fn assert_close(got: f32, want: f64, tol: f64, what: &str) {
     let err = (got as f64 - want).abs();
-    assert!(err <= tol * (1.0 + want.abs()), "{what}: got {got}, want {want} (error {err:.3e}, tolerance {tol:.1e} relative)");
+    assert!(
+        err <= tol * (1.0 + want.abs()),
+        "{what}: got {got}, want {want} (error {err:.3e}, tolerance {tol:.1e} relative)"
+    );
 }
 
 /// Checks `analytic` = d objective / d x at up to 150 positions spread over x.

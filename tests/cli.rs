@@ -1,0 +1,494 @@
+//! End-to-end tests of the `robo-poet` binary on small texts the tests write themselves:
+//! train → checkpoint → generate → eval, bit-exact resume, and every bad input the CLI promises
+//! to reject with a one-line error and a non-zero exit (never a panic).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_robo-poet"));
+    c.env_remove("ROBO_POET_DATA")
+        .env_remove("ROBO_POET_GUTENBERG_URL")
+        .env("RAYON_NUM_THREADS", "2");
+    c
+}
+
+fn run(args: &[&str], cwd: &Path) -> Output {
+    bin()
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run robo-poet")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[track_caller]
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "expected success, got {:?}:\n{}",
+        o.status,
+        text(o)
+    );
+    text(o)
+}
+
+/// A failure with a one-line error (no panic, no backtrace) that contains `needle`.
+#[track_caller]
+fn fails_with(o: &Output, needle: &str) {
+    let all = text(o);
+    assert!(!o.status.success(), "expected failure, got success:\n{all}");
+    assert_ne!(o.status.code(), Some(101), "panicked:\n{all}");
+    assert!(!all.contains("panicked"), "panicked:\n{all}");
+    let err: Vec<&str> = all.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(err.len(), 1, "expected one error line:\n{all}");
+    assert!(
+        all.to_lowercase().contains(&needle.to_lowercase()),
+        "error does not mention {needle:?}:\n{all}"
+    );
+}
+
+/// ~30 KB of deterministic pseudo-English (enough for a validation split).
+fn sample_text() -> String {
+    let words = [
+        "the", "queen", "said", "alice", "to", "be", "or", "not", "hamlet", "rabbit", "and", "a",
+        "cat", "grin", "sleep", "dream",
+    ];
+    let mut s = String::new();
+    let mut x: u64 = 12345;
+    for i in 0..6000 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s.push_str(words[(x >> 33) as usize % words.len()]);
+        s.push(if i % 11 == 10 {
+            '\n'
+        } else if i % 7 == 6 {
+            ','
+        } else {
+            ' '
+        });
+        if i % 7 == 6 {
+            s.push(' ');
+        }
+    }
+    s
+}
+
+fn workdir() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("book.txt");
+    std::fs::write(&f, sample_text()).unwrap();
+    (d, f)
+}
+
+const TINY_ATT: &[&str] = &[
+    "--d-model",
+    "16",
+    "--layers",
+    "2",
+    "--heads",
+    "2",
+    "--seq-len",
+    "16",
+    "--batch",
+    "4",
+    "--device",
+    "cpu",
+    "--no-progress",
+];
+const TINY_LSTM: &[&str] = &[
+    "--model",
+    "lstm",
+    "--hidden",
+    "12",
+    "--embed",
+    "8",
+    "--seq-len",
+    "16",
+    "--batch",
+    "4",
+    "--device",
+    "cpu",
+    "--no-progress",
+];
+
+fn train(dir: &Path, file: &Path, out: &str, model: &[&str], extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--text", file.to_str().unwrap(), "--out", out];
+    args.extend_from_slice(model);
+    args.extend_from_slice(extra);
+    run(&args, dir)
+}
+
+fn metric_lines(dir: &Path, run: &str) -> Vec<serde_json::Value> {
+    let s = std::fs::read_to_string(dir.join(run).join("metrics.jsonl")).unwrap();
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The training and validation losses logged per step, as exact bit patterns.
+fn losses(lines: &[serde_json::Value]) -> Vec<(u64, &'static str, u64)> {
+    let mut v = vec![];
+    for l in lines {
+        let step = l["step"].as_u64().unwrap();
+        for key in ["train_loss", "val_loss"] {
+            if let Some(x) = l[key].as_f64() {
+                v.push((
+                    step,
+                    if key == "train_loss" { "train" } else { "val" },
+                    x.to_bits(),
+                ));
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn train_generate_eval_round_trip() {
+    let (d, f) = workdir();
+    let out = ok(&train(
+        d.path(),
+        &f,
+        "runs/a",
+        TINY_ATT,
+        &["--steps", "6", "--eval-every", "3"],
+    ));
+    assert!(
+        out.contains("generate with: robo-poet generate --checkpoint runs/a"),
+        "{out}"
+    );
+    let run_dir = d.path().join("runs/a");
+    for f in [
+        "checkpoint/model.safetensors",
+        "checkpoint/optimizer.safetensors",
+        "checkpoint/checkpoint.json",
+        "metrics.jsonl",
+    ] {
+        assert!(run_dir.join(f).is_file(), "missing {f}");
+    }
+    let lines = metric_lines(d.path(), "runs/a");
+    let vals: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| l["val_loss"].as_f64())
+        .collect();
+    assert_eq!(vals.len(), 2, "an evaluation every 3 of 6 steps");
+    let last_train = lines
+        .iter()
+        .rev()
+        .find(|l| l["train_loss"].is_number())
+        .unwrap();
+    for key in ["grad_norm", "lr", "tokens_per_s"] {
+        assert!(
+            last_train[key].as_f64().unwrap() > 0.0,
+            "metrics line lacks {key}: {last_train}"
+        );
+    }
+
+    // eval recomputes exactly the final validation loss, over every validation target.
+    let e = ok(&run(
+        &[
+            "eval",
+            "--checkpoint",
+            "runs/a",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        d.path(),
+    ));
+    let j: serde_json::Value =
+        serde_json::from_str(e.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    assert_eq!(
+        j["val_loss"].as_f64().unwrap().to_bits(),
+        vals[1].to_bits(),
+        "eval vs training's last evaluation"
+    );
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("checkpoint/checkpoint.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        j["val_tokens"].as_u64().unwrap(),
+        meta["val_tokens"].as_u64().unwrap() - 1
+    );
+    assert!((j["perplexity"].as_f64().unwrap() - vals[1].exp()).abs() < 1e-9);
+
+    // generate: same seed, same text; another seed, other text.
+    let g = |seed: &str| {
+        ok(&run(
+            &[
+                "generate",
+                "--checkpoint",
+                "runs/a",
+                "--prompt",
+                "the queen",
+                "--length",
+                "40",
+                "--seed",
+                seed,
+                "--device",
+                "cpu",
+            ],
+            d.path(),
+        ))
+    };
+    let (a, b, c) = (g("3"), g("3"), g("4"));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert!(a.starts_with("the queen"), "{a}");
+    assert!(
+        a.trim_end().chars().count() >= "the queen".len() + 40,
+        "{a}"
+    );
+}
+
+#[test]
+fn same_seed_same_losses_and_resume_is_bit_exact() {
+    for (name, model) in [("att", TINY_ATT), ("lstm", TINY_LSTM)] {
+        let (d, f) = workdir();
+        let common = ["--steps", "8", "--eval-every", "2", "--dropout"];
+        let extra: Vec<&str> = if name == "att" {
+            common.iter().copied().chain(["0.2"]).collect()
+        } else {
+            vec!["--steps", "8", "--eval-every", "2"]
+        };
+        ok(&train(d.path(), &f, "runs/straight", model, &extra));
+        ok(&train(d.path(), &f, "runs/again", model, &extra));
+        let mut halted = extra.clone();
+        halted.extend_from_slice(&["--halt-at", "3"]);
+        let h = ok(&train(d.path(), &f, "runs/split", model, &halted));
+        assert!(h.contains("robo-poet train --resume runs/split"), "{h}");
+        let r = ok(&run(
+            &[
+                "train",
+                "--resume",
+                "runs/split",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ],
+            d.path(),
+        ));
+        assert!(r.contains("resume: from step 3"), "{r}");
+        let straight = metric_lines(d.path(), "runs/straight");
+        assert_eq!(
+            losses(&straight),
+            losses(&metric_lines(d.path(), "runs/again")),
+            "{name}: same seed, different losses"
+        );
+        assert_eq!(
+            losses(&straight),
+            losses(&metric_lines(d.path(), "runs/split")),
+            "{name}: interrupted + resumed differs from straight"
+        );
+        assert!(losses(&straight).len() >= 8 + 4);
+    }
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_line() {
+    let (d, f) = workdir();
+    let p = d.path();
+    let fs = f.to_str().unwrap();
+    // Missing corpus: lists the expected files and the ways out. Offline download attempt too.
+    let o = bin()
+        .args(["train", "--data", "nowhere", "--no-progress"])
+        .current_dir(p)
+        .output()
+        .unwrap();
+    fails_with(&o, "alice_wonderland.txt");
+    let o = bin()
+        .args(["train", "--no-progress"])
+        .current_dir(p)
+        .env("ROBO_POET_GUTENBERG_URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    fails_with(&o, "--data");
+    // Empty and non-UTF-8 text files.
+    std::fs::write(p.join("empty.txt"), "").unwrap();
+    fails_with(&run(&["train", "--text", "empty.txt"], p), "empty.txt");
+    std::fs::write(p.join("bin.txt"), b"hello \xff\xfe world").unwrap();
+    fails_with(&run(&["train", "--text", "bin.txt"], p), "UTF-8");
+    // Zero sizes.
+    fails_with(&run(&["train", "--text", fs, "--batch", "0"], p), "--batch");
+    fails_with(
+        &run(&["train", "--text", fs, "--seq-len", "0"], p),
+        "--seq-len",
+    );
+    fails_with(
+        &run(
+            &["train", "--text", fs, "--d-model", "30", "--heads", "4"],
+            p,
+        ),
+        "divisible",
+    );
+    // --device cuda before the CUDA backend exists.
+    let o = run(&["train", "--text", fs, "--device", "cuda"], p);
+    fails_with(&o, "CUDA backend");
+    assert_eq!(o.status.code(), Some(2));
+
+    ok(&train(p, &f, "runs/a", TINY_ATT, &["--steps", "2"]));
+    // A run directory that exists, without --resume.
+    fails_with(
+        &train(p, &f, "runs/a", TINY_ATT, &["--steps", "2"]),
+        "--resume",
+    );
+    // A checkpoint of another model kind or tokenizer.
+    fails_with(
+        &run(&["train", "--resume", "runs/a", "--model", "lstm"], p),
+        "attention model",
+    );
+    fails_with(
+        &run(&["train", "--resume", "runs/a", "--tokenizer", "word"], p),
+        "char tokenizer",
+    );
+    // Generation arguments.
+    fails_with(
+        &run(
+            &["generate", "--checkpoint", "runs/a", "--temperature", "0"],
+            p,
+        ),
+        "--temperature",
+    );
+    fails_with(
+        &run(&["generate", "--checkpoint", "runs/a", "--length", "0"], p),
+        "--length",
+    );
+    fails_with(
+        &run(
+            &["generate", "--checkpoint", "runs/a", "--prompt", "Zebra §"],
+            p,
+        ),
+        "U+00A7",
+    );
+    let long = "the queen said ".repeat(5);
+    let o = ok(&run(
+        &[
+            "generate",
+            "--checkpoint",
+            "runs/a",
+            "--prompt",
+            &long,
+            "--length",
+            "5",
+            "--device",
+            "cpu",
+        ],
+        p,
+    ));
+    assert!(o.contains("so it sees the last 16"), "{o}");
+    fails_with(
+        &run(&["generate", "--checkpoint", "runs/nothing"], p),
+        "runs/nothing",
+    );
+    // Corrupt and truncated checkpoints.
+    let model = p.join("runs/a/checkpoint/model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(
+        &run(
+            &["generate", "--checkpoint", "runs/a", "--prompt", "the"],
+            p,
+        ),
+        "model.safetensors",
+    );
+    std::fs::write(&model, b"garbage").unwrap();
+    fails_with(
+        &run(&["eval", "--checkpoint", "runs/a"], p),
+        "model.safetensors",
+    );
+    std::fs::write(p.join("runs/a/checkpoint/checkpoint.json"), "{ not json").unwrap();
+    fails_with(
+        &run(&["eval", "--checkpoint", "runs/a"], p),
+        "checkpoint.json",
+    );
+}
+
+#[test]
+fn word_tokenizer_and_lstm_train_and_generate() {
+    let (d, f) = workdir();
+    ok(&train(
+        d.path(),
+        &f,
+        "runs/w",
+        TINY_LSTM,
+        &["--tokenizer", "word", "--steps", "3"],
+    ));
+    let o = ok(&run(
+        &[
+            "generate",
+            "--checkpoint",
+            "runs/w",
+            "--prompt",
+            "the zyzzyva said",
+            "--length",
+            "5",
+            "--device",
+            "cpu",
+        ],
+        d.path(),
+    ));
+    assert!(o.contains("replaced by <unk>: zyzzyva"), "{o}");
+}
+
+/// A loopback HTTP server that serves two synthetic Gutenberg books for a bounded number of requests.
+fn serve_books(requests: usize) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let body = |id: u32| {
+        format!("header\n*** START OF THE PROJECT GUTENBERG EBOOK {id} ***\n{}\n*** END OF THE PROJECT GUTENBERG EBOOK {id} ***\nlicense\n", sample_text())
+    };
+    let h = std::thread::spawn(move || {
+        for _ in 0..requests {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let id = if req.contains("pg11.txt") { 11 } else { 1524 };
+            let b = body(id);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                b.len()
+            );
+        }
+    });
+    (addr, h)
+}
+
+#[test]
+fn first_train_downloads_the_corpus_when_it_is_missing() {
+    let d = tempfile::tempdir().unwrap();
+    let (url, server) = serve_books(2);
+    let mut args = vec!["train", "--out", "runs/dl", "--steps", "2"];
+    args.extend_from_slice(TINY_ATT);
+    let o = bin()
+        .args(&args)
+        .current_dir(d.path())
+        .env("ROBO_POET_GUTENBERG_URL", &url)
+        .output()
+        .unwrap();
+    let out = ok(&o);
+    assert!(out.contains("downloading"), "{out}");
+    server.join().unwrap();
+    assert!(
+        d.path().join("data/alice_raw.txt").is_file()
+            && d.path().join("data/hamlet_raw.txt").is_file()
+    );
+    // The second run finds data/ and needs no network.
+    let mut args2 = vec!["train", "--out", "runs/dl2", "--steps", "1"];
+    args2.extend_from_slice(TINY_ATT);
+    ok(&run(&args2, d.path()));
+}
