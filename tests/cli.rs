@@ -438,6 +438,24 @@ fn word_tokenizer_and_lstm_train_and_generate() {
         d.path(),
     ));
     assert!(o.contains("replaced by <unk>: zyzzyva"), "{o}");
+    let seed: &[&str] = &[
+        "--preset",
+        "seed",
+        "--d-model",
+        "16",
+        "--seq-len",
+        "16",
+        "--batch",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ];
+    let o = ok(&train(d.path(), &f, "runs/s", seed, &["--epochs", "0.02"]));
+    assert!(
+        o.contains("seed attention: 1 layer(s), 1 head(s), d_model 16"),
+        "{o}"
+    );
 }
 
 /// A loopback HTTP server that serves two synthetic Gutenberg books for a bounded number of requests.

@@ -55,13 +55,13 @@ pub fn plan(a: &TrainArgs) -> Result<Plan> {
                 pos_emb: true,
                 dropout: if word { 0.2 } else { 0.1 },
             }),
-            base_train(32, if word { 1e-3 } else { 2e-3 }, 100, 0.1, 1.0),
-            Length::Steps(if word { 1000 } else { 3000 }),
+            base_train(32, if word { 1e-3 } else { 2e-3 }, if word { 20 } else { 100 }, 0.1, 1.0),
+            Length::Steps(if word { 250 } else { 3000 }),
         ),
         (ModelKind::Lstm, Preset::Default) => (
             ModelConfig::Lstm(LstmConfig { vocab_size: 0, seq_len: 128, embed: if word { 256 } else { 64 }, hidden: 256, n_layers: 1 }),
-            base_train(32, if word { 2e-3 } else { 4e-3 }, 50, 0.01, 1.0),
-            Length::Steps(if word { 1500 } else { 4000 }),
+            base_train(32, if word { 2e-3 } else { 4e-3 }, if word { 20 } else { 50 }, 0.01, 1.0),
+            Length::Steps(if word { 400 } else { 4000 }),
         ),
         (ModelKind::Lstm, Preset::Seed) => bail!("--preset seed is the seed's attention model; use it with --model attention (the default)"),
     };
@@ -165,4 +165,87 @@ pub fn with_vocab(model: &ModelConfig, vocab: usize) -> ModelConfig {
         ModelConfig::Lstm(c) => c.vocab_size = vocab,
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn plan_of(args: &[&str]) -> Result<Plan> {
+        let mut v = vec!["robo-poet", "train"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v).unwrap().command {
+            Command::Train(a) => plan(&a),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn seed_preset_is_exactly_the_seed_model() {
+        let p = plan_of(&["--preset", "seed"]).unwrap();
+        let ModelConfig::Attention(c) = &p.model else {
+            panic!("not attention")
+        };
+        assert_eq!(
+            (c.style, c.n_layers, c.n_heads, c.d_model, c.seq_len, c.pos_emb),
+            (AttentionStyle::Seed, 1, 1, 256, 128, false)
+        );
+        assert!(c.dropout > 0.0, "the seed has dropout after softmax");
+        assert_eq!(p.train.batch, 4);
+        assert_eq!(p.length, Length::Epochs(25.0));
+        let p = plan_of(&["--preset", "seed", "--pos-emb"]).unwrap();
+        let ModelConfig::Attention(c) = &p.model else {
+            panic!()
+        };
+        assert!(c.pos_emb);
+    }
+
+    #[test]
+    fn flags_override_presets_and_misuse_is_an_error() {
+        let p = plan_of(&[
+            "--layers",
+            "2",
+            "--heads",
+            "8",
+            "--d-model",
+            "64",
+            "--batch",
+            "3",
+            "--steps",
+            "7",
+            "--lr",
+            "0.01",
+        ])
+        .unwrap();
+        let ModelConfig::Attention(c) = &p.model else {
+            panic!()
+        };
+        assert_eq!(
+            (c.style, c.n_layers, c.n_heads, c.d_model),
+            (AttentionStyle::Gpt, 2, 8, 64)
+        );
+        assert_eq!(
+            (p.train.batch, p.length, p.train.lr),
+            (3, Length::Steps(7), 0.01)
+        );
+        let p = plan_of(&["--model", "lstm", "--hidden", "32", "--epochs", "2"]).unwrap();
+        assert!(matches!(&p.model, ModelConfig::Lstm(c) if c.hidden == 32));
+        assert_eq!(p.length, Length::Epochs(2.0));
+        for bad in [
+            &["--model", "lstm", "--preset", "seed"][..],
+            &["--model", "lstm", "--heads", "2"],
+            &["--hidden", "8"],
+            &["--steps", "0"],
+            &["--epochs=-1"],
+            &["--lr", "0"],
+        ] {
+            let e = plan_of(bad).unwrap_err().to_string();
+            assert!(e.contains("--"), "{bad:?}: {e}");
+        }
+        assert!(
+            Cli::try_parse_from(["robo-poet", "train", "--steps", "3", "--epochs", "2"]).is_err()
+        );
+    }
 }

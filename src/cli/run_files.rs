@@ -28,6 +28,9 @@ pub struct RunMeta {
     pub val_tokens: usize,
     /// Validation loss at the last evaluation, if any.
     pub val_loss: Option<f64>,
+    /// The lowest validation loss seen so far and its step.
+    #[serde(default)]
+    pub best_val_loss: Option<(f64, u64)>,
     pub elapsed_s: f64,
     pub robo_poet_version: String,
 }

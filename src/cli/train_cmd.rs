@@ -148,6 +148,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         train_tokens: ds.train.len(),
         val_tokens: ds.val.len(),
         val_loss: resume_meta.as_ref().and_then(|m| m.val_loss),
+        best_val_loss: resume_meta.as_ref().and_then(|m| m.best_val_loss),
         elapsed_s: elapsed0,
         robo_poet_version: env!("CARGO_PKG_VERSION").to_string(),
     };
@@ -211,6 +212,9 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         if step % tcfg.eval_every == 0 || step == tcfg.steps {
             let (val, n) = train::evaluate(model.as_ref(), be.as_mut(), &ds.val);
             meta.val_loss = Some(val);
+            if meta.best_val_loss.is_none_or(|b| val < b.0) {
+                meta.best_val_loss = Some((val, step));
+            }
             metrics.write(&json!({ "step": step, "val_loss": val, "val_tokens": n, "elapsed_s": elapsed0 + t_start.elapsed().as_secs_f64() }))?;
             say(&pb, format!(
                 "step {step:>6}/{} | train {:.4} | val {val:.4} (ppl {:.2}) | grad norm {:.3} | lr {:.2e} | {:.1}k tok/s | {}",
@@ -236,8 +240,9 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     }
     pb.finish_and_clear();
     let val = meta.val_loss.unwrap_or(f64::NAN);
+    let (best, best_step) = meta.best_val_loss.unwrap_or((val, tcfg.steps));
     println!(
-        "done: {} steps, val loss {val:.4} (perplexity {:.2}), {:.1}k tokens/s, {}",
+        "done: {} steps, val loss {val:.4} (perplexity {:.2}; best {best:.4} at step {best_step}), {:.1}k tokens/s, {}",
         tcfg.steps,
         val.exp(),
         tokens_per_step * (tcfg.steps - start_step) as f64 / train_secs.max(1e-9) / 1e3,
