@@ -119,7 +119,6 @@ pub fn lstm_forward(
     check_len(op, "w_ih", w_ih.len(), &[4 * hid, e]);
     check_len(op, "w_hh", w_hh.len(), &[4 * hid, hid]);
     check_len(op, "bias", bias.len(), &[4 * hid]);
-    let (bh, bg) = (b * hid, b * 4 * hid);
     // All input projections at once: gates = x W_ihᵀ + bias.
     for row in gates.chunks_exact_mut(4 * hid) {
         row.copy_from_slice(bias);
@@ -132,49 +131,64 @@ pub fn lstm_forward(
         true,
         true,
     );
-    for step in 0..t {
-        let (h_done, h_rest) = h.split_at_mut(step * bh);
-        let (c_done, c_rest) = c.split_at_mut(step * bh);
-        let g = &mut gates[step * bg..(step + 1) * bg];
-        let c_prev = if step > 0 {
-            Some(&c_done[(step - 1) * bh..])
-        } else {
-            None
-        };
-        if step > 0 {
-            let h_prev = &h_done[(step - 1) * bh..];
-            sgemm(
-                MatMut::rm(g, b, 4 * hid),
-                Mat::rm(h_prev, b, hid),
-                Mat::rm(w_hh, 4 * hid, hid).t(),
-                1.0,
-                true,
-                true,
-            );
-        }
-        cell_forward_par(g, c_prev, &mut c_rest[..bh], &mut h_rest[..bh], b, hid);
-    }
+    // The recurrence: batch rows are independent sequences, so each thread runs the whole time
+    // loop for its own rows, with no synchronisation between timesteps.
+    let ranges = row_ranges(b);
+    let gp = split_rows(gates, b, 4 * hid, &ranges);
+    let cp = split_rows(c, b, hid, &ranges);
+    let hp = split_rows(h, b, hid, &ranges);
+    gp.into_par_iter()
+        .zip(cp)
+        .zip(hp)
+        .for_each(|((mut g, mut c), mut h)| {
+            for step in 0..t {
+                let (h_done, h_rest) = h.split_at_mut(step);
+                let (c_done, c_rest) = c.split_at_mut(step);
+                let n = c_rest[0].len() / hid;
+                if step > 0 {
+                    sgemm(
+                        MatMut::rm(g[step], n, 4 * hid),
+                        Mat::rm(h_done[step - 1], n, hid),
+                        Mat::rm(w_hh, 4 * hid, hid).t(),
+                        1.0,
+                        true,
+                        false,
+                    );
+                }
+                let c_prev = if step > 0 {
+                    Some(&*c_done[step - 1])
+                } else {
+                    None
+                };
+                lstm_cell_forward(g[step], c_prev, c_rest[0], h_rest[0], n, hid);
+            }
+        });
 }
 
-/// The cell over B rows, split across threads by row (rows are independent).
-fn cell_forward_par(
-    g: &mut [f32],
-    c_prev: Option<&[f32]>,
-    c: &mut [f32],
-    h: &mut [f32],
+/// Contiguous batch-row ranges, one per thread (at most B of them).
+fn row_ranges(b: usize) -> Vec<(usize, usize)> {
+    let k = rayon::current_num_threads().clamp(1, b.max(1));
+    (0..k).map(|i| (i * b / k, (i + 1) * b / k)).collect()
+}
+
+/// Splits a time-major (T, B, w) buffer into, per row range, the list over t of that range's
+/// rows at timestep t (disjoint mutable slices, so threads can own them).
+fn split_rows<'a>(
+    buf: &'a mut [f32],
     b: usize,
-    hid: usize,
-) {
-    let rows = b.div_ceil(rayon::current_num_threads()).max(1);
-    g.par_chunks_mut(rows * 4 * hid)
-        .zip(c.par_chunks_mut(rows * hid))
-        .zip(h.par_chunks_mut(rows * hid))
-        .enumerate()
-        .for_each(|(i, ((g, c), h))| {
-            let n = c.len() / hid;
-            let cp = c_prev.map(|cp| &cp[i * rows * hid..i * rows * hid + n * hid]);
-            lstm_cell_forward(g, cp, c, h, n, hid);
-        });
+    w: usize,
+    ranges: &[(usize, usize)],
+) -> Vec<Vec<&'a mut [f32]>> {
+    let mut parts: Vec<Vec<&'a mut [f32]>> = ranges.iter().map(|_| Vec::new()).collect();
+    for block in buf.chunks_exact_mut(b * w) {
+        let mut rest = block;
+        for (k, &(r0, r1)) in ranges.iter().enumerate() {
+            let (mine, tail) = rest.split_at_mut((r1 - r0) * w);
+            parts[k].push(mine);
+            rest = tail;
+        }
+    }
+    parts
 }
 
 /// Backward through time. dh (T,B,H): gradient from above (consumed: used as scratch).
@@ -208,37 +222,48 @@ pub fn lstm_backward(
     check_len(op, "w_ih", w_ih.len(), &[4 * hid, e]);
     check_len(op, "w_hh", w_hh.len(), &[4 * hid, hid]);
     let (bh, bg) = (b * hid, b * 4 * hid);
-    let mut dc = vec![0.0f32; bh];
-    for step in (0..t).rev() {
-        let c_prev = if step > 0 {
-            Some(&c[(step - 1) * bh..step * bh])
-        } else {
-            None
-        };
-        let (dh_before, dh_rest) = dh.split_at_mut(step * bh);
-        let dg = &mut dgates[step * bg..(step + 1) * bg];
-        lstm_cell_backward(
-            dg,
-            &mut dc,
-            &dh_rest[..bh],
-            &gates[step * bg..(step + 1) * bg],
-            &c[step * bh..(step + 1) * bh],
-            c_prev,
-            b,
-            hid,
-        );
-        if step > 0 {
-            // dh_{t-1} += dgates_t · W_hh
-            sgemm(
-                MatMut::rm(&mut dh_before[(step - 1) * bh..], b, hid),
-                Mat::rm(dg, b, 4 * hid),
-                Mat::rm(w_hh, 4 * hid, hid),
-                1.0,
-                true,
-                true,
-            );
-        }
-    }
+    // The recurrence per thread-owned batch rows, as in the forward.
+    let ranges = row_ranges(b);
+    let dgp = split_rows(dgates, b, 4 * hid, &ranges);
+    let dhp = split_rows(dh, b, hid, &ranges);
+    dgp.into_par_iter()
+        .zip(dhp)
+        .zip(ranges.par_iter())
+        .for_each(|((mut dg, mut dhr), &(r0, r1))| {
+            let n = r1 - r0;
+            let mut dc = vec![0.0f32; n * hid];
+            for step in (0..t).rev() {
+                let (g0, g1) = ((step * b + r0) * 4 * hid, (step * b + r1) * 4 * hid);
+                let (c0, c1) = ((step * b + r0) * hid, (step * b + r1) * hid);
+                let c_prev = if step > 0 {
+                    Some(&c[c0 - bh..c1 - bh])
+                } else {
+                    None
+                };
+                let (dh_before, dh_rest) = dhr.split_at_mut(step);
+                lstm_cell_backward(
+                    dg[step],
+                    &mut dc,
+                    dh_rest[0],
+                    &gates[g0..g1],
+                    &c[c0..c1],
+                    c_prev,
+                    n,
+                    hid,
+                );
+                if step > 0 {
+                    // dh_{t-1} += dgates_t · W_hh
+                    sgemm(
+                        MatMut::rm(dh_before[step - 1], n, hid),
+                        Mat::rm(dg[step], n, 4 * hid),
+                        Mat::rm(w_hh, 4 * hid, hid),
+                        1.0,
+                        true,
+                        false,
+                    );
+                }
+            }
+        });
     // Weight gradients as three big GEMMs over all timesteps.
     if t > 1 {
         sgemm(
