@@ -573,3 +573,55 @@ impl Backend for CpuBackend {
         self.put(p.v, v);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Category;
+
+    fn table() -> (TensorTable, [TensorId; 4]) {
+        let mut t = TensorTable::new();
+        let inp = t.add("inp", Category::Activation, &[3, 37, 13]);
+        let w = t.add_param("w", &[29, 13], true).param;
+        let wrong = t.add_param("wrong", &[13, 29], true).param;
+        let out = t.add("out", Category::Activation, &[3, 37, 29]);
+        (t, [inp, w, wrong, out])
+    }
+
+    #[test]
+    fn backend_ops_check_shapes_by_name() {
+        let (t, [inp, w, _, out]) = table();
+        let mut be = CpuBackend::new(t);
+        be.matmul_forward(out, inp, w, None);
+        let (t, [inp, _, wrong, out]) = table();
+        let mut be = CpuBackend::new(t);
+        let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            be.matmul_forward(out, inp, wrong, None)
+        }))
+        .unwrap_err();
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("shape mismatch in matmul_forward: inp (inp) expected last dim 29 (weight is [13, 29]), got [3, 37, 13]"), "{msg}");
+    }
+
+    #[test]
+    fn attention_shapes_are_checked_against_each_other() {
+        let mut t = TensorTable::new();
+        let q = t.add("q", Category::Activation, &[2, 5, 6]);
+        let k = t.add("k", Category::Activation, &[2, 5, 6]);
+        let v = t.add("v", Category::Activation, &[2, 4, 6]);
+        let p = t.add("p", Category::Activation, &[2, 3, 5, 5]);
+        let o = t.add("o", Category::Activation, &[2, 5, 6]);
+        let mut be = CpuBackend::new(t);
+        let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            be.attention_forward(o, p, q, k, v, None)
+        }))
+        .unwrap_err();
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            msg.contains(
+                "shape mismatch in attention_forward: v (v) expected [2, 5, 6], got [2, 4, 6]"
+            ),
+            "{msg}"
+        );
+    }
+}

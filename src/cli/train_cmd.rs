@@ -9,7 +9,6 @@ use crate::dataset::{self, DataRequest, Dataset};
 use crate::model::{self, Model};
 use crate::rng::Rng;
 use crate::sampler::Sampler;
-use crate::tensor::Category;
 use crate::train::{self, TrainConfig};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -342,7 +341,6 @@ fn print_header(
         t.eval_every,
         t.seed
     );
-    let _ = Category::Parameter;
     if start > 0 {
         eprintln!("resume: from step {start} in {}", run_dir.display());
     } else {
