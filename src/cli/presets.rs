@@ -61,7 +61,7 @@ pub fn plan(a: &TrainArgs) -> Result<Plan> {
         (ModelKind::Lstm, Preset::Default) => (
             ModelConfig::Lstm(LstmConfig { vocab_size: 0, seq_len: 128, embed: if word { 256 } else { 64 }, hidden: 256, n_layers: 1 }),
             base_train(32, if word { 2e-3 } else { 4e-3 }, if word { 20 } else { 50 }, 0.01, 1.0),
-            Length::Steps(if word { 400 } else { 4000 }),
+            Length::Steps(if word { 400 } else { 1500 }),
         ),
         (ModelKind::Lstm, Preset::Seed) => bail!("--preset seed is the seed's attention model; use it with --model attention (the default)"),
     };
