@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod gpu;
 pub mod ops;
 pub mod philox;
 pub mod rng;
