@@ -1,0 +1,255 @@
+//! The test bench must catch broken kernels: the broken copies of the tiled matmul in
+//! tests/kernels/bad_matmul.cu (a missing __syncthreads, tiles without zero padding, an
+//! out-of-bounds store) and the deadlocks in tests/kernels/deadlock.cu. Each test asserts that the
+//! bug IS detected, and how.
+//!
+//! Under a sanitizer build (ROBO_POET_EMU_SANITIZE, docs/KERNEL_BENCH.md) the bugs that the
+//! sanitizer reports run in a child process (a report ends or fails the process that gets it),
+//! and the test checks the child's report instead.
+
+use robo_poet::gpu::emu::SANITIZER;
+use robo_poet::gpu::{Device, DeviceExt, EmuDevice, GpuError, KernelArgs, LaunchConfig};
+use robo_poet::ops;
+use robo_poet::rng::Rng;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod test_kernels {
+    use robo_poet::gpu::emu::{EmuKernel, EmuLaunchDesc};
+    include!(concat!(env!("OUT_DIR"), "/emu_test_kernels.rs"));
+}
+
+const BAD_MATMUL: &str = include_str!("kernels/bad_matmul.cu");
+const DEADLOCK: &str = include_str!("kernels/deadlock.cu");
+
+fn device() -> EmuDevice {
+    EmuDevice::new().with_kernels(test_kernels::KERNELS)
+}
+
+/// 1-based number of the first line of `src` containing `needle`, after line `after`.
+fn line_of(src: &str, needle: &str, after: usize) -> usize {
+    src.lines()
+        .enumerate()
+        .skip(after)
+        .find(|(_, l)| l.contains(needle))
+        .map(|(i, _)| i + 1)
+        .unwrap_or_else(|| panic!("`{needle}` not found in the test kernel source"))
+}
+
+/// Runs the matmul variant `kernel` (parameters of kernels/matmul.cu's matmul_forward) at
+/// N x IC x OC; returns the launch result, the output and the CPU reference.
+fn run_matmul(kernel: &str, n: usize, ic: usize, oc: usize) -> (Result<(), GpuError>, Vec<f32>, Vec<f32>) {
+    let dev = device();
+    let mut rng = Rng::new(7);
+    let mut randn = |len: usize| (0..len).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+    let (inp, weight, bias) = (randn(n * ic), randn(oc * ic), randn(oc));
+    let mut want = vec![0.0; n * oc];
+    ops::matmul::matmul_forward(&mut want, &inp, &weight, Some(&bias), n, ic, oc);
+    let (d_inp, d_weight, d_bias) = (dev.upload(&inp).unwrap(), dev.upload(&weight).unwrap(), dev.upload(&bias).unwrap());
+    let d_out = dev.alloc_slice::<f32>(n * oc).unwrap();
+    let config = LaunchConfig::new((oc.div_ceil(32) as u32, n.div_ceil(32) as u32), (32, 8));
+    let mut args = KernelArgs::new()
+        .slice(d_out)
+        .slice(d_inp)
+        .slice(d_weight)
+        .slice(d_bias)
+        .i32(n as i32)
+        .i32(ic as i32)
+        .i32(oc as i32);
+    // SAFETY: the bad matmuls share matmul_forward's parameter list; the buffers have its shapes
+    // (matmul_oob_store writes past `out` on purpose: the emulator's guard band or ASan gets it).
+    let result = unsafe { dev.launch(kernel, &config, &mut args.params()) };
+    (result, dev.download(d_out).unwrap(), want)
+}
+
+/// Elements further from the reference than the kernel tests' tolerance (NaN included).
+fn wrong_elements(got: &[f32], want: &[f32]) -> usize {
+    got.iter().zip(want).filter(|(&g, &w)| !((g - w).abs() <= 1e-4 + 1e-4 * w.abs())).count()
+}
+
+const CHILD_ENV: &str = "ROBO_POET_EMU_CHILD";
+
+/// True in the child process started by `run_child(name)`.
+fn is_child(name: &str) -> bool {
+    std::env::var(CHILD_ENV).as_deref() == Ok(name)
+}
+
+/// Runs the test `name` of this binary alone in a child process; returns its output.
+fn run_child(name: &str) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, name)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+}
+
+#[test]
+fn emu_bad_reference_copy_passes() {
+    // The switches' all-safe setting is the real kernel: the failures below come from the bugs.
+    let (result, got, want) = run_matmul("matmul_reference_copy", 70, 45, 33);
+    result.unwrap();
+    assert_eq!(wrong_elements(&got, &want), 0);
+}
+
+// ----------------------------------------------------------------------------------------------
+// missing __syncthreads
+
+fn missing_sync(kernel: &str, n: usize, ic: usize, oc: usize) {
+    let (result, got, want) = run_matmul(kernel, n, ic, oc);
+    result.unwrap();
+    let wrong = wrong_elements(&got, &want);
+    assert!(wrong > 0, "{kernel} at {n}x{ic}x{oc} matched the reference: the missing __syncthreads went unnoticed");
+}
+
+#[test]
+fn emu_bad_missing_sync_after_load_gives_wrong_results() {
+    // Thread 0 runs its whole first phase before thread 1 loads anything: it multiplies tiles
+    // that are still NaN poison.
+    if SANITIZER == Some("thread") {
+        return check_race_report("emu_child_missing_sync_after_load");
+    }
+    missing_sync("matmul_no_sync_after_load", 70, 45, 33);
+}
+
+#[test]
+fn emu_bad_missing_sync_after_compute_gives_wrong_results() {
+    // Thread 0 loads the next tiles over ones that threads 1.. have not used yet: needs at
+    // least two k-steps (IC > 32).
+    if SANITIZER == Some("thread") {
+        return check_race_report("emu_child_missing_sync_after_compute");
+    }
+    missing_sync("matmul_no_sync_after_compute", 64, 96, 64);
+}
+
+#[test]
+fn emu_child_missing_sync_after_load() {
+    if is_child("emu_child_missing_sync_after_load") {
+        let _ = run_matmul("matmul_no_sync_after_load", 70, 45, 33);
+    }
+}
+
+#[test]
+fn emu_child_missing_sync_after_compute() {
+    if is_child("emu_child_missing_sync_after_compute") {
+        let _ = run_matmul("matmul_no_sync_after_compute", 64, 96, 64);
+    }
+}
+
+/// ThreadSanitizer must name the racing lines of the tiled matmul.
+fn check_race_report(child: &str) {
+    let report = run_child(child);
+    assert!(report.contains("WARNING: ThreadSanitizer: data race"), "{child}: no race reported:\n{report}");
+    let load = line_of(BAD_MATMUL, "inp_tile[r][tx] = (i < N", 0);
+    let compute = line_of(BAD_MATMUL, "acc[r] += inp_tile", 0);
+    let named = [load, load + 1, compute - 1, compute]
+        .iter()
+        .any(|l| report.contains(&format!("tests/kernels/bad_matmul.cu:{l}")));
+    assert!(named, "{child}: the race report does not name the tile loads or reads:\n{report}");
+}
+
+// ----------------------------------------------------------------------------------------------
+// tiles without zero padding
+
+#[test]
+fn emu_bad_unpadded_tiles_read_nan_poison() {
+    // IC = 20: the one k-step's tiles are loaded in columns 0..20 only; the rest is the NaN that
+    // every block's shared memory starts with, and every output picks it up.
+    let (result, got, want) = run_matmul("matmul_unpadded_tiles", 70, 20, 33);
+    result.unwrap();
+    let nan = got.iter().filter(|x| x.is_nan()).count();
+    assert_eq!(nan, got.len(), "matmul_unpadded_tiles: every output should read NaN poison");
+    assert_eq!(wrong_elements(&got, &want), got.len());
+}
+
+#[test]
+fn emu_bad_unpadded_tiles_reuse_stale_tiles() {
+    // IC = 45: the second k-step's ragged columns keep the first k-step's values (as on a GPU).
+    let (result, got, want) = run_matmul("matmul_unpadded_tiles", 70, 45, 33);
+    result.unwrap();
+    assert!(wrong_elements(&got, &want) > 0, "matmul_unpadded_tiles at 70x45x33 matched the reference");
+}
+
+// ----------------------------------------------------------------------------------------------
+// out-of-bounds store
+
+#[test]
+fn emu_bad_oob_store_is_reported() {
+    // N = 70 is not a multiple of the 32-row tile: the last row of blocks stores rows 70..95.
+    if SANITIZER == Some("address") {
+        let report = run_child("emu_child_oob_store");
+        assert!(report.contains("AddressSanitizer: heap-buffer-overflow"), "no ASan report:\n{report}");
+        let store = line_of(BAD_MATMUL, "out[(size_t)i * OC + o] = acc[r] + b", 0);
+        assert!(
+            report.contains(&format!("tests/kernels/bad_matmul.cu:{store}")),
+            "the ASan report does not name the store at bad_matmul.cu:{store}:\n{report}"
+        );
+        return;
+    }
+    let (result, _, _) = run_matmul("matmul_oob_store", 70, 45, 33);
+    let err = result.expect_err("an out-of-bounds store went unnoticed");
+    let msg = err.to_string();
+    assert!(matches!(err, GpuError::KernelFailed { .. }), "{msg}");
+    assert!(msg.contains("matmul_oob_store") && msg.contains("grid (2, 3, 1), block (32, 8, 1)"), "{msg}");
+    assert!(msg.contains("past the end of the allocation"), "{msg}");
+}
+
+#[test]
+fn emu_child_oob_store() {
+    if is_child("emu_child_oob_store") {
+        let _ = run_matmul("matmul_oob_store", 70, 45, 33);
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// deadlocks
+
+/// Launches a deadlock.cu kernel on one block of 64 threads; returns the error message.
+fn deadlock(kernel: &str) -> String {
+    let dev = device();
+    let out = dev.alloc_slice::<f32>(64).unwrap();
+    let start = Instant::now();
+    // SAFETY: the deadlock kernels take one float* of blockDim.x elements.
+    let result = unsafe { dev.launch(kernel, &LaunchConfig::new(1, 64), &mut KernelArgs::new().slice(out).params()) };
+    let elapsed = start.elapsed();
+    assert!(elapsed < Duration::from_secs(5), "{kernel}: took {elapsed:?} to report");
+    let err = result.expect_err("a kernel that cannot finish on a GPU returned success");
+    assert!(matches!(err, GpuError::KernelFailed { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(kernel) && msg.contains("grid (1, 1, 1), block (64, 1, 1)"), "{msg}");
+    msg
+}
+
+#[test]
+fn emu_bad_divergent_syncthreads_reports_deadlock() {
+    let msg = deadlock("divergent_syncthreads");
+    let start = line_of(DEADLOCK, "void divergent_syncthreads", 0);
+    let a = line_of(DEADLOCK, "__syncthreads();", start);
+    let b = line_of(DEADLOCK, "__syncthreads();", a);
+    assert!(msg.contains("deadlock"), "{msg}");
+    assert!(msg.contains(&format!("__syncthreads() at tests/kernels/deadlock.cu:{a}: threads 0-15, 32-47")), "{msg}");
+    assert!(msg.contains(&format!("__syncthreads() at tests/kernels/deadlock.cu:{b}: threads 16-31, 48-63")), "{msg}");
+    assert!(msg.contains("divergent __syncthreads"), "{msg}");
+}
+
+#[test]
+fn emu_bad_barrier_vs_shuffle_reports_deadlock() {
+    let msg = deadlock("barrier_vs_shuffle");
+    let start = line_of(DEADLOCK, "void barrier_vs_shuffle", 0);
+    let bar = line_of(DEADLOCK, "__syncthreads();", start);
+    let shfl = line_of(DEADLOCK, "__shfl_xor_sync", start);
+    assert!(msg.contains("deadlock"), "{msg}");
+    assert!(msg.contains(&format!("__syncthreads() at tests/kernels/deadlock.cu:{bar}: threads 0-15, 32-47")), "{msg}");
+    assert!(
+        msg.contains(&format!("__shfl_xor_sync(mask 0xffffffff) at tests/kernels/deadlock.cu:{shfl}: threads 16-31, 48-63")),
+        "{msg}"
+    );
+}
+
+#[test]
+fn emu_bad_shuffle_mask_without_caller_is_reported() {
+    let msg = deadlock("shuffle_mask_without_caller");
+    let line = line_of(DEADLOCK, "__shfl_down_sync(0xfffffffeu", 0);
+    assert!(msg.contains(&format!("__shfl_down_sync(mask 0xfffffffe) at tests/kernels/deadlock.cu:{line}")), "{msg}");
+    assert!(msg.contains("called by lane 0, which is not in the mask"), "{msg}");
+}
