@@ -46,21 +46,23 @@ mod emu {
         println!("cargo::rustc-check-cfg=cfg(emu_sanitize, values(\"address\", \"thread\"))");
 
         let sanitize = env::var(SANITIZE_ENV).unwrap_or_default();
-        let sanitizer_flags: &[&str] = match sanitize.as_str() {
-            "" | "none" => &[],
-            "address" => &[
-                "-fsanitize=address,undefined",
-                "-fno-sanitize-recover=undefined",
-                "-fno-omit-frame-pointer",
-            ],
-            "thread" => &["-fsanitize=thread"],
+        let (sanitizer_flags, runtimes): (&[&str], &[&str]) = match sanitize.as_str() {
+            "" | "none" => (&[], &[]),
+            "address" => (
+                &["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"],
+                &["asan", "ubsan"],
+            ),
+            "thread" => (&["-fsanitize=thread"], &["tsan"]),
             other => panic!("{SANITIZE_ENV}={other:?}: expected `address` (ASan + UBSan) or `thread` (TSan)"),
         };
         if !sanitizer_flags.is_empty() {
             println!("cargo:rustc-cfg=emu_sanitize=\"{sanitize}\"");
-            // Linking through the compiler driver with the same flag puts the sanitizer runtime
-            // first in the link, where it must be, and after the kernel libraries' references.
-            println!("cargo:rustc-link-arg={}", sanitizer_flags[0]);
+            // rustc links with -nodefaultlibs, so the compiler driver adds no sanitizer runtime.
+            // Named here, before the kernel libraries and libstdc++, the runtime comes first
+            // among the program's shared libraries, where its interceptors must be.
+            for rt in runtimes {
+                println!("cargo:rustc-link-lib=dylib={rt}");
+            }
         }
 
         let header = root.join("kernels/emu/cuda_emu.h");

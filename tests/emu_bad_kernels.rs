@@ -21,6 +21,8 @@ mod test_kernels {
 
 const BAD_MATMUL: &str = include_str!("kernels/bad_matmul.cu");
 const DEADLOCK: &str = include_str!("kernels/deadlock.cu");
+const PROBES: &str = include_str!("kernels/probes.cu");
+const RACE: &str = include_str!("kernels/bad_race.cu");
 
 fn device() -> EmuDevice {
     EmuDevice::new().with_kernels(test_kernels::KERNELS)
@@ -138,14 +140,78 @@ fn emu_child_missing_sync_after_compute() {
 
 /// ThreadSanitizer must name the racing lines of the tiled matmul.
 fn check_race_report(child: &str) {
-    let report = run_child(child);
-    assert!(report.contains("WARNING: ThreadSanitizer: data race"), "{child}: no race reported:\n{report}");
     let load = line_of(BAD_MATMUL, "inp_tile[r][tx] = (i < N", 0);
     let compute = line_of(BAD_MATMUL, "acc[r] += inp_tile", 0);
-    let named = [load, load + 1, compute - 1, compute]
-        .iter()
-        .any(|l| report.contains(&format!("tests/kernels/bad_matmul.cu:{l}")));
-    assert!(named, "{child}: the race report does not name the tile loads or reads:\n{report}");
+    check_race_report_at(child, "tests/kernels/bad_matmul.cu", &[load, load + 1, compute - 1, compute]);
+}
+
+/// Runs `child` and asserts that ThreadSanitizer reported a race at one of `file`:`lines`.
+fn check_race_report_at(child: &str, file: &str, lines: &[usize]) {
+    let report = run_child(child);
+    assert!(report.contains("WARNING: ThreadSanitizer: data race"), "{child}: no race reported:\n{report}");
+    let named = lines.iter().any(|l| report.contains(&format!("{file}:{l}")));
+    assert!(named, "{child}: the race report names none of {file}:{lines:?}:\n{report}");
+}
+
+// ----------------------------------------------------------------------------------------------
+// warp-synchronous code without __syncwarp (tests/kernels/probes.cu)
+
+fn warp_sum_without_syncwarp() -> (f32, f32) {
+    let dev = device();
+    let input: Vec<f32> = (0..64).map(|i| i as f32).collect();
+    let d_in = dev.upload(&input).unwrap();
+    let out = dev.alloc_slice::<f32>(1).unwrap();
+    let mut args = KernelArgs::new().slice(out).slice(d_in);
+    // SAFETY: probe_warp_sum_no_syncwarp takes (float* out (1), const float* in (64)).
+    unsafe { dev.launch("probe_warp_sum_no_syncwarp", &LaunchConfig::new(1, 64), &mut args.params()) }.unwrap();
+    (dev.download(out).unwrap()[0], input.iter().sum())
+}
+
+#[test]
+fn emu_bad_warp_code_without_syncwarp_gives_wrong_results() {
+    // Legacy lockstep code: lane 0 finishes every step before lane 16 starts its first.
+    if SANITIZER == Some("thread") {
+        let line = line_of(PROBES, "BUG on Volta", 0);
+        return check_race_report_at("emu_child_no_syncwarp", "tests/kernels/probes.cu", &[line]);
+    }
+    let (got, want) = warp_sum_without_syncwarp();
+    assert_ne!(got, want, "warp-synchronous code without __syncwarp went unnoticed");
+}
+
+#[test]
+fn emu_child_no_syncwarp() {
+    if is_child("emu_child_no_syncwarp") {
+        warp_sum_without_syncwarp();
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// a race between blocks (tests/kernels/bad_race.cu)
+
+fn cross_block_race() {
+    let dev = device();
+    let out = dev.alloc_slice::<f32>(4).unwrap();
+    // SAFETY: cross_block_race takes float* out (gridDim.x · blockDim.x).
+    unsafe { dev.launch("cross_block_race", &LaunchConfig::new(2, 2), &mut KernelArgs::new().slice(out).params()) }
+        .unwrap();
+}
+
+#[test]
+fn emu_bad_cross_block_race_is_reported_under_tsan() {
+    // Blocks run one after another, so only ThreadSanitizer can see this race; without it the
+    // test only checks that the kernel runs.
+    if SANITIZER == Some("thread") {
+        let line = line_of(RACE, "out[(blockIdx.x", 0);
+        return check_race_report_at("emu_child_cross_block_race", "tests/kernels/bad_race.cu", &[line]);
+    }
+    cross_block_race();
+}
+
+#[test]
+fn emu_child_cross_block_race() {
+    if is_child("emu_child_cross_block_race") {
+        cross_block_race();
+    }
 }
 
 // ----------------------------------------------------------------------------------------------

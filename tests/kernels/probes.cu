@@ -72,7 +72,7 @@ extern "C" __global__ void probe_atomics(int* iout, unsigned* uout, float* fout,
     atomicInc(&uout[0], 9u);  // counts modulo 10
     atomicOr(&uout[1], 1u << (g % 32));
     atomicAdd(&uout[2], (unsigned)g);
-    unsigned old = uout[3];  // a CAS loop: uout[3] = max(uout[3], g * 3)
+    unsigned old = atomicAdd(&uout[3], 0u);  // a CAS loop: uout[3] = max(uout[3], g * 3)
     while (old < (unsigned)g * 3u) {
         const unsigned seen = atomicCAS(&uout[3], old, (unsigned)g * 3u);
         if (seen == old) break;
