@@ -33,8 +33,16 @@ mod emu {
     }
 
     const LIBRARIES: [Library; 2] = [
-        Library { name: "robo_poet_emu_kernels", dir: "kernels", table: "emu_kernels.rs" },
-        Library { name: "robo_poet_emu_test_kernels", dir: "tests/kernels", table: "emu_test_kernels.rs" },
+        Library {
+            name: "robo_poet_emu_kernels",
+            dir: "kernels",
+            table: "emu_kernels.rs",
+        },
+        Library {
+            name: "robo_poet_emu_test_kernels",
+            dir: "tests/kernels",
+            table: "emu_test_kernels.rs",
+        },
     ];
 
     pub fn build() {
@@ -49,11 +57,17 @@ mod emu {
         let (sanitizer_flags, runtimes): (&[&str], &[&str]) = match sanitize.as_str() {
             "" | "none" => (&[], &[]),
             "address" => (
-                &["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"],
+                &[
+                    "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=undefined",
+                    "-fno-omit-frame-pointer",
+                ],
                 &["asan", "ubsan"],
             ),
             "thread" => (&["-fsanitize=thread"], &["tsan"]),
-            other => panic!("{SANITIZE_ENV}={other:?}: expected `address` (ASan + UBSan) or `thread` (TSan)"),
+            other => panic!(
+                "{SANITIZE_ENV}={other:?}: expected `address` (ASan + UBSan) or `thread` (TSan)"
+            ),
         };
         if !sanitizer_flags.is_empty() {
             println!("cargo:rustc-cfg=emu_sanitize=\"{sanitize}\"");
@@ -90,7 +104,8 @@ mod emu {
         let gen_dir = out.join("emu").join(lib.name);
         fs::create_dir_all(&gen_dir).unwrap();
         let mut units = Vec::new();
-        for entry in fs::read_dir(&src_dir).unwrap_or_else(|e| panic!("{}: {e}", src_dir.display())) {
+        for entry in fs::read_dir(&src_dir).unwrap_or_else(|e| panic!("{}: {e}", src_dir.display()))
+        {
             let path = entry.unwrap().path();
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
             if ext != "cu" && ext != "cuh" {
@@ -139,10 +154,14 @@ mod emu {
                 .define("__global__", Some(MARKER))
                 .file(&stage)
                 .try_expand()
-                .unwrap_or_else(|e| panic!("preprocessing {shown} to find its kernels failed: {e}"));
+                .unwrap_or_else(|e| {
+                    panic!("preprocessing {shown} to find its kernels failed: {e}")
+                });
             let names = find_kernels(&String::from_utf8_lossy(&expanded));
             let mut unit = body.clone();
-            unit.push_str("\n// ---- added by build.rs: one emulated launcher per __global__ function\n");
+            unit.push_str(
+                "\n// ---- added by build.rs: one emulated launcher per __global__ function\n",
+            );
             for name in &names {
                 writeln!(
                     unit,
@@ -166,7 +185,12 @@ mod emu {
             lib.dir
         );
         for (name, _) in kernels {
-            writeln!(s, "    fn {}_launch_{name}(desc: *mut EmuLaunchDesc) -> i32;", lib.name).unwrap();
+            writeln!(
+                s,
+                "    fn {}_launch_{name}(desc: *mut EmuLaunchDesc) -> i32;",
+                lib.name
+            )
+            .unwrap();
         }
         s.push_str("}\n\npub static KERNELS: &[EmuKernel] = &[\n");
         for (name, source) in kernels {
@@ -233,24 +257,41 @@ mod emu {
                     i += if b[i] == b'\\' { 2 } else { 1 };
                 }
                 i += 1;
-                toks.push(Tok { kind: Kind::Other, start, end: i.min(b.len()) });
+                toks.push(Tok {
+                    kind: Kind::Other,
+                    start,
+                    end: i.min(b.len()),
+                });
                 line_start = false;
             } else if c.is_ascii_alphabetic() || c == b'_' {
                 let start = i;
                 while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
                     i += 1;
                 }
-                toks.push(Tok { kind: Kind::Ident, start, end: i });
+                toks.push(Tok {
+                    kind: Kind::Ident,
+                    start,
+                    end: i,
+                });
                 line_start = false;
             } else if c.is_ascii_digit() {
                 let start = i;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_')
+                {
                     i += 1;
                 }
-                toks.push(Tok { kind: Kind::Other, start, end: i });
+                toks.push(Tok {
+                    kind: Kind::Other,
+                    start,
+                    end: i,
+                });
                 line_start = false;
             } else {
-                toks.push(Tok { kind: Kind::Punct, start: i, end: i + 1 });
+                toks.push(Tok {
+                    kind: Kind::Punct,
+                    start: i,
+                    end: i + 1,
+                });
                 line_start = false;
                 i += 1;
             }
@@ -272,7 +313,11 @@ mod emu {
             while j < toks.len() && text(&toks[j]) != "(" && text(&toks[j]) != ";" {
                 j += 1;
             }
-            if j < toks.len() && text(&toks[j]) == "(" && toks[j - 1].kind == Kind::Ident && j > k + 1 {
+            if j < toks.len()
+                && text(&toks[j]) == "("
+                && toks[j - 1].kind == Kind::Ident
+                && j > k + 1
+            {
                 let name = text(&toks[j - 1]).to_string();
                 if !names.contains(&name) {
                     names.push(name);
@@ -344,8 +389,12 @@ mod emu {
                 match s {
                     "(" | "[" | "{" | "<" => depth += 1,
                     ")" | "]" | "}" | ">" => depth -= 1,
-                    "=" if depth == 0 => return err("__shared__ variables cannot have an initializer"),
-                    "," if depth == 0 => return err("declare one __shared__ variable per statement"),
+                    "=" if depth == 0 => {
+                        return err("__shared__ variables cannot have an initializer")
+                    }
+                    "," if depth == 0 => {
+                        return err("declare one __shared__ variable per statement")
+                    }
                     _ => {}
                 }
                 decl.push(s);
@@ -395,7 +444,11 @@ mod emu {
             let sb = span.as_bytes();
             for (p, &c) in sb.iter().enumerate() {
                 if c == b'\n' {
-                    out.push_str(if p > 0 && sb[p - 1] == b'\\' { " \\\n" } else { "\n" });
+                    out.push_str(if p > 0 && sb[p - 1] == b'\\' {
+                        " \\\n"
+                    } else {
+                        "\n"
+                    });
                 }
             }
             copied = semicolon.end;

@@ -40,14 +40,23 @@ fn line_of(src: &str, needle: &str, after: usize) -> usize {
 
 /// Runs the matmul variant `kernel` (parameters of kernels/matmul.cu's matmul_forward) at
 /// N x IC x OC; returns the launch result, the output and the CPU reference.
-fn run_matmul(kernel: &str, n: usize, ic: usize, oc: usize) -> (Result<(), GpuError>, Vec<f32>, Vec<f32>) {
+fn run_matmul(
+    kernel: &str,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> (Result<(), GpuError>, Vec<f32>, Vec<f32>) {
     let dev = device();
     let mut rng = Rng::new(7);
     let mut randn = |len: usize| (0..len).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
     let (inp, weight, bias) = (randn(n * ic), randn(oc * ic), randn(oc));
     let mut want = vec![0.0; n * oc];
     ops::matmul::matmul_forward(&mut want, &inp, &weight, Some(&bias), n, ic, oc);
-    let (d_inp, d_weight, d_bias) = (dev.upload(&inp).unwrap(), dev.upload(&weight).unwrap(), dev.upload(&bias).unwrap());
+    let (d_inp, d_weight, d_bias) = (
+        dev.upload(&inp).unwrap(),
+        dev.upload(&weight).unwrap(),
+        dev.upload(&bias).unwrap(),
+    );
     let d_out = dev.alloc_slice::<f32>(n * oc).unwrap();
     let config = LaunchConfig::new((oc.div_ceil(32) as u32, n.div_ceil(32) as u32), (32, 8));
     let mut args = KernelArgs::new()
@@ -66,7 +75,10 @@ fn run_matmul(kernel: &str, n: usize, ic: usize, oc: usize) -> (Result<(), GpuEr
 
 /// Elements further from the reference than the kernel tests' tolerance (NaN included).
 fn wrong_elements(got: &[f32], want: &[f32]) -> usize {
-    got.iter().zip(want).filter(|(&g, &w)| !((g - w).abs() <= 1e-4 + 1e-4 * w.abs())).count()
+    got.iter()
+        .zip(want)
+        .filter(|(&g, &w)| (g - w).abs() > 1e-4 + 1e-4 * w.abs() || g.is_nan())
+        .count()
 }
 
 const CHILD_ENV: &str = "ROBO_POET_EMU_CHILD";
@@ -101,7 +113,10 @@ fn missing_sync(kernel: &str, n: usize, ic: usize, oc: usize) {
     let (result, got, want) = run_matmul(kernel, n, ic, oc);
     result.unwrap();
     let wrong = wrong_elements(&got, &want);
-    assert!(wrong > 0, "{kernel} at {n}x{ic}x{oc} matched the reference: the missing __syncthreads went unnoticed");
+    assert!(
+        wrong > 0,
+        "{kernel} at {n}x{ic}x{oc} matched the reference: the missing __syncthreads went unnoticed"
+    );
 }
 
 #[test]
@@ -142,15 +157,27 @@ fn emu_child_missing_sync_after_compute() {
 fn check_race_report(child: &str) {
     let load = line_of(BAD_MATMUL, "inp_tile[r][tx] = (i < N", 0);
     let compute = line_of(BAD_MATMUL, "acc[r] += inp_tile", 0);
-    check_race_report_at(child, "tests/kernels/bad_matmul.cu", &[load, load + 1, compute - 1, compute]);
+    check_race_report_at(
+        child,
+        "tests/kernels/bad_matmul.cu",
+        &[load, load + 1, compute - 1, compute],
+    );
 }
 
 /// Runs `child` and asserts that ThreadSanitizer reported a race at one of `file`:`lines`.
 fn check_race_report_at(child: &str, file: &str, lines: &[usize]) {
     let report = run_child(child);
-    assert!(report.contains("WARNING: ThreadSanitizer: data race"), "{child}: no race reported:\n{report}");
-    let named = lines.iter().any(|l| report.contains(&format!("{file}:{l}")));
-    assert!(named, "{child}: the race report names none of {file}:{lines:?}:\n{report}");
+    assert!(
+        report.contains("WARNING: ThreadSanitizer: data race"),
+        "{child}: no race reported:\n{report}"
+    );
+    let named = lines
+        .iter()
+        .any(|l| report.contains(&format!("{file}:{l}")));
+    assert!(
+        named,
+        "{child}: the race report names none of {file}:{lines:?}:\n{report}"
+    );
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -163,7 +190,14 @@ fn warp_sum_without_syncwarp() -> (f32, f32) {
     let out = dev.alloc_slice::<f32>(1).unwrap();
     let mut args = KernelArgs::new().slice(out).slice(d_in);
     // SAFETY: probe_warp_sum_no_syncwarp takes (float* out (1), const float* in (64)).
-    unsafe { dev.launch("probe_warp_sum_no_syncwarp", &LaunchConfig::new(1, 64), &mut args.params()) }.unwrap();
+    unsafe {
+        dev.launch(
+            "probe_warp_sum_no_syncwarp",
+            &LaunchConfig::new(1, 64),
+            &mut args.params(),
+        )
+    }
+    .unwrap();
     (dev.download(out).unwrap()[0], input.iter().sum())
 }
 
@@ -175,7 +209,10 @@ fn emu_bad_warp_code_without_syncwarp_gives_wrong_results() {
         return check_race_report_at("emu_child_no_syncwarp", "tests/kernels/probes.cu", &[line]);
     }
     let (got, want) = warp_sum_without_syncwarp();
-    assert_ne!(got, want, "warp-synchronous code without __syncwarp went unnoticed");
+    assert_ne!(
+        got, want,
+        "warp-synchronous code without __syncwarp went unnoticed"
+    );
 }
 
 #[test]
@@ -192,8 +229,14 @@ fn cross_block_race() {
     let dev = device();
     let out = dev.alloc_slice::<f32>(4).unwrap();
     // SAFETY: cross_block_race takes float* out (gridDim.x · blockDim.x).
-    unsafe { dev.launch("cross_block_race", &LaunchConfig::new(2, 2), &mut KernelArgs::new().slice(out).params()) }
-        .unwrap();
+    unsafe {
+        dev.launch(
+            "cross_block_race",
+            &LaunchConfig::new(2, 2),
+            &mut KernelArgs::new().slice(out).params(),
+        )
+    }
+    .unwrap();
 }
 
 #[test]
@@ -202,7 +245,11 @@ fn emu_bad_cross_block_race_is_reported_under_tsan() {
     // test only checks that the kernel runs.
     if SANITIZER == Some("thread") {
         let line = line_of(RACE, "out[(blockIdx.x", 0);
-        return check_race_report_at("emu_child_cross_block_race", "tests/kernels/bad_race.cu", &[line]);
+        return check_race_report_at(
+            "emu_child_cross_block_race",
+            "tests/kernels/bad_race.cu",
+            &[line],
+        );
     }
     cross_block_race();
 }
@@ -224,7 +271,11 @@ fn emu_bad_unpadded_tiles_read_nan_poison() {
     let (result, got, want) = run_matmul("matmul_unpadded_tiles", 70, 20, 33);
     result.unwrap();
     let nan = got.iter().filter(|x| x.is_nan()).count();
-    assert_eq!(nan, got.len(), "matmul_unpadded_tiles: every output should read NaN poison");
+    assert_eq!(
+        nan,
+        got.len(),
+        "matmul_unpadded_tiles: every output should read NaN poison"
+    );
     assert_eq!(wrong_elements(&got, &want), got.len());
 }
 
@@ -233,7 +284,10 @@ fn emu_bad_unpadded_tiles_reuse_stale_tiles() {
     // IC = 45: the second k-step's ragged columns keep the first k-step's values (as on a GPU).
     let (result, got, want) = run_matmul("matmul_unpadded_tiles", 70, 45, 33);
     result.unwrap();
-    assert!(wrong_elements(&got, &want) > 0, "matmul_unpadded_tiles at 70x45x33 matched the reference");
+    assert!(
+        wrong_elements(&got, &want) > 0,
+        "matmul_unpadded_tiles at 70x45x33 matched the reference"
+    );
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -244,7 +298,10 @@ fn emu_bad_oob_store_is_reported() {
     // N = 70 is not a multiple of the 32-row tile: the last row of blocks stores rows 70..95.
     if SANITIZER == Some("address") {
         let report = run_child("emu_child_oob_store");
-        assert!(report.contains("AddressSanitizer: heap-buffer-overflow"), "no ASan report:\n{report}");
+        assert!(
+            report.contains("AddressSanitizer: heap-buffer-overflow"),
+            "no ASan report:\n{report}"
+        );
         let store = line_of(BAD_MATMUL, "out[(size_t)i * OC + o] = acc[r] + b", 0);
         assert!(
             report.contains(&format!("tests/kernels/bad_matmul.cu:{store}")),
@@ -256,7 +313,10 @@ fn emu_bad_oob_store_is_reported() {
     let err = result.expect_err("an out-of-bounds store went unnoticed");
     let msg = err.to_string();
     assert!(matches!(err, GpuError::KernelFailed { .. }), "{msg}");
-    assert!(msg.contains("matmul_oob_store") && msg.contains("grid (2, 3, 1), block (32, 8, 1)"), "{msg}");
+    assert!(
+        msg.contains("matmul_oob_store") && msg.contains("grid (2, 3, 1), block (32, 8, 1)"),
+        "{msg}"
+    );
     assert!(msg.contains("past the end of the allocation"), "{msg}");
 }
 
@@ -276,13 +336,25 @@ fn deadlock(kernel: &str) -> String {
     let out = dev.alloc_slice::<f32>(64).unwrap();
     let start = Instant::now();
     // SAFETY: the deadlock kernels take one float* of blockDim.x elements.
-    let result = unsafe { dev.launch(kernel, &LaunchConfig::new(1, 64), &mut KernelArgs::new().slice(out).params()) };
+    let result = unsafe {
+        dev.launch(
+            kernel,
+            &LaunchConfig::new(1, 64),
+            &mut KernelArgs::new().slice(out).params(),
+        )
+    };
     let elapsed = start.elapsed();
-    assert!(elapsed < Duration::from_secs(5), "{kernel}: took {elapsed:?} to report");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "{kernel}: took {elapsed:?} to report"
+    );
     let err = result.expect_err("a kernel that cannot finish on a GPU returned success");
     assert!(matches!(err, GpuError::KernelFailed { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains(kernel) && msg.contains("grid (1, 1, 1), block (64, 1, 1)"), "{msg}");
+    assert!(
+        msg.contains(kernel) && msg.contains("grid (1, 1, 1), block (64, 1, 1)"),
+        "{msg}"
+    );
     msg
 }
 
@@ -293,8 +365,18 @@ fn emu_bad_divergent_syncthreads_reports_deadlock() {
     let a = line_of(DEADLOCK, "__syncthreads();", start);
     let b = line_of(DEADLOCK, "__syncthreads();", a);
     assert!(msg.contains("deadlock"), "{msg}");
-    assert!(msg.contains(&format!("__syncthreads() at tests/kernels/deadlock.cu:{a}: threads 0-15, 32-47")), "{msg}");
-    assert!(msg.contains(&format!("__syncthreads() at tests/kernels/deadlock.cu:{b}: threads 16-31, 48-63")), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "__syncthreads() at tests/kernels/deadlock.cu:{a}: threads 0-15, 32-47"
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!(
+            "__syncthreads() at tests/kernels/deadlock.cu:{b}: threads 16-31, 48-63"
+        )),
+        "{msg}"
+    );
     assert!(msg.contains("divergent __syncthreads"), "{msg}");
 }
 
@@ -305,7 +387,12 @@ fn emu_bad_barrier_vs_shuffle_reports_deadlock() {
     let bar = line_of(DEADLOCK, "__syncthreads();", start);
     let shfl = line_of(DEADLOCK, "__shfl_xor_sync", start);
     assert!(msg.contains("deadlock"), "{msg}");
-    assert!(msg.contains(&format!("__syncthreads() at tests/kernels/deadlock.cu:{bar}: threads 0-15, 32-47")), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "__syncthreads() at tests/kernels/deadlock.cu:{bar}: threads 0-15, 32-47"
+        )),
+        "{msg}"
+    );
     assert!(
         msg.contains(&format!("__shfl_xor_sync(mask 0xffffffff) at tests/kernels/deadlock.cu:{shfl}: threads 16-31, 48-63")),
         "{msg}"
@@ -316,6 +403,14 @@ fn emu_bad_barrier_vs_shuffle_reports_deadlock() {
 fn emu_bad_shuffle_mask_without_caller_is_reported() {
     let msg = deadlock("shuffle_mask_without_caller");
     let line = line_of(DEADLOCK, "__shfl_down_sync(0xfffffffeu", 0);
-    assert!(msg.contains(&format!("__shfl_down_sync(mask 0xfffffffe) at tests/kernels/deadlock.cu:{line}")), "{msg}");
-    assert!(msg.contains("called by lane 0, which is not in the mask"), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "__shfl_down_sync(mask 0xfffffffe) at tests/kernels/deadlock.cu:{line}"
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("called by lane 0, which is not in the mask"),
+        "{msg}"
+    );
 }

@@ -2,7 +2,9 @@
 //! launchers (src/gpu/kernels.rs), against the CPU reference (src/ops) at ragged shapes; and the
 //! emulated device's memory and launch contract.
 
-use robo_poet::gpu::{kernels, Device, DeviceExt, DeviceSlice, EmuDevice, GpuError, KernelArgs, LaunchConfig};
+use robo_poet::gpu::{
+    kernels, Device, DeviceExt, DeviceSlice, EmuDevice, GpuError, KernelArgs, LaunchConfig,
+};
 use robo_poet::ops;
 use robo_poet::rng::Rng;
 
@@ -40,7 +42,13 @@ fn check_matmul(dev: &EmuDevice, n: usize, ic: usize, oc: usize, with_bias: bool
     let got = dev.download(d_out).unwrap();
     // f32 sums over IC terms in another order than the reference: the difference is about
     // sqrt(IC)·ε·(typical |term|) ≈ 1e-6 here; a wrong tile or index is off by O(1) or NaN.
-    assert_close_all(&format!("matmul_forward {n}x{ic}x{oc} bias={with_bias}"), &got, &want, 1e-4, 1e-4);
+    assert_close_all(
+        &format!("matmul_forward {n}x{ic}x{oc} bias={with_bias}"),
+        &got,
+        &want,
+        1e-4,
+        1e-4,
+    );
 }
 
 #[test]
@@ -81,7 +89,11 @@ fn check_softmax(dev: &EmuDevice, r: usize, t: usize, seed: u64) {
     for (k, &p) in got.iter().enumerate() {
         let (i, j) = ((k / t) % t, k % t);
         if j > i {
-            assert_eq!(p.to_bits(), 0, "{what}: entry {k} (i={i}, j={j}) above the diagonal must be exactly 0, got {p}");
+            assert_eq!(
+                p.to_bits(),
+                0,
+                "{what}: entry {k} (i={i}, j={j}) above the diagonal must be exactly 0, got {p}"
+            );
         }
     }
 }
@@ -105,7 +117,7 @@ fn check_row_sums(dev: &EmuDevice, probs: &[f32], r: usize, t: usize, tol: f32) 
     for row in probs.chunks_exact(t) {
         let dev_ = (row.iter().map(|&p| p as f64).sum::<f64>() - 1.0).abs();
         any_nan |= dev_.is_nan();
-        if !(dev_ <= tol as f64) {
+        if dev_.is_nan() || dev_ > tol as f64 {
             want_bad += 1;
         }
         if dev_ > want_max {
@@ -119,11 +131,17 @@ fn check_row_sums(dev: &EmuDevice, probs: &[f32], r: usize, t: usize, tol: f32) 
     let what = format!("attention_row_sum_check R={r} T={t} tol={tol}");
     assert_eq!(got_bad, want_bad, "{what}: rows over tolerance");
     if any_nan {
-        assert!(got_max.is_nan(), "{what}: a NaN row must make the max deviation NaN, got {got_max}");
+        assert!(
+            got_max.is_nan(),
+            "{what}: a NaN row must make the max deviation NaN, got {got_max}"
+        );
     } else {
         // the kernel sums a row in f32: within T·ε of the f64 sum
         let err = (got_max as f64 - want_max).abs();
-        assert!(err <= 1e-6 * t as f64, "{what}: max deviation {got_max}, want {want_max}");
+        assert!(
+            err <= 1e-6 * t as f64,
+            "{what}: max deviation {got_max}, want {want_max}"
+        );
     }
     (got_max, got_bad)
 }
@@ -143,7 +161,10 @@ fn emu_attention_row_sum_check_finds_perturbed_rows() {
         let mut probs = softmax_probs(r, t, seed);
         let (max, bad) = check_row_sums(&dev, &probs, r, t, 1e-3);
         assert_eq!(bad, 0, "R={r} T={t}: clean softmax rows");
-        assert!(max < 1e-5, "R={r} T={t}: clean softmax rows deviate by {max}");
+        assert!(
+            max < 1e-5,
+            "R={r} T={t}: clean softmax rows deviate by {max}"
+        );
         // perturb a few rows: scale one up by 1%, one down by 20%, push one entry by 0.5
         let rows = r * t;
         for (row, f) in [(0, 1.01f32), (rows / 2, 0.8), (rows - 1, 1.0)] {
@@ -153,8 +174,19 @@ fn emu_attention_row_sum_check_finds_perturbed_rows() {
         }
         probs[(rows - 1) * t] += 0.5;
         let (max, bad) = check_row_sums(&dev, &probs, r, t, 1e-3);
-        assert_eq!(bad, if rows / 2 == 0 || rows / 2 == rows - 1 { 2 } else { 3 }, "R={r} T={t}: perturbed rows");
-        assert!((max - 0.5).abs() < 1e-5, "R={r} T={t}: max deviation {max}, want 0.5");
+        assert_eq!(
+            bad,
+            if rows / 2 == 0 || rows / 2 == rows - 1 {
+                2
+            } else {
+                3
+            },
+            "R={r} T={t}: perturbed rows"
+        );
+        assert!(
+            (max - 0.5).abs() < 1e-5,
+            "R={r} T={t}: max deviation {max}, want 0.5"
+        );
         // a NaN row counts as bad and poisons the max
         probs[t / 2] = f32::NAN;
         check_row_sums(&dev, &probs, r, t, 1e-3);
@@ -168,21 +200,48 @@ fn emu_attention_row_sum_check_finds_perturbed_rows() {
 fn emu_device_memory_is_nan_filled_bounds_checked_and_copyable() {
     let dev = EmuDevice::new();
     let a = dev.alloc_slice::<f32>(10).unwrap();
-    assert!(dev.download(a).unwrap().iter().all(|x| x.is_nan()), "fresh device memory reads as NaN");
+    assert!(
+        dev.download(a).unwrap().iter().all(|x| x.is_nan()),
+        "fresh device memory reads as NaN"
+    );
     assert_eq!(a.ptr() % 256, 0, "cudaMalloc alignment");
     dev.write(a, &[1.0; 10]).unwrap();
     let b = dev.alloc_slice::<f32>(10).unwrap();
     dev.copy_dtod(b.ptr(), a.ptr(), 40).unwrap();
     dev.memset_d8(b.slice(5..10).ptr(), 0, 20).unwrap();
-    assert_eq!(dev.download(b).unwrap(), [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(
+        dev.download(b).unwrap(),
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    );
 
     let past_end = dev.copy_htod(a.ptr() + 8, &[0u8; 36]).unwrap_err();
-    assert!(matches!(past_end, GpuError::InvalidMemory { op: "copy_htod", .. }), "{past_end}");
-    assert!(past_end.to_string().contains("run past the end"), "{past_end}");
+    assert!(
+        matches!(
+            past_end,
+            GpuError::InvalidMemory {
+                op: "copy_htod",
+                ..
+            }
+        ),
+        "{past_end}"
+    );
+    assert!(
+        past_end.to_string().contains("run past the end"),
+        "{past_end}"
+    );
     let mut buf = [0u8; 4];
-    assert!(dev.copy_dtoh(&mut buf, 16).is_err(), "address outside every allocation");
-    assert!(dev.copy_dtod(a.ptr(), a.ptr() + 4, 8).is_err(), "overlapping copy");
-    assert!(dev.free(a.ptr() + 4).is_err(), "free of an interior pointer");
+    assert!(
+        dev.copy_dtoh(&mut buf, 16).is_err(),
+        "address outside every allocation"
+    );
+    assert!(
+        dev.copy_dtod(a.ptr(), a.ptr() + 4, 8).is_err(),
+        "overlapping copy"
+    );
+    assert!(
+        dev.free(a.ptr() + 4).is_err(),
+        "free of an interior pointer"
+    );
     assert!(dev.alloc(0).is_err(), "cuMemAlloc rejects 0 bytes");
     dev.free(a.ptr()).unwrap();
     assert!(dev.copy_dtoh(&mut buf, a.ptr()).is_err(), "use after free");
@@ -199,20 +258,53 @@ fn emu_launch_errors_name_the_kernel_and_launch_shape() {
     // SAFETY (all launches below): rejected before the kernel could run.
     let mut args = KernelArgs::new().slice(out);
     let e = unsafe { dev.launch("no_such_kernel", &config, &mut args.params()) }.unwrap_err();
-    assert!(e.to_string().contains("no_such_kernel") && e.to_string().contains("matmul_forward"), "{e}");
+    assert!(
+        e.to_string().contains("no_such_kernel") && e.to_string().contains("matmul_forward"),
+        "{e}"
+    );
 
     let e = unsafe { dev.launch("matmul_forward", &config, &mut args.params()) }.unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, GpuError::InvalidLaunch { .. }), "{msg}");
-    assert!(msg.contains("matmul_forward") && msg.contains("grid (1, 1, 1), block (32, 1, 1)"), "{msg}");
-    assert!(msg.contains("takes 7 parameters") && msg.contains("passed 1"), "{msg}");
+    assert!(
+        msg.contains("matmul_forward") && msg.contains("grid (1, 1, 1), block (32, 1, 1)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("takes 7 parameters") && msg.contains("passed 1"),
+        "{msg}"
+    );
 
-    let e = unsafe { dev.launch("causal_softmax_forward", &LaunchConfig::new(1, 2048), &mut args.params()) }.unwrap_err();
-    assert!(e.to_string().contains("causal_softmax_forward") && e.to_string().contains("1024 threads"), "{e}");
-    let e = unsafe { dev.launch("causal_softmax_forward", &config.with_shared_bytes(64 * 1024), &mut args.params()) }.unwrap_err();
+    let e = unsafe {
+        dev.launch(
+            "causal_softmax_forward",
+            &LaunchConfig::new(1, 2048),
+            &mut args.params(),
+        )
+    }
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("causal_softmax_forward") && e.to_string().contains("1024 threads"),
+        "{e}"
+    );
+    let e = unsafe {
+        dev.launch(
+            "causal_softmax_forward",
+            &config.with_shared_bytes(64 * 1024),
+            &mut args.params(),
+        )
+    }
+    .unwrap_err();
     assert!(e.to_string().contains("cuFuncSetAttribute"), "{e}");
     let names = dev.kernel_names();
-    for k in ["attention_row_sum_check", "causal_softmax_forward", "matmul_forward"] {
-        assert!(names.contains(&k), "kernel {k} not found by build.rs (found {names:?})");
+    for k in [
+        "attention_row_sum_check",
+        "causal_softmax_forward",
+        "matmul_forward",
+    ] {
+        assert!(
+            names.contains(&k),
+            "kernel {k} not found by build.rs (found {names:?})"
+        );
     }
 }

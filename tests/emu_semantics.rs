@@ -32,7 +32,12 @@ fn emu_indices_cover_a_3d_grid_of_3d_blocks() {
     let (grid, block) = ((2u32, 3u32, 2u32), (4u32, 3u32, 2u32));
     let (nb, nt) = (12usize, 24usize);
     let out = zeroed::<i32>(&dev, nb * nt * 8);
-    launch(&dev, "probe_indices", LaunchConfig::new(grid, block), KernelArgs::new().slice(out));
+    launch(
+        &dev,
+        "probe_indices",
+        LaunchConfig::new(grid, block),
+        KernelArgs::new().slice(out),
+    );
     let v = dev.download(out).unwrap();
     for b in 0..nb {
         for t in 0..nt {
@@ -47,7 +52,10 @@ fn emu_indices_cover_a_3d_grid_of_3d_blocks() {
                 24,
                 12,
             ];
-            assert_eq!(o, want, "block {b} thread {t}: (threadIdx, blockIdx, threads per block, blocks)");
+            assert_eq!(
+                o, want,
+                "block {b} thread {t}: (threadIdx, blockIdx, threads per block, blocks)"
+            );
         }
     }
 }
@@ -57,7 +65,12 @@ fn emu_warp_collectives_follow_cuda_on_a_partial_warp() {
     let dev = device();
     let n = 48; // warp 1 has lanes 0-15 only
     let out = zeroed::<i32>(&dev, n * 8);
-    launch(&dev, "probe_shuffles", LaunchConfig::new(1, n as u32), KernelArgs::new().slice(out));
+    launch(
+        &dev,
+        "probe_shuffles",
+        LaunchConfig::new(1, n as u32),
+        KernelArgs::new().slice(out),
+    );
     let v = dev.download(out).unwrap();
     for t in 0..n {
         let (warp, lane) = (t / 32, t % 32);
@@ -72,11 +85,29 @@ fn emu_warp_collectives_follow_cuda_on_a_partial_warp() {
         let o = &v[t * 8..][..8];
         let what = format!("thread {t}");
         assert_eq!(o[0], val(3), "{what}: __shfl_sync(src 3)");
-        assert_eq!(o[1], if lane >= 2 { val(lane - 2) } else { val(lane) }, "{what}: __shfl_up_sync(2)");
-        assert_eq!(o[2], if lane + 5 < 32 { val(lane + 5) } else { val(lane) }, "{what}: __shfl_down_sync(5)");
+        assert_eq!(
+            o[1],
+            if lane >= 2 { val(lane - 2) } else { val(lane) },
+            "{what}: __shfl_up_sync(2)"
+        );
+        assert_eq!(
+            o[2],
+            if lane + 5 < 32 {
+                val(lane + 5)
+            } else {
+                val(lane)
+            },
+            "{what}: __shfl_down_sync(5)"
+        );
         assert_eq!(o[3], val(lane ^ 1), "{what}: __shfl_xor_sync(1, width 8)");
-        assert_eq!(o[4], val((lane & !15) + 2), "{what}: __shfl_sync(src 2, width 16)");
-        let ballot = (0..lanes).filter(|l| (warp * 32 + l) % 3 == 0).fold(0u32, |m, l| m | 1 << l);
+        assert_eq!(
+            o[4],
+            val((lane & !15) + 2),
+            "{what}: __shfl_sync(src 2, width 16)"
+        );
+        let ballot = (0..lanes)
+            .filter(|l| (warp * 32 + l) % 3 == 0)
+            .fold(0u32, |m, l| m | 1 << l);
         assert_eq!(o[5] as u32, ballot, "{what}: __ballot_sync");
         assert_eq!(o[6], (warp == 1) as i32, "{what}: __any_sync(t == 40)");
         assert_eq!(o[7], (warp == 0) as i32, "{what}: __all_sync(t < 47)");
@@ -88,13 +119,22 @@ fn emu_shared_memory_is_poisoned_afresh_for_every_block() {
     let dev = device();
     let out = zeroed::<u32>(&dev, 3 * 2 * 64);
     let config = LaunchConfig::new(3, 64).with_shared_bytes(256);
-    launch(&dev, "probe_shared_poison", config, KernelArgs::new().slice(out));
+    launch(
+        &dev,
+        "probe_shared_poison",
+        config,
+        KernelArgs::new().slice(out),
+    );
     let v = dev.download(out).unwrap();
     for b in 0..3 {
         for (kind, arr) in ["static", "dynamic"].iter().enumerate() {
             for i in 0..64 {
                 let got = v[(b * 2 + kind) * 64 + i];
-                let want = if i < 32 { (b as f32 + 1.0).to_bits() } else { u32::MAX };
+                let want = if i < 32 {
+                    (b as f32 + 1.0).to_bits()
+                } else {
+                    u32::MAX
+                };
                 assert_eq!(got, want, "block {b}, {arr} shared[{i}]: written entries hold the value, unwritten ones NaN");
             }
         }
@@ -106,11 +146,19 @@ fn emu_exited_threads_leave_the_barrier() {
     let dev = device();
     for (threads, live) in [(64u32, 20i32), (100, 1), (256, 255)] {
         let out = zeroed::<i32>(&dev, threads as usize);
-        launch(&dev, "probe_early_exit", LaunchConfig::new(1, threads), KernelArgs::new().slice(out).i32(live));
+        launch(
+            &dev,
+            "probe_early_exit",
+            LaunchConfig::new(1, threads),
+            KernelArgs::new().slice(out).i32(live),
+        );
         let v = dev.download(out).unwrap();
         for t in 0..threads as i32 {
             let want = if t < live { (t + 1) % live * 2 + 1 } else { 0 };
-            assert_eq!(v[t as usize], want, "{threads} threads, {live} live: out[{t}]");
+            assert_eq!(
+                v[t as usize], want,
+                "{threads} threads, {live} live: out[{t}]"
+            );
         }
     }
 }
@@ -120,25 +168,51 @@ fn emu_atomics_reduce_over_the_grid() {
     let dev = device();
     let (iout, uout) = (zeroed::<i32>(&dev, 4), zeroed::<u32>(&dev, 4));
     let (fout, ull) = (zeroed::<f32>(&dev, 1), zeroed::<u64>(&dev, 1));
-    let args = KernelArgs::new().slice(iout).slice(uout).slice(fout).slice(ull);
+    let args = KernelArgs::new()
+        .slice(iout)
+        .slice(uout)
+        .slice(fout)
+        .slice(ull);
     launch(&dev, "probe_atomics", LaunchConfig::new(3, 64), args);
     let n = 192;
-    assert_eq!(dev.download(iout).unwrap(), [n, n - 1, -(n - 1), -2 * n], "add, max, min, sub");
+    assert_eq!(
+        dev.download(iout).unwrap(),
+        [n, n - 1, -(n - 1), -2 * n],
+        "add, max, min, sub"
+    );
     assert_eq!(
         dev.download(uout).unwrap(),
-        [n as u32 % 10, u32::MAX, (0..n as u32).sum(), (n as u32 - 1) * 3],
+        [
+            n as u32 % 10,
+            u32::MAX,
+            (0..n as u32).sum(),
+            (n as u32 - 1) * 3
+        ],
         "inc, or, add, CAS loop"
     );
     assert_eq!(dev.download(fout).unwrap(), [n as f32 * 0.5], "float add");
-    assert_eq!(dev.download(ull).unwrap(), [n as u64 * (1 << 33)], "u64 add");
+    assert_eq!(
+        dev.download(ull).unwrap(),
+        [n as u64 * (1 << 33)],
+        "u64 add"
+    );
 }
 
 #[test]
 fn emu_counting_barriers() {
     let dev = device();
     let out = zeroed::<i32>(&dev, 3);
-    launch(&dev, "probe_sync_count", LaunchConfig::new(1, 100), KernelArgs::new().slice(out));
-    assert_eq!(dev.download(out).unwrap(), [34, 1, 1], "__syncthreads_count / _and / _or");
+    launch(
+        &dev,
+        "probe_sync_count",
+        LaunchConfig::new(1, 100),
+        KernelArgs::new().slice(out),
+    );
+    assert_eq!(
+        dev.download(out).unwrap(),
+        [34, 1, 1],
+        "__syncthreads_count / _and / _or"
+    );
 }
 
 #[test]
@@ -148,6 +222,11 @@ fn emu_warp_synchronous_code_with_syncwarp() {
     let input: Vec<f32> = (0..64).map(|i| i as f32).collect();
     let d_in = dev.upload(&input).unwrap();
     let out = zeroed::<f32>(&dev, 1);
-    launch(&dev, "probe_warp_sum_syncwarp", LaunchConfig::new(1, 64), KernelArgs::new().slice(out).slice(d_in));
+    launch(
+        &dev,
+        "probe_warp_sum_syncwarp",
+        LaunchConfig::new(1, 64),
+        KernelArgs::new().slice(out).slice(d_in),
+    );
     assert_eq!(dev.download(out).unwrap(), [input.iter().sum::<f32>()]);
 }

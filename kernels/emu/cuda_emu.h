@@ -3,7 +3,7 @@
 // build.rs force-includes this header (`-include`) when it compiles the kernels for the test
 // bench; the .cu files never include it, so they stay plain CUDA for NVRTC. Only what CUDA has is
 // declared here (no atomicMax on float, no shuffles of structs): a kernel that compiles against
-// this header should compile with NVRTC too. The scheduler lives in runtime.h.
+// this header should compile with NVRTC too. The scheduler lives in runtime.h and launch.h.
 // See docs/KERNEL_BENCH.md.
 #pragma once
 
@@ -19,7 +19,7 @@
 #include <cstring>
 #include <limits>
 
-#include "runtime.h"
+#include "launch.h"
 #endif
 
 // ---- qualifiers (build.rs's discovery pass defines __global__ as a marker before this point)

@@ -53,18 +53,34 @@ pub trait Device {
     /// `params` must have one entry per kernel parameter, in order, each pointing at a value of
     /// exactly that parameter's type (a [`DevicePtr`] for a pointer parameter). Device pointers
     /// must address live allocations of this device that hold everything the kernel touches.
-    unsafe fn launch(&self, kernel: &str, config: &LaunchConfig, params: &mut [*mut c_void]) -> Result<(), GpuError>;
+    unsafe fn launch(
+        &self,
+        kernel: &str,
+        config: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> Result<(), GpuError>;
 }
 
 /// What can go wrong on a device. Every launch error names the kernel and its launch shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GpuError {
     /// No kernel of that name (`cuModuleGetFunction` failed).
-    UnknownKernel { kernel: String, available: Vec<String> },
+    UnknownKernel {
+        kernel: String,
+        available: Vec<String>,
+    },
     /// The launch was rejected before it ran (configuration or parameter list).
-    InvalidLaunch { kernel: String, config: LaunchConfig, reason: String },
+    InvalidLaunch {
+        kernel: String,
+        config: LaunchConfig,
+        reason: String,
+    },
     /// The kernel ran and failed (deadlock, write out of bounds, ...); `report` says where.
-    KernelFailed { kernel: String, config: LaunchConfig, report: String },
+    KernelFailed {
+        kernel: String,
+        config: LaunchConfig,
+        report: String,
+    },
     /// A memory operation addressed memory outside every live allocation.
     InvalidMemory { op: &'static str, reason: String },
     /// The device could not provide `bytes` more bytes.
@@ -149,11 +165,18 @@ pub struct LaunchConfig {
 
 impl LaunchConfig {
     pub fn new(grid: impl Into<Dim3>, block: impl Into<Dim3>) -> Self {
-        LaunchConfig { grid: grid.into(), block: block.into(), shared_bytes: 0 }
+        LaunchConfig {
+            grid: grid.into(),
+            block: block.into(),
+            shared_bytes: 0,
+        }
     }
 
     pub fn with_shared_bytes(self, shared_bytes: u32) -> Self {
-        LaunchConfig { shared_bytes, ..self }
+        LaunchConfig {
+            shared_bytes,
+            ..self
+        }
     }
 
     /// CUDA's limits on a launch shape (compute capability 7.0 and later).
@@ -163,10 +186,14 @@ impl LaunchConfig {
             return Err("grid and block extents must all be at least 1".into());
         }
         if b.volume() > 1024 || b.x > 1024 || b.y > 1024 || b.z > 64 {
-            return Err(format!("block {b} exceeds 1024 threads or the per-axis limits (1024, 1024, 64)"));
+            return Err(format!(
+                "block {b} exceeds 1024 threads or the per-axis limits (1024, 1024, 64)"
+            ));
         }
         if g.x > i32::MAX as u32 || g.y > 65535 || g.z > 65535 {
-            return Err(format!("grid {g} exceeds the limits (2^31 - 1, 65535, 65535)"));
+            return Err(format!(
+                "grid {g} exceeds the limits (2^31 - 1, 65535, 65535)"
+            ));
         }
         Ok(())
     }
@@ -174,7 +201,11 @@ impl LaunchConfig {
 
 impl fmt::Display for LaunchConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "grid {}, block {}, {} B dynamic shared memory", self.grid, self.block, self.shared_bytes)
+        write!(
+            f,
+            "grid {}, block {}, {} B dynamic shared memory",
+            self.grid, self.block, self.shared_bytes
+        )
     }
 }
 
@@ -195,7 +226,13 @@ impl<T> Copy for DeviceSlice<T> {}
 
 impl<T> fmt::Debug for DeviceSlice<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DeviceSlice<{}>({:#x}, {})", std::any::type_name::<T>(), self.ptr, self.len)
+        write!(
+            f,
+            "DeviceSlice<{}>({:#x}, {})",
+            std::any::type_name::<T>(),
+            self.ptr,
+            self.len
+        )
     }
 }
 
@@ -207,7 +244,11 @@ impl<T> PartialEq for DeviceSlice<T> {
 
 impl<T> DeviceSlice<T> {
     pub fn new(ptr: DevicePtr, len: usize) -> Self {
-        DeviceSlice { ptr, len, _elem: PhantomData }
+        DeviceSlice {
+            ptr,
+            len,
+            _elem: PhantomData,
+        }
     }
 
     pub fn ptr(&self) -> DevicePtr {
@@ -233,7 +274,10 @@ impl<T> DeviceSlice<T> {
             "device slice range {range:?} out of bounds for length {}",
             self.len
         );
-        DeviceSlice::new(self.ptr + (range.start * std::mem::size_of::<T>()) as u64, range.len())
+        DeviceSlice::new(
+            self.ptr + (range.start * std::mem::size_of::<T>()) as u64,
+            range.len(),
+        )
     }
 }
 
@@ -241,7 +285,10 @@ impl<T> DeviceSlice<T> {
 pub trait DeviceExt: Device {
     /// `len` elements of uninitialised device memory.
     fn alloc_slice<T: Pod>(&self, len: usize) -> Result<DeviceSlice<T>, GpuError> {
-        Ok(DeviceSlice::new(self.alloc(len * std::mem::size_of::<T>())?, len))
+        Ok(DeviceSlice::new(
+            self.alloc(len * std::mem::size_of::<T>())?,
+            len,
+        ))
     }
 
     /// A new allocation holding `data`.
@@ -256,7 +303,11 @@ pub trait DeviceExt: Device {
         if dst.len() != data.len() {
             return Err(GpuError::InvalidMemory {
                 op: "write",
-                reason: format!("device slice has {} elements, host data {}", dst.len(), data.len()),
+                reason: format!(
+                    "device slice has {} elements, host data {}",
+                    dst.len(),
+                    data.len()
+                ),
             });
         }
         self.copy_htod(dst.ptr(), bytemuck::cast_slice(data))
@@ -349,6 +400,9 @@ impl KernelArgs {
     /// The `kernelParams` array for [`Device::launch`]; valid while `self` is neither moved nor
     /// changed.
     pub fn params(&mut self) -> Vec<*mut c_void> {
-        self.slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect()
+        self.slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect()
     }
 }

@@ -88,7 +88,10 @@ impl Allocation {
     /// (first, last) offsets relative to the user start of guard bytes that changed.
     fn damaged_guard(&self) -> Option<(isize, isize)> {
         let mut range: Option<(isize, isize)> = None;
-        let bands = [(self.base, self.guard), (self.user() + self.size, self.guard)];
+        let bands = [
+            (self.base, self.guard),
+            (self.user() + self.size, self.guard),
+        ];
         for (start, len) in bands {
             // SAFETY: both bands lie inside this allocation's host block.
             let bytes = unsafe { std::slice::from_raw_parts(start as *const u8, len) };
@@ -104,7 +107,10 @@ impl Allocation {
     }
 
     fn fill_guards(&self) {
-        for (start, len) in [(self.base, self.guard), (self.user() + self.size, self.guard)] {
+        for (start, len) in [
+            (self.base, self.guard),
+            (self.user() + self.size, self.guard),
+        ] {
             for addr in start..start + len {
                 // SAFETY: inside this allocation's host block.
                 unsafe { *(addr as *mut u8) = GUARD[addr % 4] };
@@ -129,14 +135,21 @@ impl Default for EmuDevice {
 impl EmuDevice {
     /// A device with the project's kernels.
     pub fn new() -> Self {
-        EmuDevice { kernels: HashMap::new(), allocs: Mutex::new(BTreeMap::new()) }.with_kernels(KERNELS)
+        EmuDevice {
+            kernels: HashMap::new(),
+            allocs: Mutex::new(BTreeMap::new()),
+        }
+        .with_kernels(KERNELS)
     }
 
     /// Adds a table of kernels (build.rs generates one per kernel folder).
     pub fn with_kernels(mut self, table: &[EmuKernel]) -> Self {
         for k in table {
             if let Some(old) = self.kernels.insert(k.name, *k) {
-                panic!("kernel {} is defined in both {} and {}", k.name, old.source, k.source);
+                panic!(
+                    "kernel {} is defined in both {} and {}",
+                    k.name, old.source, k.source
+                );
             }
         }
         self
@@ -164,9 +177,14 @@ impl EmuDevice {
         let addr = ptr as usize;
         let bad = |reason: String| Err(GpuError::InvalidMemory { op, reason });
         let Some((&user, a)) = allocs.range(..=addr).next_back() else {
-            return bad(format!("{bytes} bytes at {ptr:#x}: no live allocation there"));
+            return bad(format!(
+                "{bytes} bytes at {ptr:#x}: no live allocation there"
+            ));
         };
-        if addr.checked_add(bytes).is_none_or(|end| end > user + a.size) {
+        if addr
+            .checked_add(bytes)
+            .is_none_or(|end| end > user + a.size)
+        {
             return bad(format!(
                 "{bytes} bytes at {ptr:#x} run past the end of the allocation at {user:#x} ({} bytes) \
                  or lie outside every live allocation",
@@ -181,7 +199,11 @@ impl EmuDevice {
         let mut report = Vec::new();
         for a in allocs.values() {
             if let Some((lo, hi)) = a.damaged_guard() {
-                let side = if lo < 0 { "before the start" } else { "past the end" };
+                let side = if lo < 0 {
+                    "before the start"
+                } else {
+                    "past the end"
+                };
                 report.push(format!(
                     "wrote {side} of the allocation at {:#x} ({} bytes): bytes {lo}..={hi} relative to its start changed",
                     a.user(),
@@ -217,17 +239,32 @@ impl Device for EmuDevice {
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr, GpuError> {
         if bytes == 0 {
-            return Err(GpuError::InvalidMemory { op: "alloc", reason: "cannot allocate 0 bytes".into() });
+            return Err(GpuError::InvalidMemory {
+                op: "alloc",
+                reason: "cannot allocate 0 bytes".into(),
+            });
         }
-        let guard = if SANITIZER == Some("address") { 0 } else { bytes.next_multiple_of(ALIGN).clamp(4096, 1 << 20) };
-        let total = bytes.checked_add(2 * guard).ok_or(GpuError::OutOfMemory { bytes })?;
-        let layout = Layout::from_size_align(total, ALIGN).map_err(|_| GpuError::OutOfMemory { bytes })?;
+        let guard = if SANITIZER == Some("address") {
+            0
+        } else {
+            bytes.next_multiple_of(ALIGN).clamp(4096, 1 << 20)
+        };
+        let total = bytes
+            .checked_add(2 * guard)
+            .ok_or(GpuError::OutOfMemory { bytes })?;
+        let layout =
+            Layout::from_size_align(total, ALIGN).map_err(|_| GpuError::OutOfMemory { bytes })?;
         // SAFETY: layout has a non-zero size.
         let base = unsafe { alloc::alloc(layout) };
         if base.is_null() {
             return Err(GpuError::OutOfMemory { bytes });
         }
-        let a = Allocation { base: base as usize, layout, size: bytes, guard };
+        let a = Allocation {
+            base: base as usize,
+            layout,
+            size: bytes,
+            guard,
+        };
         a.fill_guards();
         // SAFETY: the user range lies inside the block just allocated.
         unsafe { std::ptr::write_bytes((a.user()) as *mut u8, POISON, bytes) };
@@ -237,10 +274,15 @@ impl Device for EmuDevice {
     }
 
     fn free(&self, ptr: DevicePtr) -> Result<(), GpuError> {
-        let a = self.allocs.lock().unwrap().remove(&(ptr as usize)).ok_or_else(|| GpuError::InvalidMemory {
-            op: "free",
-            reason: format!("{ptr:#x} is not the start of a live allocation"),
-        })?;
+        let a = self
+            .allocs
+            .lock()
+            .unwrap()
+            .remove(&(ptr as usize))
+            .ok_or_else(|| GpuError::InvalidMemory {
+                op: "free",
+                reason: format!("{ptr:#x} is not the start of a live allocation"),
+            })?;
         // SAFETY: allocated in `alloc` with this layout; removed from the table, so freed once.
         unsafe { alloc::dealloc(a.base as *mut u8, a.layout) };
         Ok(())
@@ -290,10 +332,22 @@ impl Device for EmuDevice {
         Ok(()) // every launch has already run to completion
     }
 
-    unsafe fn launch(&self, kernel: &str, config: &LaunchConfig, params: &mut [*mut c_void]) -> Result<(), GpuError> {
-        let rejected = |reason: String| GpuError::InvalidLaunch { kernel: kernel.to_string(), config: *config, reason };
+    unsafe fn launch(
+        &self,
+        kernel: &str,
+        config: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> Result<(), GpuError> {
+        let rejected = |reason: String| GpuError::InvalidLaunch {
+            kernel: kernel.to_string(),
+            config: *config,
+            reason,
+        };
         let Some(k) = self.kernels.get(kernel) else {
-            return Err(GpuError::UnknownKernel { kernel: kernel.to_string(), available: self.kernel_names().iter().map(|s| s.to_string()).collect() });
+            return Err(GpuError::UnknownKernel {
+                kernel: kernel.to_string(),
+                available: self.kernel_names().iter().map(|s| s.to_string()).collect(),
+            });
         };
         config.validate().map_err(rejected)?;
         if config.shared_bytes > MAX_DYNAMIC_SHARED {
@@ -317,12 +371,25 @@ impl Device for EmuDevice {
         // SAFETY: the descriptor is valid for the call; the caller vouches for the parameters.
         let rc = unsafe { (k.launch)(&mut desc) };
         let guards = Self::check_guards(&allocs);
-        let failed = |report: String| GpuError::KernelFailed { kernel: kernel.to_string(), config: *config, report };
+        let failed = |report: String| GpuError::KernelFailed {
+            kernel: kernel.to_string(),
+            config: *config,
+            report,
+        };
         match rc {
-            LAUNCH_OK => guards.map_or(Ok(()), |g| Err(failed(format!("{g} (source: {})", k.source)))),
+            LAUNCH_OK => guards.map_or(Ok(()), |g| {
+                Err(failed(format!("{g} (source: {})", k.source)))
+            }),
             code => {
-                let msg = CStr::from_bytes_until_nul(&error).map_or_else(|_| "(no message)".into(), |c| c.to_string_lossy().into_owned());
-                Err(if code == LAUNCH_REJECTED { rejected(msg) } else { failed(msg) })
+                let msg = CStr::from_bytes_until_nul(&error).map_or_else(
+                    |_| "(no message)".into(),
+                    |c| c.to_string_lossy().into_owned(),
+                );
+                Err(if code == LAUNCH_REJECTED {
+                    rejected(msg)
+                } else {
+                    failed(msg)
+                })
             }
         }
     }

@@ -70,9 +70,16 @@ pub fn causal_softmax_forward(
         return Ok(());
     }
     const WARPS_PER_BLOCK: usize = 4;
-    let config = LaunchConfig::new(blocks(r * t, WARPS_PER_BLOCK), (32 * WARPS_PER_BLOCK) as u32);
+    let config = LaunchConfig::new(
+        blocks(r * t, WARPS_PER_BLOCK),
+        (32 * WARPS_PER_BLOCK) as u32,
+    );
     int(op, "R·T", r * t);
-    let mut args = KernelArgs::new().slice(probs).slice(scores).i32(int(op, "R", r)).i32(int(op, "T", t));
+    let mut args = KernelArgs::new()
+        .slice(probs)
+        .slice(scores)
+        .i32(int(op, "R", r))
+        .i32(int(op, "T", t));
     // SAFETY: as in matmul_forward, for kernels/softmax.cu.
     unsafe { dev.launch(op, &config, &mut args.params()) }
 }
@@ -96,7 +103,10 @@ pub fn attention_row_sum_check(
         return Ok(());
     }
     const WARPS_PER_BLOCK: usize = 4;
-    let config = LaunchConfig::new(blocks(r * t, WARPS_PER_BLOCK), (32 * WARPS_PER_BLOCK) as u32);
+    let config = LaunchConfig::new(
+        blocks(r * t, WARPS_PER_BLOCK),
+        (32 * WARPS_PER_BLOCK) as u32,
+    );
     int(op, "R·T", r * t);
     let mut args = KernelArgs::new()
         .slice(result.slice(0..1))
@@ -110,7 +120,10 @@ pub fn attention_row_sum_check(
 }
 
 /// (largest row-sum deviation, rows over tolerance) from [`attention_row_sum_check`]'s result.
-pub fn read_row_sum_check(dev: &dyn Device, result: DeviceSlice<u32>) -> Result<(f32, u32), GpuError> {
+pub fn read_row_sum_check(
+    dev: &dyn Device,
+    result: DeviceSlice<u32>,
+) -> Result<(f32, u32), GpuError> {
     let v = dev.download(result)?;
     Ok((f32::from_bits(v[0]), v[1]))
 }

@@ -13,5 +13,7 @@ pub mod device;
 pub mod emu;
 pub mod kernels;
 
-pub use device::{Device, DeviceExt, DevicePtr, DeviceSlice, Dim3, GpuError, KernelArgs, LaunchConfig};
+pub use device::{
+    Device, DeviceExt, DevicePtr, DeviceSlice, Dim3, GpuError, KernelArgs, LaunchConfig,
+};
 pub use emu::EmuDevice;
