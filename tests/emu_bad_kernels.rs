@@ -7,7 +7,7 @@
 //! sanitizer reports run in a child process (a report ends or fails the process that gets it),
 //! and the test checks the child's report instead.
 
-use robo_poet::gpu::emu::SANITIZER;
+use robo_poet::gpu::emu::{Schedule, SANITIZER};
 use robo_poet::gpu::{Device, DeviceExt, EmuDevice, GpuError, KernelArgs, LaunchConfig};
 use robo_poet::ops;
 use robo_poet::rng::Rng;
@@ -25,7 +25,9 @@ const PROBES: &str = include_str!("kernels/probes.cu");
 const RACE: &str = include_str!("kernels/bad_race.cu");
 
 fn device() -> EmuDevice {
-    EmuDevice::new().with_kernels(test_kernels::KERNELS)
+    EmuDevice::new()
+        .with_kernels(test_kernels::KERNELS)
+        .with_schedule(Schedule::Forward)
 }
 
 /// 1-based number of the first line of `src` containing `needle`, after line `after`.
@@ -413,4 +415,50 @@ fn emu_bad_shuffle_mask_without_caller_is_reported() {
         msg.contains("called by lane 0, which is not in the mask"),
         "{msg}"
     );
+}
+
+// ----------------------------------------------------------------------------------------------
+// a missing barrier that only one schedule exposes (tests/kernels/bad_race.cu)
+
+fn neighbour_read(schedule: Schedule) -> Vec<f32> {
+    let dev = device().with_schedule(schedule);
+    let out = dev.alloc_slice::<f32>(64).unwrap();
+    // SAFETY: neighbour_read_without_barrier takes float* out (blockDim.x).
+    unsafe {
+        dev.launch(
+            "neighbour_read_without_barrier",
+            &LaunchConfig::new(1, 64),
+            &mut KernelArgs::new().slice(out).params(),
+        )
+    }
+    .unwrap();
+    dev.download(out).unwrap()
+}
+
+#[test]
+fn emu_bad_neighbour_read_is_caught_by_the_reverse_schedule() {
+    if SANITIZER == Some("thread") {
+        let line = line_of(RACE, "out[t] = t > 0 ? s[t - 1]", 0);
+        return check_race_report_at(
+            "emu_child_neighbour_read",
+            "tests/kernels/bad_race.cu",
+            &[line],
+        );
+    }
+    let want: Vec<f32> = (0..64).map(|t| t.max(1) as f32 - 1.0).collect();
+    // In thread order every neighbour has written first: the bug hides ...
+    assert_eq!(neighbour_read(Schedule::Forward), want, "forward schedule");
+    // ... and in reverse order no neighbour has: every read but thread 0's is NaN poison.
+    let got = neighbour_read(Schedule::Reverse);
+    assert!(
+        got[1..].iter().all(|x| x.is_nan()),
+        "reverse schedule missed the bug: {got:?}"
+    );
+}
+
+#[test]
+fn emu_child_neighbour_read() {
+    if is_child("emu_child_neighbour_read") {
+        neighbour_read(Schedule::Forward);
+    }
 }

@@ -19,6 +19,7 @@ struct LaunchDesc {
     unsigned long long num_params;
     char* error;
     unsigned long long error_cap;
+    unsigned int reverse;  // 1: run each block's threads from the last to the first
 };
 
 // Under ThreadSanitizer, races are reported per OS thread: name each after the CUDA thread it
@@ -171,8 +172,8 @@ inline std::string run_grid(Launch& L, bool* started) {
                 L.dyn_shared = alloc_shared(L.dyn_bytes);
                 L.sync = new BarrierSync{};
                 L.block_gen++;
-                L.current = 0;
-                L.th[0].cv.notify_one();
+                L.current = L.reverse ? L.nthreads - 1 : 0;
+                L.th[L.current].cv.notify_one();
                 wait_block(L, lk);
                 if (L.aborted) error = L.error;
                 else if (L.static_shared_bytes + L.dyn_bytes > kMaxSharedBytes)
@@ -246,6 +247,7 @@ int launch(void (*kernel)(Args...), const char* name, LaunchDesc* d) noexcept {
         L.grid = dim3(d->grid[0], d->grid[1], d->grid[2]);
         L.block = dim3(d->block[0], d->block[1], d->block[2]);
         L.dyn_bytes = d->shared_bytes;
+        L.reverse = d->reverse != 0;
         L.body = &KernelCall<Args...>::run;
         L.ctx = &call;
         L.nthreads = (int)(L.block.x * L.block.y * L.block.z);

@@ -3,8 +3,8 @@
 // Included by cuda_emu.h (never by kernels). See docs/KERNEL_BENCH.md for the model:
 //   * every CUDA thread of a block is an OS thread, but exactly one of them runs at a time. It runs
 //     until it blocks (__syncthreads, a warp collective) or exits, then hands a token to the next
-//     runnable thread in thread order. The schedule is deterministic, and it is the most hostile
-//     one for missing barriers: thread 0 runs its whole phase before thread 1 starts it.
+//     runnable thread in thread order (or in reverse order). The schedule is deterministic, and
+//     hostile to missing barriers: thread 0 runs its whole phase before thread 1 starts it.
 //   * blocks run one after another; each block gets fresh shared memory filled with 0xFF bytes
 //     (NaN as f32/f16/bf16, -1 as an integer), so reading shared memory nobody wrote shows up.
 //   * when the running thread blocks and no thread can run, the block is deadlocked: the launch
@@ -164,6 +164,7 @@ struct Launch {
     std::unique_ptr<Thread[]> th;
     std::condition_variable launcher_cv;
     bool quit = false;
+    bool reverse = false;  // hand the token down the thread order instead of up
 
     // The running block.
     unsigned long long block_gen = 0;
@@ -289,7 +290,7 @@ inline void pass_token(Launch& L, int from) {
     }
     L.handoffs++;
     for (int k = 1; k <= L.nthreads; k++) {
-        int t = (from + k) % L.nthreads;
+        int t = L.reverse ? (from - k + L.nthreads) % L.nthreads : (from + k) % L.nthreads;
         if (L.th[t].state == State::ready) {
             L.current = t;
             L.th[t].cv.notify_one();

@@ -27,6 +27,8 @@ pub struct EmuLaunchDesc {
     pub num_params: u64,
     pub error: *mut c_char,
     pub error_cap: u64,
+    /// 1 to run each block's threads from the last to the first.
+    pub reverse: u32,
 }
 
 /// One emulated kernel, as build.rs lists it: the emulated `CUfunction`.
@@ -119,10 +121,34 @@ impl Allocation {
     }
 }
 
+/// The order in which the threads of a block take turns (docs/KERNEL_BENCH.md). Each order is
+/// deterministic; a kernel whose result depends on it has a race.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Thread 0 first: a thread never sees what higher threads wrote since the last barrier.
+    Forward,
+    /// The last thread first: a thread never sees what lower threads wrote since the last barrier.
+    Reverse,
+}
+
+impl Schedule {
+    /// The schedule named by `ROBO_POET_EMU_SCHEDULE` (`forward`, the default, or `reverse`).
+    pub fn from_env() -> Self {
+        match std::env::var("ROBO_POET_EMU_SCHEDULE").as_deref() {
+            Err(_) | Ok("") | Ok("forward") => Schedule::Forward,
+            Ok("reverse") => Schedule::Reverse,
+            Ok(other) => {
+                panic!("ROBO_POET_EMU_SCHEDULE={other:?}: expected `forward` or `reverse`")
+            }
+        }
+    }
+}
+
 /// An emulated CUDA device: kernels from kernels/*.cu (plus any extra tables, such as the test
 /// kernels), run on the CPU. Every operation is serialised, as on one stream.
 pub struct EmuDevice {
     kernels: HashMap<&'static str, EmuKernel>,
+    schedule: Schedule,
     allocs: Mutex<BTreeMap<usize, Allocation>>,
 }
 
@@ -133,13 +159,20 @@ impl Default for EmuDevice {
 }
 
 impl EmuDevice {
-    /// A device with the project's kernels.
+    /// A device with the project's kernels, scheduling threads as `ROBO_POET_EMU_SCHEDULE` says.
     pub fn new() -> Self {
         EmuDevice {
             kernels: HashMap::new(),
+            schedule: Schedule::from_env(),
             allocs: Mutex::new(BTreeMap::new()),
         }
         .with_kernels(KERNELS)
+    }
+
+    /// Sets the order in which the threads of a block take turns.
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
     }
 
     /// Adds a table of kernels (build.rs generates one per kernel folder).
@@ -367,6 +400,7 @@ impl Device for EmuDevice {
             num_params: params.len() as u64,
             error: error.as_mut_ptr() as *mut c_char,
             error_cap: error.len() as u64,
+            reverse: (self.schedule == Schedule::Reverse) as u32,
         };
         // SAFETY: the descriptor is valid for the call; the caller vouches for the parameters.
         let rc = unsafe { (k.launch)(&mut desc) };

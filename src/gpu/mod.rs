@@ -16,4 +16,4 @@ pub mod kernels;
 pub use device::{
     Device, DeviceExt, DevicePtr, DeviceSlice, Dim3, GpuError, KernelArgs, LaunchConfig,
 };
-pub use emu::EmuDevice;
+pub use emu::{EmuDevice, Schedule};

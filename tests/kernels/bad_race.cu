@@ -8,3 +8,13 @@ extern "C" __global__ void cross_block_race(float* out) {
     const int n = gridDim.x * blockDim.x;
     out[(blockIdx.x * blockDim.x + threadIdx.x + blockIdx.x) % n] = (float)blockIdx.x;
 }
+
+// out (blockDim.x): each thread publishes a value in shared memory and reads its lower
+// neighbour's with no barrier in between. In thread order the neighbour has always written
+// first, so only the reverse schedule (or ThreadSanitizer) exposes the missing barrier.
+extern "C" __global__ void neighbour_read_without_barrier(float* out) {
+    __shared__ float s[1024];
+    const int t = threadIdx.x;
+    s[t] = (float)t;
+    out[t] = t > 0 ? s[t - 1] : 0.0f;  // BUG: no __syncthreads() since the neighbour's write
+}
