@@ -101,6 +101,19 @@ fn run_child(name: &str) -> String {
 }
 
 #[test]
+fn emu_tsan_runs_with_the_rust_suppressions() {
+    // Without them ThreadSanitizer reports the Rust test harness itself and the run fails.
+    if SANITIZER == Some("thread") {
+        let opts = std::env::var("TSAN_OPTIONS").unwrap_or_default();
+        assert!(
+            opts.contains("kernels/emu/tsan.supp"),
+            "run the TSan suite as TSAN_OPTIONS=\"suppressions=$PWD/kernels/emu/tsan.supp\" \
+             ROBO_POET_EMU_SANITIZE=thread cargo test emu (docs/KERNEL_BENCH.md); TSAN_OPTIONS is {opts:?}"
+        );
+    }
+}
+
+#[test]
 fn emu_bad_reference_copy_passes() {
     // The switches' all-safe setting is the real kernel: the failures below come from the bugs.
     let (result, got, want) = run_matmul("matmul_reference_copy", 70, 45, 33);
@@ -308,6 +321,12 @@ fn emu_bad_oob_store_is_reported() {
         assert!(
             report.contains(&format!("tests/kernels/bad_matmul.cu:{store}")),
             "the ASan report does not name the store at bad_matmul.cu:{store}:\n{report}"
+        );
+        // rows 64.. of out are the third row of blocks; thread (0, 0, 0) stores row 72 first
+        let cuda = "the error above happened in kernel matmul_oob_store, block (0, 2, 0), thread (0, 0, 0)";
+        assert!(
+            report.contains(cuda),
+            "the ASan report lacks the CUDA coordinates:\n{report}"
         );
         return;
     }
