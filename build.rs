@@ -276,8 +276,15 @@ mod emu {
                 line_start = false;
             } else if c.is_ascii_digit() {
                 let start = i;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_')
-                {
+                // digits, suffixes, exponents, and C++14 digit separators (1'000)
+                let in_number = |i: usize| {
+                    b[i].is_ascii_alphanumeric()
+                        || b[i] == b'.'
+                        || b[i] == b'_'
+                        || (b[i] == b'\''
+                            && b.get(i + 1).is_some_and(|c| c.is_ascii_alphanumeric()))
+                };
+                while i < b.len() && in_number(i) {
                     i += 1;
                 }
                 toks.push(Tok {

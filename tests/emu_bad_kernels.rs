@@ -23,6 +23,7 @@ const BAD_MATMUL: &str = include_str!("kernels/bad_matmul.cu");
 const DEADLOCK: &str = include_str!("kernels/deadlock.cu");
 const PROBES: &str = include_str!("kernels/probes.cu");
 const RACE: &str = include_str!("kernels/bad_race.cu");
+const STORE: &str = include_str!("kernels/bad_store.cu");
 
 fn device() -> EmuDevice {
     EmuDevice::new()
@@ -345,6 +346,55 @@ fn emu_bad_oob_store_is_reported() {
 fn emu_child_oob_store() {
     if is_child("emu_child_oob_store") {
         let _ = run_matmul("matmul_oob_store", 70, 45, 33);
+    }
+}
+
+fn store_before_start() -> Result<(), GpuError> {
+    let dev = device();
+    let out = dev.alloc_slice::<f32>(32).unwrap();
+    let mut args = KernelArgs::new().slice(out);
+    // SAFETY: store_before_start takes float* out (blockDim.x) and writes out[-1] on purpose.
+    unsafe {
+        dev.launch(
+            "store_before_start",
+            &LaunchConfig::new(1, 32),
+            &mut args.params(),
+        )
+    }
+}
+
+#[test]
+fn emu_bad_store_before_start_is_reported() {
+    if SANITIZER == Some("address") {
+        let report = run_child("emu_child_store_before_start");
+        let line = line_of(STORE, "out[i] = 1.0f;", 0);
+        assert!(
+            report.contains("AddressSanitizer: heap-buffer-overflow"),
+            "no ASan report:\n{report}"
+        );
+        assert!(
+            report.contains(&format!("tests/kernels/bad_store.cu:{line}")),
+            "{report}"
+        );
+        return;
+    }
+    let msg = store_before_start()
+        .expect_err("a store before the buffer went unnoticed")
+        .to_string();
+    assert!(
+        msg.contains("store_before_start") && msg.contains("block (32, 1, 1)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("wrote before the start of the allocation") && msg.contains("bytes -4..=-1"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn emu_child_store_before_start() {
+    if is_child("emu_child_store_before_start") {
+        let _ = store_before_start();
     }
 }
 

@@ -74,7 +74,7 @@ pub fn causal_softmax_forward(
         blocks(r * t, WARPS_PER_BLOCK),
         (32 * WARPS_PER_BLOCK) as u32,
     );
-    int(op, "R·T", r * t);
+    int(op, "R·T", r * t); // the kernel's row index
     let mut args = KernelArgs::new()
         .slice(probs)
         .slice(scores)
@@ -107,7 +107,7 @@ pub fn attention_row_sum_check(
         blocks(r * t, WARPS_PER_BLOCK),
         (32 * WARPS_PER_BLOCK) as u32,
     );
-    int(op, "R·T", r * t);
+    int(op, "R·T", r * t); // the kernel's row index
     let mut args = KernelArgs::new()
         .slice(result.slice(0..1))
         .slice(result.slice(1..2))
