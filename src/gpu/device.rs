@@ -406,3 +406,66 @@ impl KernelArgs {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_config_follows_cuda_limits() {
+        assert!(LaunchConfig::new((65535, 65535, 65535), (32, 32, 1))
+            .validate()
+            .is_ok());
+        assert!(LaunchConfig::new(1, (1, 1, 64)).validate().is_ok());
+        for bad in [
+            LaunchConfig::new(0, 32),
+            LaunchConfig::new(1, 1025),
+            LaunchConfig::new(1, (32, 33, 1)),
+            LaunchConfig::new(1, (1, 1, 65)),
+            LaunchConfig::new((1, 65536), 32),
+            LaunchConfig::new(1u32 << 31, 32),
+        ] {
+            assert!(bad.validate().is_err(), "{bad} should be rejected");
+        }
+        let shown = LaunchConfig::new((3, 2), 128)
+            .with_shared_bytes(256)
+            .to_string();
+        assert_eq!(
+            shown,
+            "grid (3, 2, 1), block (128, 1, 1), 256 B dynamic shared memory"
+        );
+    }
+
+    #[test]
+    fn kernel_args_give_each_value_its_own_aligned_slot() {
+        let mut args = KernelArgs::new()
+            .ptr(0x1234_5678_9abc)
+            .i32(-7)
+            .f32(1.5)
+            .u32(9)
+            .opt_slice::<f32>(None);
+        let p = args.params();
+        assert_eq!(p.len(), 5);
+        // SAFETY: each pointer addresses an 8-byte slot of `args`, which is still alive.
+        unsafe {
+            assert_eq!(*(p[0] as *const u64), 0x1234_5678_9abc);
+            assert_eq!(*(p[1] as *const i32), -7);
+            assert_eq!(*(p[2] as *const f32), 1.5);
+            assert_eq!(*(p[3] as *const u32), 9);
+            assert_eq!(*(p[4] as *const u64), 0, "None is a null pointer");
+        }
+        assert!(p.iter().all(|&q| q as usize % 8 == 0));
+    }
+
+    #[test]
+    fn device_slices_are_typed_byte_ranges() {
+        let s = DeviceSlice::<f32>::new(0x1000, 10);
+        assert_eq!(s.bytes(), 40);
+        let sub = s.slice(2..5);
+        assert_eq!((sub.ptr(), sub.len()), (0x1008, 3));
+        assert!(
+            std::panic::catch_unwind(|| s.slice(8..11)).is_err(),
+            "out of range"
+        );
+    }
+}
