@@ -454,7 +454,7 @@ mod tests {
             assert_eq!(*(p[3] as *const u32), 9);
             assert_eq!(*(p[4] as *const u64), 0, "None is a null pointer");
         }
-        assert!(p.iter().all(|&q| q as usize % 8 == 0));
+        assert!(p.iter().all(|&q| (q as usize).is_multiple_of(8)));
     }
 
     #[test]
