@@ -157,7 +157,7 @@ mod emu {
                 .unwrap_or_else(|e| {
                     panic!("preprocessing {shown} to find its kernels failed: {e}")
                 });
-            let names = find_kernels(&String::from_utf8_lossy(&expanded));
+            let names = find_kernels(&String::from_utf8_lossy(&expanded), shown);
             let mut unit = body.clone();
             unit.push_str(
                 "\n// ---- added by build.rs: one emulated launcher per __global__ function\n",
@@ -307,11 +307,23 @@ mod emu {
     }
 
     /// Names of the functions that follow the discovery marker, in order, without repeats.
-    fn find_kernels(expanded: &str) -> Vec<String> {
+    /// Panics naming `shown` if a kernel lacks C linkage: the CUDA driver looks kernels up by
+    /// their unmangled names, so a kernel without `extern "C"` would work here and not there.
+    fn find_kernels(expanded: &str, shown: &str) -> Vec<String> {
         let toks = tokenize(expanded, true);
         let text = |t: &Tok| &expanded[t.start..t.end];
+        let after_extern_c =
+            |k: usize| k >= 2 && text(&toks[k - 2]) == "extern" && text(&toks[k - 1]) == "\"C\"";
         let mut names: Vec<String> = Vec::new();
+        let mut braces: Vec<bool> = Vec::new(); // open braces; true for `extern "C" {`
         for (k, t) in toks.iter().enumerate() {
+            match text(t) {
+                "{" => braces.push(after_extern_c(k)),
+                "}" => {
+                    braces.pop();
+                }
+                _ => {}
+            }
             if t.kind != Kind::Ident || text(t) != MARKER {
                 continue;
             }
@@ -326,6 +338,12 @@ mod emu {
                 && j > k + 1
             {
                 let name = text(&toks[j - 1]).to_string();
+                if !after_extern_c(k) && !braces.contains(&true) {
+                    panic!(
+                        "{shown}: kernel `{name}` must be declared `extern \"C\" __global__`: the CUDA \
+                         driver finds kernels by their unmangled names"
+                    );
+                }
                 if !names.contains(&name) {
                     names.push(name);
                 }
