@@ -30,7 +30,7 @@ extern "C" __global__ void causal_softmax_forward(float* probs,         // (R, T
     const float* x = scores + (size_t)row * T;
     float* y = probs + (size_t)row * T;
 
-    float m = __int_as_float(0xff800000);  // -inf: lanes with no live entry must not win the max
+    float m = __int_as_float((int)0xff800000);  // -inf: lanes with no live entry must not win the max
     for (int j = lane; j <= i; j += 32) m = fmaxf(m, x[j]);
     m = softmax_warp_max(m);
 

@@ -486,6 +486,48 @@ fn emu_bad_shuffle_mask_without_caller_is_reported() {
     );
 }
 
+fn count_without_atomic() -> i32 {
+    let dev = device();
+    let count = dev.alloc_slice::<i32>(1).unwrap();
+    dev.zero(count).unwrap();
+    // SAFETY: count_without_atomic takes int* count (1).
+    unsafe {
+        dev.launch(
+            "count_without_atomic",
+            &LaunchConfig::new(2, 64),
+            &mut KernelArgs::new().slice(count).params(),
+        )
+    }
+    .unwrap();
+    dev.download(count).unwrap()[0]
+}
+
+#[test]
+fn emu_bad_missing_atomic_is_reported_under_tsan() {
+    // A thread runs until it blocks, so no other thread gets between its read and its write: the
+    // count is right and only ThreadSanitizer can see the race.
+    if SANITIZER == Some("thread") {
+        let line = line_of(RACE, "*count += 1;", 0);
+        return check_race_report_at(
+            "emu_child_missing_atomic",
+            "tests/kernels/bad_race.cu",
+            &[line],
+        );
+    }
+    assert_eq!(
+        count_without_atomic(),
+        128,
+        "the one-thread-at-a-time schedule hides this race"
+    );
+}
+
+#[test]
+fn emu_child_missing_atomic() {
+    if is_child("emu_child_missing_atomic") {
+        count_without_atomic();
+    }
+}
+
 // ----------------------------------------------------------------------------------------------
 // a missing barrier that only one schedule exposes (tests/kernels/bad_race.cu)
 

@@ -18,3 +18,10 @@ extern "C" __global__ void neighbour_read_without_barrier(float* out) {
     s[t] = (float)t;
     out[t] = t > 0 ? s[t - 1] : 0.0f;  // BUG: no __syncthreads() since the neighbour's write
 }
+
+// count (1): every thread of the grid adds 1 with a plain read-modify-write instead of atomicAdd.
+// One thread at a time never interleaves inside the += , so the count comes out right here; only
+// ThreadSanitizer reports it.
+extern "C" __global__ void count_without_atomic(int* count) {
+    *count += 1;  // BUG: atomicAdd(count, 1)
+}
