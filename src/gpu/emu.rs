@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::Mutex;
 
-/// The C ABI of one launch; mirrors `emu::LaunchDesc` in kernels/emu/runtime.h.
+/// The C ABI of one launch; mirrors `emu::LaunchDesc` in kernels/emu/launch.h.
 #[repr(C)]
 pub struct EmuLaunchDesc {
     pub grid: [u32; 3],
@@ -59,7 +59,7 @@ pub const SANITIZER: Option<&str> = if cfg!(emu_sanitize = "address") {
     None
 };
 
-// Return codes of a launcher (kernels/emu/runtime.h).
+// Return codes of a launcher (kernels/emu/launch.h).
 const LAUNCH_OK: i32 = 0;
 const LAUNCH_REJECTED: i32 = 1;
 
