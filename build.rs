@@ -1,0 +1,484 @@
+//! Build script: compiles the CUDA kernels in kernels/ for the executors that run them.
+//!
+//! * `emu` — the kernel test bench (docs/KERNEL_BENCH.md): every kernels/*.cu is compiled by the
+//!   host C++ compiler as C++20 against kernels/emu/cuda_emu.h into a static library, with a Rust
+//!   table from kernel name to launcher (the emulated cuModuleGetFunction). The test-only kernels
+//!   in tests/kernels/ go into a second library that only the tests look up.
+//! * NVRTC (the CUDA backend) compiles the same kernels/*.cu; it gets its own module here.
+
+fn main() {
+    emu::build();
+}
+
+mod emu {
+    use std::collections::BTreeMap;
+    use std::env;
+    use std::fmt::Write as _;
+    use std::fs;
+    use std::path::{Path, PathBuf};
+
+    /// `-D__global__=MARKER` during discovery: every kernel, macro-generated ones too, shows up
+    /// in the preprocessed source as MARKER.
+    const MARKER: &str = "__robo_poet_emu_kernel__";
+    const SANITIZE_ENV: &str = "ROBO_POET_EMU_SANITIZE";
+
+    /// One static library of emulated kernels and its Rust lookup table.
+    struct Library {
+        /// Library name; also the prefix of its launcher symbols.
+        name: &'static str,
+        /// Folder of .cu files (and .cuh headers they include), relative to the crate root.
+        dir: &'static str,
+        /// Generated Rust table, in OUT_DIR.
+        table: &'static str,
+    }
+
+    const LIBRARIES: [Library; 2] = [
+        Library {
+            name: "robo_poet_emu_kernels",
+            dir: "kernels",
+            table: "emu_kernels.rs",
+        },
+        Library {
+            name: "robo_poet_emu_test_kernels",
+            dir: "tests/kernels",
+            table: "emu_test_kernels.rs",
+        },
+    ];
+
+    pub fn build() {
+        let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+        let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+        println!("cargo:rerun-if-env-changed={SANITIZE_ENV}");
+        println!("cargo:rerun-if-changed=kernels");
+        println!("cargo:rerun-if-changed=tests/kernels");
+        println!("cargo::rustc-check-cfg=cfg(emu_sanitize, values(\"address\", \"thread\"))");
+
+        let sanitize = env::var(SANITIZE_ENV).unwrap_or_default();
+        let (sanitizer_flags, runtimes): (&[&str], &[&str]) = match sanitize.as_str() {
+            "" | "none" => (&[], &[]),
+            "address" => (
+                &[
+                    "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=undefined",
+                    "-fno-omit-frame-pointer",
+                ],
+                &["asan", "ubsan"],
+            ),
+            "thread" => (&["-fsanitize=thread"], &["tsan"]),
+            other => panic!(
+                "{SANITIZE_ENV}={other:?}: expected `address` (ASan + UBSan) or `thread` (TSan)"
+            ),
+        };
+        if !sanitizer_flags.is_empty() {
+            println!("cargo:rustc-cfg=emu_sanitize=\"{sanitize}\"");
+            // rustc links with -nodefaultlibs, so the compiler driver adds no sanitizer runtime.
+            // Named here, before the kernel libraries and libstdc++, the runtime comes first
+            // among the program's shared libraries, where its interceptors must be.
+            for rt in runtimes {
+                println!("cargo:rustc-link-lib=dylib={rt}");
+            }
+        }
+
+        let header = root.join("kernels/emu/cuda_emu.h");
+        let mut all_kernels: BTreeMap<String, String> = BTreeMap::new();
+        for lib in &LIBRARIES {
+            let kernels = compile_library(&root, &out, &header, lib, sanitizer_flags);
+            for (name, source) in &kernels {
+                if let Some(first) = all_kernels.insert(name.clone(), source.clone()) {
+                    panic!("kernel `{name}` is defined in both {first} and {source}: kernel names must be unique");
+                }
+            }
+            fs::write(out.join(lib.table), rust_table(lib, &kernels)).unwrap();
+        }
+    }
+
+    /// Rewrites, discovers and compiles one folder of kernels; returns (kernel, source file).
+    fn compile_library(
+        root: &Path,
+        out: &Path,
+        header: &Path,
+        lib: &Library,
+        sanitizer_flags: &[&str],
+    ) -> Vec<(String, String)> {
+        let src_dir = root.join(lib.dir);
+        let gen_dir = out.join("emu").join(lib.name);
+        fs::create_dir_all(&gen_dir).unwrap();
+        let mut units = Vec::new();
+        for entry in fs::read_dir(&src_dir).unwrap_or_else(|e| panic!("{}: {e}", src_dir.display()))
+        {
+            let path = entry.unwrap().path();
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext != "cu" && ext != "cuh" {
+                continue;
+            }
+            let file = path.file_name().unwrap().to_str().unwrap().to_string();
+            let shown = format!("{}/{file}", lib.dir);
+            let text = fs::read_to_string(&path).unwrap();
+            let rewritten = rewrite_shared(&text, &shown).unwrap_or_else(|e| panic!("{e}"));
+            // #line keeps file:line in reports (source_location) pointing at the real source.
+            let body = format!("#line 1 \"{shown}\"\n{rewritten}");
+            if ext == "cuh" {
+                fs::write(gen_dir.join(&file), body).unwrap();
+            } else {
+                units.push((file, shown, body));
+            }
+        }
+        units.sort();
+
+        let base = || {
+            let mut b = cc::Build::new();
+            b.cpp(true)
+                .std("c++20")
+                .flag("-include")
+                .flag(header.to_str().unwrap())
+                .include(&gen_dir)
+                .include(&src_dir)
+                // CUDA code reinterprets freely (float4 loads of float arrays)
+                .flag("-fno-strict-aliasing")
+                .flag("-pthread")
+                .warnings(true)
+                .extra_warnings(true);
+            b
+        };
+
+        let mut kernels = Vec::new();
+        let mut build = base();
+        for f in sanitizer_flags {
+            build.flag(f);
+        }
+        for (file, shown, body) in &units {
+            let stage = gen_dir.join(format!("{file}.discover.cpp"));
+            fs::write(&stage, body).unwrap();
+            let expanded = base()
+                .define("ROBO_POET_EMU_DISCOVERY", None)
+                .define("__global__", Some(MARKER))
+                .file(&stage)
+                .try_expand()
+                .unwrap_or_else(|e| {
+                    panic!("preprocessing {shown} to find its kernels failed: {e}")
+                });
+            let names = find_kernels(&String::from_utf8_lossy(&expanded), shown);
+            let mut unit = body.clone();
+            unit.push_str(
+                "\n// ---- added by build.rs: one emulated launcher per __global__ function\n",
+            );
+            for name in &names {
+                writeln!(
+                    unit,
+                    "extern \"C\" int {}_launch_{name}(::emu::LaunchDesc* d) noexcept {{ return ::emu::launch(&{name}, \"{name}\", d); }}",
+                    lib.name
+                )
+                .unwrap();
+                kernels.push((name.clone(), shown.clone()));
+            }
+            let cpp = gen_dir.join(format!("{file}.cpp"));
+            fs::write(&cpp, unit).unwrap();
+            build.file(&cpp);
+        }
+        build.compile(lib.name);
+        kernels
+    }
+
+    fn rust_table(lib: &Library, kernels: &[(String, String)]) -> String {
+        let mut s = format!(
+            "// @generated by build.rs from {}/*.cu: kernel name -> emulated launcher.\n\nunsafe extern \"C\" {{\n",
+            lib.dir
+        );
+        for (name, _) in kernels {
+            writeln!(
+                s,
+                "    fn {}_launch_{name}(desc: *mut EmuLaunchDesc) -> i32;",
+                lib.name
+            )
+            .unwrap();
+        }
+        s.push_str("}\n\npub static KERNELS: &[EmuKernel] = &[\n");
+        for (name, source) in kernels {
+            writeln!(
+                s,
+                "    EmuKernel {{ name: \"{name}\", source: \"{source}\", launch: {}_launch_{name} }},",
+                lib.name
+            )
+            .unwrap();
+        }
+        s.push_str("];\n");
+        s
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // A small C++ tokenizer: enough to find kernels and rewrite shared-memory declarations.
+
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Kind {
+        Ident,
+        Punct,
+        Other,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    struct Tok {
+        kind: Kind,
+        start: usize,
+        end: usize,
+    }
+
+    /// Tokens outside comments, string and character literals; `#` lines are kept (macro bodies
+    /// may declare shared memory) unless `skip_directives`.
+    fn tokenize(src: &str, skip_directives: bool) -> Vec<Tok> {
+        let b = src.as_bytes();
+        let mut toks = Vec::new();
+        let mut i = 0;
+        let mut line_start = true;
+        while i < b.len() {
+            let c = b[i];
+            if c == b'\n' {
+                line_start = true;
+                i += 1;
+            } else if c.is_ascii_whitespace() {
+                i += 1;
+            } else if c == b'/' && b.get(i + 1) == Some(&b'/') {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 2;
+            } else if c == b'#' && line_start && skip_directives {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            } else if c == b'"' || c == b'\'' {
+                let start = i;
+                i += 1;
+                while i < b.len() && b[i] != c {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                toks.push(Tok {
+                    kind: Kind::Other,
+                    start,
+                    end: i.min(b.len()),
+                });
+                line_start = false;
+            } else if c.is_ascii_alphabetic() || c == b'_' {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                toks.push(Tok {
+                    kind: Kind::Ident,
+                    start,
+                    end: i,
+                });
+                line_start = false;
+            } else if c.is_ascii_digit() {
+                let start = i;
+                // digits, suffixes, exponents, and C++14 digit separators (1'000)
+                let in_number = |i: usize| {
+                    b[i].is_ascii_alphanumeric()
+                        || b[i] == b'.'
+                        || b[i] == b'_'
+                        || (b[i] == b'\''
+                            && b.get(i + 1).is_some_and(|c| c.is_ascii_alphanumeric()))
+                };
+                while i < b.len() && in_number(i) {
+                    i += 1;
+                }
+                toks.push(Tok {
+                    kind: Kind::Other,
+                    start,
+                    end: i,
+                });
+                line_start = false;
+            } else {
+                toks.push(Tok {
+                    kind: Kind::Punct,
+                    start: i,
+                    end: i + 1,
+                });
+                line_start = false;
+                i += 1;
+            }
+        }
+        toks
+    }
+
+    /// Names of the functions that follow the discovery marker, in order, without repeats.
+    /// Panics naming `shown` if a kernel lacks C linkage: the CUDA driver looks kernels up by
+    /// their unmangled names, so a kernel without `extern "C"` would work here and not there.
+    fn find_kernels(expanded: &str, shown: &str) -> Vec<String> {
+        let toks = tokenize(expanded, true);
+        let text = |t: &Tok| &expanded[t.start..t.end];
+        let after_extern_c =
+            |k: usize| k >= 2 && text(&toks[k - 2]) == "extern" && text(&toks[k - 1]) == "\"C\"";
+        let mut names: Vec<String> = Vec::new();
+        let mut braces: Vec<bool> = Vec::new(); // open braces; true for `extern "C" {`
+        for (k, t) in toks.iter().enumerate() {
+            match text(t) {
+                "{" => braces.push(after_extern_c(k)),
+                "}" => {
+                    braces.pop();
+                }
+                _ => {}
+            }
+            if t.kind != Kind::Ident || text(t) != MARKER {
+                continue;
+            }
+            // `MARKER void [attributes] name (`: the identifier right before the first `(`.
+            let mut j = k + 1;
+            while j < toks.len() && text(&toks[j]) != "(" && text(&toks[j]) != ";" {
+                j += 1;
+            }
+            if j < toks.len()
+                && text(&toks[j]) == "("
+                && toks[j - 1].kind == Kind::Ident
+                && j > k + 1
+            {
+                let name = text(&toks[j - 1]).to_string();
+                if !after_extern_c(k) && !braces.contains(&true) {
+                    panic!(
+                        "{shown}: kernel `{name}` must be declared `extern \"C\" __global__`: the CUDA \
+                         driver finds kernels by their unmangled names"
+                    );
+                }
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names
+    }
+
+    fn line_of(src: &str, pos: usize) -> usize {
+        src[..pos].matches('\n').count() + 1
+    }
+
+    /// Rewrites shared-memory declarations, which no macro can turn into per-block storage:
+    ///   `__shared__ T name[dims];`        → a static key plus a reference to the block's copy
+    ///   `extern __shared__ T name[];`     → a pointer to the launch's dynamic shared memory
+    /// Line numbers are preserved.
+    fn rewrite_shared(src: &str, shown: &str) -> Result<String, String> {
+        let toks = tokenize(src, false);
+        let text = |t: &Tok| &src[t.start..t.end];
+        let mut out = String::with_capacity(src.len() + 1024);
+        let mut copied = 0;
+        for (k, t) in toks.iter().enumerate() {
+            if t.kind != Kind::Ident || text(t) != "__shared__" {
+                continue;
+            }
+            let err = |msg: &str| Err(format!("{shown}:{}: {msg}", line_of(src, t.start)));
+            // qualifiers written before __shared__
+            let mut first = k;
+            let (mut is_extern, mut is_volatile) = (false, false);
+            while first > 0 && matches!(text(&toks[first - 1]), "extern" | "static" | "volatile") {
+                first -= 1;
+                match text(&toks[first]) {
+                    "extern" => is_extern = true,
+                    "volatile" => is_volatile = true,
+                    _ => {}
+                }
+            }
+            // the declaration up to `;`, without alignment attributes (shared memory is always
+            // 128-byte aligned in the emulator)
+            let mut decl: Vec<&str> = Vec::new();
+            let mut j = k + 1;
+            let mut depth = 0i32;
+            loop {
+                let Some(tok) = toks.get(j) else {
+                    return err("unterminated __shared__ declaration");
+                };
+                let s = text(tok);
+                if depth == 0 && s == ";" {
+                    break;
+                }
+                if depth == 0 && matches!(s, "__align__" | "alignas" | "__attribute__") {
+                    // skip the attribute's balanced parentheses
+                    j += 1;
+                    let mut d = 0;
+                    while let Some(tok) = toks.get(j) {
+                        match text(tok) {
+                            "(" => d += 1,
+                            ")" => d -= 1,
+                            _ => {}
+                        }
+                        j += 1;
+                        if d == 0 {
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                match s {
+                    "(" | "[" | "{" | "<" => depth += 1,
+                    ")" | "]" | "}" | ">" => depth -= 1,
+                    "=" if depth == 0 => {
+                        return err("__shared__ variables cannot have an initializer")
+                    }
+                    "," if depth == 0 => {
+                        return err("declare one __shared__ variable per statement")
+                    }
+                    _ => {}
+                }
+                decl.push(s);
+                j += 1;
+            }
+            let semicolon = toks[j];
+            // trailing [..] groups are the array dimensions; the identifier before them the name
+            let mut dims_start = decl.len();
+            while dims_start > 0 && decl[dims_start - 1] == "]" {
+                let mut d = 0;
+                loop {
+                    dims_start -= 1;
+                    match decl[dims_start] {
+                        "]" => d += 1,
+                        "[" => d -= 1,
+                        _ => {}
+                    }
+                    if d == 0 {
+                        break;
+                    }
+                }
+            }
+            if dims_start < 2 {
+                return err("cannot parse this __shared__ declaration (expected `__shared__ TYPE NAME[DIMS];`)");
+            }
+            let name = decl[dims_start - 1];
+            let mut ty = decl[..dims_start - 1].join(" ");
+            if is_volatile {
+                ty = format!("volatile {ty}");
+            }
+            let dims = decl[dims_start..].join("");
+            let replacement = if is_extern {
+                if dims != "[]" {
+                    return err("extern __shared__ must be a one-dimensional array of unknown size: `T name[];`");
+                }
+                format!("{ty}* const {name} = static_cast<{ty}*>(::emu::dynamic_shared(std::source_location::current()));")
+            } else {
+                format!(
+                    "static ::emu::SharedDecl<{ty}{dims}> robo_poet_emu_shared_{name}; auto& {name} = robo_poet_emu_shared_{name}.get();"
+                )
+            };
+            let span_start = toks[first].start;
+            out.push_str(&src[copied..span_start]);
+            out.push_str(&replacement);
+            // keep the line count, and line continuations inside macro bodies
+            let span = &src[span_start..semicolon.end];
+            let sb = span.as_bytes();
+            for (p, &c) in sb.iter().enumerate() {
+                if c == b'\n' {
+                    out.push_str(if p > 0 && sb[p - 1] == b'\\' {
+                        " \\\n"
+                    } else {
+                        "\n"
+                    });
+                }
+            }
+            copied = semicolon.end;
+        }
+        out.push_str(&src[copied..]);
+        Ok(out)
+    }
+}

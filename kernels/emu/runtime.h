@@ -1,0 +1,511 @@
+// The scheduler behind the kernel test bench: runs one CUDA launch on the CPU.
+//
+// Included by cuda_emu.h (never by kernels). See docs/KERNEL_BENCH.md for the model:
+//   * every CUDA thread of a block is an OS thread, but exactly one of them runs at a time. It runs
+//     until it blocks (__syncthreads, a warp collective) or exits, then hands a token to the next
+//     runnable thread in thread order (or in reverse order). The schedule is deterministic, and
+//     hostile to missing barriers: thread 0 runs its whole phase before thread 1 starts it.
+//   * blocks run one after another; each block gets fresh shared memory filled with 0xFF bytes
+//     (NaN as f32/f16/bf16, -1 as an integer), so reading shared memory nobody wrote shows up.
+//   * when the running thread blocks and no thread can run, the block is deadlocked: the launch
+//     fails with a report of where every thread waits (file:line), and the waiting threads are
+//     unwound with an exception. A thread that spins without ever blocking trips a watchdog.
+//   * under ThreadSanitizer the scheduler's own locking is hidden and CUDA's synchronisation is
+//     announced instead (a barrier orders every thread of the block; a warp collective orders its
+//     lanes), so TSan reports exactly the races a GPU would have.
+#pragma once
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <source_location>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__SANITIZE_THREAD__)
+extern "C" {
+void AnnotateIgnoreSyncBegin(const char* file, int line);
+void AnnotateIgnoreSyncEnd(const char* file, int line);
+void AnnotateIgnoreReadsBegin(const char* file, int line);
+void AnnotateIgnoreReadsEnd(const char* file, int line);
+void AnnotateIgnoreWritesBegin(const char* file, int line);
+void AnnotateIgnoreWritesEnd(const char* file, int line);
+void __tsan_acquire(void* addr);
+void __tsan_release(void* addr);
+}
+#endif
+
+struct uint3 {
+    unsigned int x, y, z;
+};
+
+struct dim3 {
+    unsigned int x, y, z;
+    constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+// The built-in index variables: set per emulated thread before it runs a block.
+inline thread_local uint3 threadIdx;
+inline thread_local uint3 blockIdx;
+inline thread_local dim3 blockDim;
+inline thread_local dim3 gridDim;
+
+namespace emu {
+
+constexpr unsigned kWarpSize = 32;
+// Shared memory a launch may use without cuFuncSetAttribute (static + dynamic), as on every GPU
+// since Kepler. Larger launches need the opt-in the Device trait does not expose yet.
+constexpr size_t kMaxSharedBytes = 48 * 1024;
+constexpr size_t kSharedAlign = 128;
+constexpr unsigned char kPoisonByte = 0xFF;
+
+// Thrown into emulated threads to unwind them when their block is abandoned.
+struct Abort {};
+
+// Hides the scheduler's own memory accesses and locking from ThreadSanitizer (no-op otherwise).
+struct Quiet {
+#if defined(__SANITIZE_THREAD__)
+    Quiet() {
+        AnnotateIgnoreSyncBegin(__FILE__, __LINE__);
+        AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+        AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+    }
+    ~Quiet() {
+        AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+        AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+        AnnotateIgnoreSyncEnd(__FILE__, __LINE__);
+    }
+#else
+    Quiet() {}
+    ~Quiet() {}
+#endif
+    Quiet(const Quiet&) = delete;
+    Quiet& operator=(const Quiet&) = delete;
+};
+
+// CUDA's ordering guarantees, announced to ThreadSanitizer (no-ops otherwise).
+inline void tsan_release(void* addr) {
+#if defined(__SANITIZE_THREAD__)
+    __tsan_release(addr);
+#else
+    (void)addr;
+#endif
+}
+inline void tsan_acquire(void* addr) {
+#if defined(__SANITIZE_THREAD__)
+    __tsan_acquire(addr);
+#else
+    (void)addr;
+#endif
+}
+
+[[noreturn]] inline void fatal(const char* what, std::source_location loc) {
+    std::fprintf(stderr, "robo-poet kernel emulator: %s at %s:%u\n", what, loc.file_name(),
+                 (unsigned)loc.line());
+    std::abort();
+}
+
+inline bool same_site(const std::source_location& a, const std::source_location& b) {
+    return a.line() == b.line() && a.column() == b.column() && std::strcmp(a.file_name(), b.file_name()) == 0;
+}
+
+enum class State : unsigned char { ready, running, at_barrier, at_warp, exited };
+
+// One warp-level collective in flight (shuffle, vote, ballot or __syncwarp): the lanes named in
+// `mask` meet here; each leaves a value and reads the others' once all have arrived.
+struct Collective {
+    const char* op;
+    std::source_location loc;
+    unsigned mask;
+    bool any_site;  // __syncwarp may be reached from different calls; shuffles may not
+    unsigned arrived = 0;
+    bool complete = false;
+    int readers = 0;
+    unsigned long long value[kWarpSize] = {};
+};
+
+struct Thread {
+    State state = State::ready;
+    std::condition_variable cv;
+    const char* op = nullptr;  // where it waits, for deadlock reports
+    std::source_location loc;
+    unsigned mask = 0;
+};
+
+// Objects whose addresses carry the barrier's ordering for ThreadSanitizer; fresh per block.
+struct BarrierSync {
+    char generation[2];
+};
+
+using Body = void (*)(void* ctx);
+
+struct Launch {
+    const char* kernel;
+    dim3 grid, block;
+    size_t dyn_bytes;
+    Body body;
+    void* ctx;
+    int nthreads, nwarps;
+
+    std::mutex m;
+    std::unique_ptr<Thread[]> th;
+    std::condition_variable launcher_cv;
+    bool quit = false;
+    bool reverse = false;  // hand the token down the thread order instead of up
+
+    // The running block.
+    unsigned long long block_gen = 0;
+    uint3 block_idx{};
+    int live = 0, current = -1;
+    unsigned long long handoffs = 0;
+    int bar_arrived = 0, bar_true = 0;
+    bool bar_mixed = false;
+    std::source_location bar_loc;
+    unsigned bar_gen = 0;
+    int bar_count[2] = {0, 0}, bar_size[2] = {0, 0};
+    std::vector<std::vector<Collective*>> colls;  // per warp
+    std::vector<std::pair<const void*, void*>> shared;
+    size_t static_shared_bytes = 0;
+    void* dyn_shared = nullptr;
+    BarrierSync* sync = nullptr;
+    bool aborted = false;
+    std::string error;
+};
+
+inline thread_local Launch* tl_launch = nullptr;
+inline thread_local int tl_tid = 0;
+inline thread_local unsigned tl_bar_gen = 0;
+inline thread_local BarrierSync* tl_sync = nullptr;
+
+inline unsigned warp_lanes(const Launch& L, int warp) {
+    int n = std::min<int>(kWarpSize, L.nthreads - warp * (int)kWarpSize);
+    return n >= 32 ? 0xffffffffu : ((1u << n) - 1u);
+}
+
+inline unsigned exited_lanes(const Launch& L, int warp) {
+    unsigned m = 0;
+    for (unsigned l = 0; l < kWarpSize; l++) {
+        int t = warp * (int)kWarpSize + (int)l;
+        if (t >= L.nthreads || L.th[t].state == State::exited) m |= 1u << l;
+    }
+    return m;
+}
+
+inline std::string block_name(const Launch& L) {
+    char b[96];
+    std::snprintf(b, sizeof b, "block (%u, %u, %u)", L.block_idx.x, L.block_idx.y, L.block_idx.z);
+    return b;
+}
+
+inline std::string thread_name(const Launch& L, int t) {
+    char b[96];
+    unsigned bx = L.block.x, by = L.block.y;
+    std::snprintf(b, sizeof b, "thread (%u, %u, %u)", t % bx, (t / bx) % by, t / (bx * by));
+    return b;
+}
+
+// Linear thread ids as ranges: "0-15, 32-47".
+inline std::string id_ranges(const std::vector<int>& ids) {
+    std::string s;
+    for (size_t i = 0; i < ids.size();) {
+        size_t j = i;
+        while (j + 1 < ids.size() && ids[j + 1] == ids[j] + 1) j++;
+        if (!s.empty()) s += ", ";
+        s += std::to_string(ids[i]);
+        if (j > i) s += "-" + std::to_string(ids[j]);
+        i = j + 1;
+    }
+    return s;
+}
+
+// Caller holds L.m. Stops the block: every waiting thread wakes up and unwinds.
+inline void abort_locked(Launch& L, std::string why) {
+    if (!L.aborted) {
+        L.aborted = true;
+        L.error = std::move(why);
+    }
+    for (int t = 0; t < L.nthreads; t++) L.th[t].cv.notify_one();
+    L.launcher_cv.notify_one();
+}
+
+inline std::string deadlock_report(const Launch& L) {
+    struct Group {
+        bool warp;
+        const char* op;
+        std::source_location loc;
+        unsigned mask;
+        std::vector<int> ids;
+    };
+    std::vector<Group> groups;
+    int waiting = 0;
+    for (int t = 0; t < L.nthreads; t++) {
+        const Thread& th = L.th[t];
+        if (th.state != State::at_barrier && th.state != State::at_warp) continue;
+        waiting++;
+        auto g = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
+            return g.op == th.op && g.mask == th.mask && same_site(g.loc, th.loc);
+        });
+        if (g == groups.end()) groups.push_back({th.state == State::at_warp, th.op, th.loc, th.mask, {t}});
+        else g->ids.push_back(t);
+    }
+    std::string r = "deadlock in " + block_name(L) + ": no thread can proceed; " + std::to_string(waiting) +
+                    " of " + std::to_string(L.nthreads) + " threads are waiting:";
+    for (const Group& g : groups) {
+        char where[512];
+        if (g.warp)
+            std::snprintf(where, sizeof where, "\n  %s(mask 0x%08x) at %s:%u: threads %s", g.op, g.mask,
+                          g.loc.file_name(), (unsigned)g.loc.line(), id_ranges(g.ids).c_str());
+        else
+            std::snprintf(where, sizeof where, "\n  %s() at %s:%u: threads %s", g.op, g.loc.file_name(),
+                          (unsigned)g.loc.line(), id_ranges(g.ids).c_str());
+        r += where;
+    }
+    if (L.bar_mixed)
+        r += "\n  (divergent __syncthreads: every live thread of a block must reach the same barrier call)";
+    int exited = 0;
+    for (int t = 0; t < L.nthreads; t++) exited += L.th[t].state == State::exited;
+    if (exited) r += "\n  " + std::to_string(exited) + " threads have exited";
+    return r;
+}
+
+// Caller holds L.m and gives up the token (it blocked or exited). Picks the next runnable thread
+// in thread order; with none left the block is done, or deadlocked.
+inline void pass_token(Launch& L, int from) {
+    if (L.aborted) {
+        if (L.live == 0) L.launcher_cv.notify_one();
+        return;
+    }
+    L.handoffs++;
+    for (int k = 1; k <= L.nthreads; k++) {
+        int t = L.reverse ? (from - k + L.nthreads) % L.nthreads : (from + k) % L.nthreads;
+        if (L.th[t].state == State::ready) {
+            L.current = t;
+            L.th[t].cv.notify_one();
+            return;
+        }
+    }
+    L.current = -1;
+    if (L.live == 0) L.launcher_cv.notify_one();
+    else abort_locked(L, deadlock_report(L));
+}
+
+// Caller holds the lock (through lk). Waits until this thread holds the token again.
+inline void wait_turn(Launch& L, std::unique_lock<std::mutex>& lk) {
+    Thread& me = L.th[tl_tid];
+    while (L.current != tl_tid && !L.aborted) me.cv.wait(lk);
+    if (L.aborted) throw Abort{};
+    me.state = State::running;
+}
+
+inline void try_complete_barrier(Launch& L) {
+    if (L.bar_arrived == 0 || L.bar_arrived != L.live || L.bar_mixed) return;
+    for (int t = 0; t < L.nthreads; t++)
+        if (L.th[t].state == State::at_barrier) L.th[t].state = State::ready;
+    L.bar_count[L.bar_gen & 1] = L.bar_true;
+    L.bar_size[L.bar_gen & 1] = L.bar_arrived;
+    L.bar_gen++;
+    L.bar_arrived = 0;
+    L.bar_true = 0;
+    L.bar_mixed = false;
+}
+
+inline void try_complete_collective(Launch& L, int warp, Collective* c) {
+    if (c->complete) return;
+    unsigned need = c->mask & ~exited_lanes(L, warp);
+    if ((c->arrived & need) != need) return;
+    c->complete = true;
+    c->readers = __builtin_popcount(c->arrived);
+    for (unsigned l = 0; l < kWarpSize; l++)
+        if (c->arrived & (1u << l)) L.th[warp * kWarpSize + l].state = State::ready;
+}
+
+inline Launch& current_launch(const char* op, std::source_location loc) {
+    if (!tl_launch) fatal(op, loc);
+    return *tl_launch;
+}
+
+// __syncthreads and its counting variants. mode: 0 plain, 1 count, 2 and, 3 or.
+inline int block_barrier(const char* op, int pred, int mode, std::source_location loc) {
+    Launch& L = current_launch("__syncthreads() called outside a kernel", loc);
+    void* order = &tl_sync->generation[tl_bar_gen & 1];
+    tsan_release(order);
+    int count, size;
+    {
+        Quiet q;
+        std::unique_lock<std::mutex> lk(L.m);
+        Thread& me = L.th[tl_tid];
+        me.state = State::at_barrier;
+        me.op = op;
+        me.loc = loc;
+        me.mask = 0;
+        if (L.bar_arrived == 0) L.bar_loc = loc;
+        else if (!same_site(L.bar_loc, loc)) L.bar_mixed = true;
+        L.bar_arrived++;
+        L.bar_true += pred != 0;
+        try_complete_barrier(L);
+        pass_token(L, tl_tid);
+        wait_turn(L, lk);
+        count = L.bar_count[tl_bar_gen & 1];
+        size = L.bar_size[tl_bar_gen & 1];
+    }
+    tsan_acquire(order);
+    tl_bar_gen++;
+    switch (mode) {
+    case 1: return count;
+    case 2: return count == size;
+    case 3: return count > 0;
+    default: return 0;
+    }
+}
+
+// Joins (or starts) the warp collective for `mask`, blocks until every live lane of the mask has
+// arrived, and copies out the lanes' values. `arrived` tells which lanes took part: reading a lane
+// that did not (exited, absent, or outside the mask) is undefined on the GPU.
+inline void warp_collective(const char* op, bool any_site, unsigned mask, unsigned long long value,
+                            std::source_location loc, unsigned long long* values, unsigned* arrived) {
+    Launch& L = current_launch("warp collective called outside a kernel", loc);
+    const int warp = tl_tid / (int)kWarpSize;
+    const unsigned lane = (unsigned)tl_tid % kWarpSize;
+    Collective* c = nullptr;
+    {
+        Quiet q;
+        std::unique_lock<std::mutex> lk(L.m);
+        std::string err;
+        if (!(mask & (1u << lane))) {
+            char b[256];
+            std::snprintf(b, sizeof b, "%s(mask 0x%08x) at %s:%u called by lane %u, which is not in the mask", op,
+                          mask, loc.file_name(), (unsigned)loc.line(), lane);
+            err = b;
+        } else {
+            for (Collective* x : L.colls[warp])
+                if (!x->complete && x->mask == mask) c = x;
+            // __syncwarp calls may meet from different places; a shuffle or vote must be the same call.
+            bool compatible = !c || (any_site ? c->any_site : !c->any_site && same_site(c->loc, loc));
+            if (!compatible) {
+                char b[640];
+                std::snprintf(b, sizeof b,
+                              "divergent warp collective in warp %d: lane %u called %s at %s:%u while other lanes "
+                              "of mask 0x%08x wait in %s at %s:%u",
+                              warp, lane, op, loc.file_name(), (unsigned)loc.line(), mask, c->op,
+                              c->loc.file_name(), (unsigned)c->loc.line());
+                err = b;
+            }
+        }
+        if (!err.empty()) {
+            abort_locked(L, block_name(L) + ", " + thread_name(L, tl_tid) + ": " + err);
+            throw Abort{};
+        }
+        if (!c) {
+            c = new Collective{op, loc, mask, any_site};
+            L.colls[warp].push_back(c);
+        }
+        c->value[lane] = value;
+        c->arrived |= 1u << lane;
+        Thread& me = L.th[tl_tid];
+        me.state = State::at_warp;
+        me.op = op;
+        me.loc = loc;
+        me.mask = mask;
+        try_complete_collective(L, warp, c);
+    }
+    tsan_release(c);
+    {
+        Quiet q;
+        std::unique_lock<std::mutex> lk(L.m);
+        pass_token(L, tl_tid);
+        wait_turn(L, lk);
+        std::memcpy(values, c->value, sizeof c->value);
+        *arrived = c->arrived;
+    }
+    tsan_acquire(c);
+    {
+        Quiet q;
+        std::lock_guard<std::mutex> lk(L.m);
+        if (--c->readers == 0) {
+            auto& v = L.colls[warp];
+            v.erase(std::find(v.begin(), v.end(), c));
+            delete c;
+        }
+    }
+}
+
+inline unsigned live_lanes() {
+    Launch& L = current_launch("__activemask() called outside a kernel", std::source_location::current());
+    Quiet q;
+    std::lock_guard<std::mutex> lk(L.m);
+    int warp = tl_tid / (int)kWarpSize;
+    return warp_lanes(L, warp) & ~exited_lanes(L, warp);
+}
+
+inline void* alloc_shared(size_t bytes) {
+    void* p = ::operator new(std::max<size_t>(bytes, 1), std::align_val_t(kSharedAlign));
+    std::memset(p, kPoisonByte, bytes);
+    return p;
+}
+
+// The storage of one `__shared__` declaration (keyed by the declaration) for the running block.
+inline void* block_shared(const void* key, size_t bytes, std::source_location loc) {
+    Launch& L = current_launch("__shared__ variable used outside a kernel (file-scope __shared__ is not "
+                               "supported: declare it inside the kernel)",
+                               loc);
+    Quiet q;
+    std::lock_guard<std::mutex> lk(L.m);
+    for (auto& [k, p] : L.shared)
+        if (k == key) return p;
+    void* p = alloc_shared(bytes);
+    L.shared.emplace_back(key, p);
+    L.static_shared_bytes += bytes;
+    return p;
+}
+
+inline void* dynamic_shared(std::source_location loc) {
+    Launch& L = current_launch("extern __shared__ array used outside a kernel", loc);
+    return L.dyn_shared;  // set before the block starts, constant while it runs
+}
+
+// `__shared__ T name;` is rewritten by build.rs into a static SharedDecl<T> plus a reference to
+// the running block's copy; the static only serves as the key.
+template <class T>
+struct SharedDecl {
+    T& get(std::source_location loc = std::source_location::current()) {
+        return *static_cast<T*>(block_shared(this, sizeof(T), loc));
+    }
+};
+
+inline void exit_thread(Launch& L) {
+    Thread& me = L.th[tl_tid];
+    me.state = State::exited;
+    L.live--;
+    if (!L.aborted) {
+        try_complete_barrier(L);
+        for (Collective* c : L.colls[tl_tid / (int)kWarpSize]) try_complete_collective(L, tl_tid / (int)kWarpSize, c);
+    }
+    pass_token(L, tl_tid);
+}
+
+inline void fail_thread(Launch& L, const std::string& what) {
+    Quiet q;
+    std::lock_guard<std::mutex> lk(L.m);
+    abort_locked(L, block_name(L) + ", " + thread_name(L, tl_tid) + ": " + what);
+}
+
+// Fails the launch from inside a kernel (misuse of an intrinsic) and unwinds the calling thread.
+[[noreturn]] inline void kernel_error(const std::string& what) {
+    fail_thread(current_launch("kernel_error outside a kernel", std::source_location::current()), what);
+    throw Abort{};
+}
+
+}  // namespace emu

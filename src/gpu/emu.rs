@@ -1,0 +1,454 @@
+//! [`EmuDevice`]: the kernel test bench's device. It runs the kernels of kernels/*.cu on the CPU,
+//! compiled by build.rs against kernels/emu/cuda_emu.h, behind the same [`Device`] interface as a
+//! GPU, so the CUDA backend's host code is tested unchanged on machines without one.
+//! How it works, what it catches and what it cannot: docs/KERNEL_BENCH.md.
+//!
+//! Device memory is host memory with the driver's contract made checkable: fresh allocations are
+//! filled with 0xFF bytes (NaN in every float format, -1 as an integer), so host code that reads
+//! memory it never wrote sees NaN; every copy is checked against the live allocations; and each
+//! allocation sits between guard bands that are checked after every launch, so a kernel that
+//! writes past either end of a buffer fails its launch with the kernel's name and launch shape.
+//! Under AddressSanitizer (`ROBO_POET_EMU_SANITIZE=address`) allocations are exact instead and
+//! ASan reports every out-of-bounds access, reads included, at the kernel's source line.
+
+use super::device::{Device, DevicePtr, GpuError, LaunchConfig};
+use std::alloc::{self, Layout};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::Mutex;
+
+/// The C ABI of one launch; mirrors `emu::LaunchDesc` in kernels/emu/launch.h.
+#[repr(C)]
+pub struct EmuLaunchDesc {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u64,
+    pub params: *mut *mut c_void,
+    pub num_params: u64,
+    pub error: *mut c_char,
+    pub error_cap: u64,
+    /// 1 to run each block's threads from the last to the first.
+    pub reverse: u32,
+}
+
+/// One emulated kernel, as build.rs lists it: the emulated `CUfunction`.
+#[derive(Clone, Copy, Debug)]
+pub struct EmuKernel {
+    /// The kernel's name in its .cu file.
+    pub name: &'static str,
+    /// Its source file, relative to the crate root.
+    pub source: &'static str,
+    /// Runs one launch; 0 on success, otherwise an error message is in the descriptor.
+    pub launch: unsafe extern "C" fn(*mut EmuLaunchDesc) -> i32,
+}
+
+mod project {
+    use super::{EmuKernel, EmuLaunchDesc};
+    include!(concat!(env!("OUT_DIR"), "/emu_kernels.rs"));
+}
+
+/// The kernels of kernels/*.cu, found by build.rs.
+pub use project::KERNELS;
+
+/// The sanitizer the emulated kernels were built with (`ROBO_POET_EMU_SANITIZE`), if any.
+pub const SANITIZER: Option<&str> = if cfg!(emu_sanitize = "address") {
+    Some("address")
+} else if cfg!(emu_sanitize = "thread") {
+    Some("thread")
+} else {
+    None
+};
+
+// Return codes of a launcher (kernels/emu/launch.h).
+const LAUNCH_OK: i32 = 0;
+const LAUNCH_REJECTED: i32 = 1;
+
+/// Fill of fresh allocations: NaN as f32, f16, bf16 and f64; -1 as any signed integer.
+const POISON: u8 = 0xFF;
+/// Guard bands repeat this little-endian word (0xFFBADBAD: a NaN when read as f32).
+const GUARD: [u8; 4] = [0xAD, 0xDB, 0xBA, 0xFF];
+/// Guard band on each side of an allocation: its size, within these bounds (a kernel that writes
+/// further past the end than this lands in other memory; AddressSanitizer has no such limit).
+const GUARD_MIN: usize = 4096;
+const GUARD_MAX: usize = 64 * 1024;
+/// cudaMalloc's alignment.
+const ALIGN: usize = 256;
+/// Dynamic shared memory a launch gets without cuFuncSetAttribute.
+const MAX_DYNAMIC_SHARED: u32 = 48 * 1024;
+
+struct Allocation {
+    /// Start of the host block (the leading guard band).
+    base: usize,
+    layout: Layout,
+    /// Bytes the caller asked for.
+    size: usize,
+    /// Bytes of guard band on each side (0 under AddressSanitizer).
+    guard: usize,
+}
+
+impl Allocation {
+    fn user(&self) -> usize {
+        self.base + self.guard
+    }
+
+    /// (first, last) offsets relative to the user start of guard bytes that changed.
+    fn damaged_guard(&self) -> Option<(isize, isize)> {
+        let mut range: Option<(isize, isize)> = None;
+        for (start, len) in self.bands() {
+            // SAFETY: both bands lie inside this allocation's host block.
+            let bytes = unsafe { std::slice::from_raw_parts(start as *const u8, len) };
+            // whole aligned words of the pattern at once, the rest byte by byte
+            let mut k = 0;
+            while k < len {
+                let addr = start + k;
+                if addr % 4 == 0 && k + 4 <= len && bytes[k..k + 4] == GUARD {
+                    k += 4;
+                    continue;
+                }
+                if bytes[k] != GUARD[addr % 4] {
+                    let off = addr as isize - self.user() as isize;
+                    range = Some(range.map_or((off, off), |(lo, hi)| (lo.min(off), hi.max(off))));
+                }
+                k += 1;
+            }
+        }
+        range
+    }
+
+    /// (start, length) of the leading and trailing guard bands.
+    fn bands(&self) -> [(usize, usize); 2] {
+        [
+            (self.base, self.guard),
+            (self.user() + self.size, self.guard),
+        ]
+    }
+
+    fn fill_guards(&self) {
+        for (start, len) in self.bands() {
+            for addr in start..start + len {
+                // SAFETY: inside this allocation's host block.
+                unsafe { *(addr as *mut u8) = GUARD[addr % 4] };
+            }
+        }
+    }
+}
+
+/// The order in which the threads of a block take turns (docs/KERNEL_BENCH.md). Each order is
+/// deterministic; a kernel whose result depends on it has a race.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Thread 0 first: a thread never sees what higher threads wrote since the last barrier.
+    Forward,
+    /// The last thread first: a thread never sees what lower threads wrote since the last barrier.
+    Reverse,
+}
+
+impl Schedule {
+    /// The schedule named by `ROBO_POET_EMU_SCHEDULE` (`forward`, the default, or `reverse`).
+    pub fn from_env() -> Self {
+        match std::env::var("ROBO_POET_EMU_SCHEDULE").as_deref() {
+            Err(_) | Ok("") | Ok("forward") => Schedule::Forward,
+            Ok("reverse") => Schedule::Reverse,
+            Ok(other) => {
+                panic!("ROBO_POET_EMU_SCHEDULE={other:?}: expected `forward` or `reverse`")
+            }
+        }
+    }
+}
+
+/// An emulated CUDA device: kernels from kernels/*.cu (plus any extra tables, such as the test
+/// kernels), run on the CPU. Every operation is serialised, as on one stream.
+pub struct EmuDevice {
+    kernels: HashMap<&'static str, EmuKernel>,
+    schedule: Schedule,
+    allocs: Mutex<BTreeMap<usize, Allocation>>,
+}
+
+impl Default for EmuDevice {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EmuDevice {
+    /// A device with the project's kernels, scheduling threads as `ROBO_POET_EMU_SCHEDULE` says.
+    pub fn new() -> Self {
+        EmuDevice {
+            kernels: HashMap::new(),
+            schedule: Schedule::from_env(),
+            allocs: Mutex::new(BTreeMap::new()),
+        }
+        .with_kernels(KERNELS)
+    }
+
+    /// Sets the order in which the threads of a block take turns.
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// Adds a table of kernels (build.rs generates one per kernel folder).
+    pub fn with_kernels(mut self, table: &[EmuKernel]) -> Self {
+        for k in table {
+            if let Some(old) = self.kernels.insert(k.name, *k) {
+                panic!(
+                    "kernel {} is defined in both {} and {}",
+                    k.name, old.source, k.source
+                );
+            }
+        }
+        self
+    }
+
+    /// Names of the kernels this device can launch, sorted.
+    pub fn kernel_names(&self) -> Vec<&'static str> {
+        let mut v: Vec<_> = self.kernels.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Number of allocations not yet freed.
+    pub fn live_allocations(&self) -> usize {
+        self.allocs.lock().unwrap().len()
+    }
+
+    /// Host address of `bytes` bytes at `ptr`, if they lie inside one live allocation.
+    fn resolve(
+        allocs: &BTreeMap<usize, Allocation>,
+        op: &'static str,
+        ptr: DevicePtr,
+        bytes: usize,
+    ) -> Result<*mut u8, GpuError> {
+        let addr = ptr as usize;
+        let bad = |reason: String| Err(GpuError::InvalidMemory { op, reason });
+        let Some((&user, a)) = allocs.range(..=addr).next_back() else {
+            return bad(format!(
+                "{bytes} bytes at {ptr:#x}: no live allocation there"
+            ));
+        };
+        if addr
+            .checked_add(bytes)
+            .is_none_or(|end| end > user + a.size)
+        {
+            return bad(format!(
+                "{bytes} bytes at {ptr:#x} run past the end of the allocation at {user:#x} ({} bytes) \
+                 or lie outside every live allocation",
+                a.size
+            ));
+        }
+        Ok(addr as *mut u8)
+    }
+
+    /// Checks every guard band after a launch; restores damaged ones.
+    fn check_guards(allocs: &BTreeMap<usize, Allocation>) -> Option<String> {
+        let mut report = Vec::new();
+        for a in allocs.values() {
+            if let Some((lo, hi)) = a.damaged_guard() {
+                let side = if lo < 0 {
+                    "before the start"
+                } else {
+                    "past the end"
+                };
+                report.push(format!(
+                    "wrote {side} of the allocation at {:#x} ({} bytes): bytes {lo}..={hi} relative to its start changed",
+                    a.user(),
+                    a.size
+                ));
+                a.fill_guards();
+            }
+        }
+        if report.is_empty() {
+            None
+        } else {
+            Some(report.join("; "))
+        }
+    }
+}
+
+impl Drop for EmuDevice {
+    fn drop(&mut self) {
+        for (_, a) in std::mem::take(&mut *self.allocs.lock().unwrap()) {
+            // SAFETY: allocated in `alloc` with this layout and not freed since.
+            unsafe { alloc::dealloc(a.base as *mut u8, a.layout) };
+        }
+    }
+}
+
+impl Device for EmuDevice {
+    fn name(&self) -> String {
+        match SANITIZER {
+            Some(s) => format!("emulated CUDA device (CPU, {s} sanitizer)"),
+            None => "emulated CUDA device (CPU)".into(),
+        }
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr, GpuError> {
+        if bytes == 0 {
+            return Err(GpuError::InvalidMemory {
+                op: "alloc",
+                reason: "cannot allocate 0 bytes".into(),
+            });
+        }
+        let guard = if SANITIZER == Some("address") {
+            0
+        } else {
+            bytes.next_multiple_of(ALIGN).clamp(GUARD_MIN, GUARD_MAX)
+        };
+        let total = bytes
+            .checked_add(2 * guard)
+            .ok_or(GpuError::OutOfMemory { bytes })?;
+        let layout =
+            Layout::from_size_align(total, ALIGN).map_err(|_| GpuError::OutOfMemory { bytes })?;
+        // SAFETY: layout has a non-zero size.
+        let base = unsafe { alloc::alloc(layout) };
+        if base.is_null() {
+            return Err(GpuError::OutOfMemory { bytes });
+        }
+        let a = Allocation {
+            base: base as usize,
+            layout,
+            size: bytes,
+            guard,
+        };
+        a.fill_guards();
+        // SAFETY: the user range lies inside the block just allocated.
+        unsafe { std::ptr::write_bytes((a.user()) as *mut u8, POISON, bytes) };
+        let user = a.user();
+        self.allocs.lock().unwrap().insert(user, a);
+        Ok(user as DevicePtr)
+    }
+
+    fn free(&self, ptr: DevicePtr) -> Result<(), GpuError> {
+        let a = self
+            .allocs
+            .lock()
+            .unwrap()
+            .remove(&(ptr as usize))
+            .ok_or_else(|| GpuError::InvalidMemory {
+                op: "free",
+                reason: format!("{ptr:#x} is not the start of a live allocation"),
+            })?;
+        // SAFETY: allocated in `alloc` with this layout; removed from the table, so freed once.
+        unsafe { alloc::dealloc(a.base as *mut u8, a.layout) };
+        Ok(())
+    }
+
+    fn copy_htod(&self, dst: DevicePtr, src: &[u8]) -> Result<(), GpuError> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        let allocs = self.allocs.lock().unwrap();
+        let d = Self::resolve(&allocs, "copy_htod", dst, src.len())?;
+        // SAFETY: `d` addresses src.len() bytes of one live allocation, which no Rust reference
+        // covers; host memory and device memory never overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), d, src.len()) };
+        Ok(())
+    }
+
+    fn copy_dtoh(&self, dst: &mut [u8], src: DevicePtr) -> Result<(), GpuError> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let allocs = self.allocs.lock().unwrap();
+        let s = Self::resolve(&allocs, "copy_dtoh", src, dst.len())?;
+        // SAFETY: as in copy_htod.
+        unsafe { std::ptr::copy_nonoverlapping(s, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    fn copy_dtod(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<(), GpuError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let allocs = self.allocs.lock().unwrap();
+        let d = Self::resolve(&allocs, "copy_dtod", dst, bytes)?;
+        let s = Self::resolve(&allocs, "copy_dtod", src, bytes)?;
+        if (d as usize) < s as usize + bytes && (s as usize) < d as usize + bytes {
+            return Err(GpuError::InvalidMemory {
+                op: "copy_dtod",
+                reason: format!("source {src:#x} and destination {dst:#x} ({bytes} bytes) overlap"),
+            });
+        }
+        // SAFETY: both ranges are inside live allocations and do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(s, d, bytes) };
+        Ok(())
+    }
+
+    fn memset_d8(&self, dst: DevicePtr, value: u8, bytes: usize) -> Result<(), GpuError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let allocs = self.allocs.lock().unwrap();
+        let d = Self::resolve(&allocs, "memset_d8", dst, bytes)?;
+        // SAFETY: inside a live allocation.
+        unsafe { std::ptr::write_bytes(d, value, bytes) };
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<(), GpuError> {
+        Ok(()) // every launch has already run to completion
+    }
+
+    unsafe fn launch(
+        &self,
+        kernel: &str,
+        config: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> Result<(), GpuError> {
+        let rejected = |reason: String| GpuError::InvalidLaunch {
+            kernel: kernel.to_string(),
+            config: *config,
+            reason,
+        };
+        let Some(k) = self.kernels.get(kernel) else {
+            return Err(GpuError::UnknownKernel {
+                kernel: kernel.to_string(),
+                available: self.kernel_names().iter().map(|s| s.to_string()).collect(),
+            });
+        };
+        config.validate().map_err(rejected)?;
+        if config.shared_bytes > MAX_DYNAMIC_SHARED {
+            return Err(rejected(format!(
+                "{} bytes of dynamic shared memory need cuFuncSetAttribute (above {MAX_DYNAMIC_SHARED}), which the Device trait does not offer yet",
+                config.shared_bytes
+            )));
+        }
+        // Held for the whole launch: memory cannot be freed or copied while a kernel runs.
+        let allocs = self.allocs.lock().unwrap();
+        let mut error = vec![0u8; 16 * 1024];
+        let mut desc = EmuLaunchDesc {
+            grid: [config.grid.x, config.grid.y, config.grid.z],
+            block: [config.block.x, config.block.y, config.block.z],
+            shared_bytes: config.shared_bytes as u64,
+            params: params.as_mut_ptr(),
+            num_params: params.len() as u64,
+            error: error.as_mut_ptr() as *mut c_char,
+            error_cap: error.len() as u64,
+            reverse: (self.schedule == Schedule::Reverse) as u32,
+        };
+        // SAFETY: the descriptor is valid for the call; the caller vouches for the parameters.
+        let rc = unsafe { (k.launch)(&mut desc) };
+        let guards = Self::check_guards(&allocs);
+        let failed = |report: String| GpuError::KernelFailed {
+            kernel: kernel.to_string(),
+            config: *config,
+            report,
+        };
+        match rc {
+            LAUNCH_OK => guards.map_or(Ok(()), |g| {
+                Err(failed(format!("{g} (source: {})", k.source)))
+            }),
+            code => {
+                let msg = CStr::from_bytes_until_nul(&error).map_or_else(
+                    |_| "(no message)".into(),
+                    |c| c.to_string_lossy().into_owned(),
+                );
+                Err(if code == LAUNCH_REJECTED {
+                    rejected(msg)
+                } else {
+                    failed(msg)
+                })
+            }
+        }
+    }
+}

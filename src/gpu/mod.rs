@@ -1,0 +1,19 @@
+//! The host side of the CUDA kernels: a device interface shaped like the CUDA driver API, the
+//! launchers of the kernels in kernels/, and an emulated device that runs those kernels on the CPU.
+//!
+//! * [`device`]: the [`Device`] trait (memory + `cuLaunchKernel`-style launches) that the CUDA
+//!   backend's host code is written against, so it runs unchanged on a GPU or on the emulator.
+//! * [`kernels`]: one launcher per kernel (shape checks, launch configuration, parameter list).
+//! * [`emu`]: [`EmuDevice`], the kernel test bench: the same .cu sources compiled for the CPU by
+//!   build.rs. See docs/KERNEL_BENCH.md.
+//!
+//! The real device (cudarc over the driver API) is another implementation of [`Device`].
+
+pub mod device;
+pub mod emu;
+pub mod kernels;
+
+pub use device::{
+    Device, DeviceExt, DevicePtr, DeviceSlice, Dim3, GpuError, KernelArgs, LaunchConfig,
+};
+pub use emu::{EmuDevice, Schedule};
