@@ -225,7 +225,12 @@ inline std::string id_ranges(const std::vector<int>& ids) {
         while (j + 1 < ids.size() && ids[j + 1] == ids[j] + 1) j++;
         if (!s.empty()) s += ", ";
         s += std::to_string(ids[i]);
-        if (j > i) s += "-" + std::to_string(ids[j]);
+        if (j > i) {
+            // Two appends, not `"-" + to_string(...)`: GCC 12 at -O2 reports a false -Wrestrict
+            // (GCC bug 105329) on the temporary string, flooding every release build's output.
+            s += '-';
+            s += std::to_string(ids[j]);
+        }
         i = j + 1;
     }
     return s;
