@@ -101,8 +101,8 @@ mod nvrtc {
         if !unsafe { sys::is_culib_present() } {
             return Err(format!(
                 "NVRTC not found (no libnvrtc.so / libnvrtc.so.13 on the library path). Install it with \
-                 `pip install --target .ci/cache/nvrtc nvidia-cuda-nvrtc==13.0.88` and put \
-                 .ci/cache/nvrtc/nvidia/cu13/lib on LD_LIBRARY_PATH (README, Developers)",
+                 `pip install --target DIR nvidia-cuda-nvrtc==13.0.88` and put DIR/nvidia/cu13/lib \
+                 on LD_LIBRARY_PATH (README, Developers; .ci/run does this)",
             ));
         }
         let (mut major, mut minor) = (0, 0);
