@@ -99,7 +99,7 @@ mod nvrtc {
     fn compile_all(root: &Path, out: &Path, arch: &str) -> Result<(String, Vec<Unit>), String> {
         // SAFETY: only tries to dlopen the library names cudarc would load.
         if !unsafe { sys::is_culib_present() } {
-            return Err(format!(
+            return Err(String::from(
                 "NVRTC not found (no libnvrtc.so / libnvrtc.so.13 on the library path). Install it with \
                  `pip install --target DIR nvidia-cuda-nvrtc==13.0.88` and put DIR/nvidia/cu13/lib \
                  on LD_LIBRARY_PATH (README, Developers; .ci/run does this)",
