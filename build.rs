@@ -4,10 +4,260 @@
 //!   host C++ compiler as C++20 against kernels/emu/cuda_emu.h into a static library, with a Rust
 //!   table from kernel name to launcher (the emulated cuModuleGetFunction). The test-only kernels
 //!   in tests/kernels/ go into a second library that only the tests look up.
-//! * NVRTC (the CUDA backend) compiles the same kernels/*.cu; it gets its own module here.
+//! * `nvrtc` — the CUDA backend's kernels: every kernels/*.cu compiled by NVRTC (loaded at build
+//!   time, if present) to a CUBIN for the target GPU plus PTX, embedded in the binary with the
+//!   ptxas report (registers, shared memory, spills) that `robo-poet kernels` prints.
 
 fn main() {
     emu::build();
+    nvrtc::build();
+}
+
+mod nvrtc {
+    use cudarc::nvrtc::{result, sys};
+    use std::env;
+    use std::ffi::{c_char, CString};
+    use std::fmt::Write as _;
+    use std::fs;
+    use std::path::{Path, PathBuf};
+
+    const ARCH_ENV: &str = "ROBO_POET_CUDA_ARCH";
+    const REQUIRE_ENV: &str = "ROBO_POET_REQUIRE_NVRTC";
+    /// The GPU machines: H100 / H200.
+    const DEFAULT_ARCH: &str = "sm_90";
+    /// Generated Rust, in OUT_DIR: what src/gpu/nvrtc.rs includes.
+    const TABLE: &str = "nvrtc_kernels.rs";
+    /// Options common to the CUBIN and the PTX compile. -lineinfo costs nothing at run time and
+    /// lets compute-sanitizer and ncu point at source lines.
+    const COMMON_OPTIONS: [&str; 2] = ["--std=c++17", "-lineinfo"];
+
+    /// One compiled kernels/*.cu.
+    struct Unit {
+        /// Path relative to the crate root, as the binary shows it.
+        shown: String,
+        cubin: PathBuf,
+        ptx: PathBuf,
+        /// NVRTC's log of the CUBIN compile, ptxas report included.
+        log: PathBuf,
+    }
+
+    pub fn build() {
+        let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+        let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+        println!("cargo:rerun-if-env-changed={ARCH_ENV}");
+        println!("cargo:rerun-if-env-changed={REQUIRE_ENV}");
+        // where the dynamic loader looks for libnvrtc: a build without it must redo this step
+        // once NVRTC is on the path
+        println!("cargo:rerun-if-env-changed=LD_LIBRARY_PATH");
+        // kernels/ itself is watched by the emu step
+
+        let require = matches!(
+            env::var(REQUIRE_ENV).unwrap_or_default().as_str(),
+            "1" | "true" | "yes"
+        );
+        let arch = target_arch();
+        let table = match compile_all(&root, &out, &arch) {
+            Ok((version, units)) => compiled_table(&arch, &version, &units),
+            Err(why) => {
+                if require {
+                    panic!(
+                        "{REQUIRE_ENV} is set and the CUDA kernels could not be compiled:\n{why}"
+                    );
+                }
+                let first = why.lines().next().unwrap_or_default();
+                println!("cargo:warning=CUDA kernels not compiled (the CPU emulator is unaffected): {first}");
+                for line in why.lines().skip(1).take(40) {
+                    println!("cargo:warning=    {line}");
+                }
+                not_compiled_table(&arch, &why)
+            }
+        };
+        fs::write(out.join(TABLE), table).unwrap();
+    }
+
+    /// `sm_90` unless overridden; `90`, `sm_90` and `sm_90a` are accepted.
+    fn target_arch() -> String {
+        let raw = env::var(ARCH_ENV).unwrap_or_default();
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return DEFAULT_ARCH.to_string();
+        }
+        let num = raw.strip_prefix("sm_").unwrap_or(raw);
+        let digits = num.trim_end_matches(|c: char| c.is_ascii_lowercase());
+        if digits.len() < 2
+            || !digits.chars().all(|c| c.is_ascii_digit())
+            || num.len() - digits.len() > 1
+        {
+            panic!(
+                "{ARCH_ENV}={raw:?}: expected a real GPU architecture such as sm_90, sm_90a or 120"
+            );
+        }
+        format!("sm_{num}")
+    }
+
+    /// Compiles every kernels/*.cu; returns NVRTC's version and the units, or why not.
+    fn compile_all(root: &Path, out: &Path, arch: &str) -> Result<(String, Vec<Unit>), String> {
+        // SAFETY: only tries to dlopen the library names cudarc would load.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(String::from(
+                "NVRTC not found (no libnvrtc.so / libnvrtc.so.13 on the library path). Install it with \
+                 `pip install --target DIR nvidia-cuda-nvrtc==13.0.88` and put DIR/nvidia/cu13/lib \
+                 on LD_LIBRARY_PATH (README, Developers; .ci/run does this)",
+            ));
+        }
+        let (mut major, mut minor) = (0, 0);
+        // SAFETY: the library is present; two out-pointers to ints.
+        unsafe { sys::nvrtcVersion(&mut major, &mut minor) }
+            .result()
+            .map_err(|e| format!("nvrtcVersion: {e}"))?;
+        let version = format!("{major}.{minor}");
+
+        let gen_dir = out.join("nvrtc");
+        fs::create_dir_all(&gen_dir).unwrap();
+        let mut sources: Vec<PathBuf> = fs::read_dir(root.join("kernels"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+            .collect();
+        sources.sort();
+        let virtual_arch = arch.replacen("sm_", "compute_", 1);
+        let mut units = Vec::new();
+        let mut errors = String::new();
+        for path in &sources {
+            let file = path.file_name().unwrap().to_str().unwrap();
+            let stem = path.file_stem().unwrap().to_str().unwrap();
+            let shown = format!("kernels/{file}");
+            let src = fs::read_to_string(path).unwrap();
+            let cubin_opts = [
+                format!("--gpu-architecture={arch}"),
+                "--ptxas-options=-v".to_string(),
+            ];
+            let ptx_opts = [format!("--gpu-architecture={virtual_arch}")];
+            let cubin = compile(&src, &shown, &cubin_opts, Output::Cubin);
+            let ptx = compile(&src, &shown, &ptx_opts, Output::Ptx);
+            match (cubin, ptx) {
+                (Ok((cubin, log)), Ok((ptx, _))) => {
+                    for line in log.lines().filter(|l| l.contains("warning")) {
+                        println!("cargo:warning={shown} (NVRTC): {line}");
+                    }
+                    let unit = Unit {
+                        cubin: gen_dir.join(format!("{stem}.{arch}.cubin")),
+                        ptx: gen_dir.join(format!("{stem}.{virtual_arch}.ptx")),
+                        log: gen_dir.join(format!("{stem}.{arch}.log")),
+                        shown,
+                    };
+                    fs::write(&unit.cubin, cubin).unwrap();
+                    fs::write(&unit.ptx, ptx).unwrap();
+                    fs::write(&unit.log, log).unwrap();
+                    units.push(unit);
+                }
+                (Err(e), _) | (_, Err(e)) => errors.push_str(&e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(format!(
+                "NVRTC {version} could not compile the kernels for {arch}:\n{errors}"
+            ));
+        }
+        Ok((version, units))
+    }
+
+    #[derive(Clone, Copy)]
+    enum Output {
+        Cubin,
+        Ptx,
+    }
+
+    /// One NVRTC compile of one file: (code, log), or the log on failure.
+    fn compile(
+        src: &str,
+        shown: &str,
+        opts: &[String],
+        what: Output,
+    ) -> Result<(Vec<u8>, String), String> {
+        let c_src = CString::new(src).map_err(|_| format!("{shown}: contains a NUL byte\n"))?;
+        let c_name = CString::new(shown).unwrap();
+        let prog = result::create_program(&c_src, Some(&c_name))
+            .map_err(|e| format!("{shown}: nvrtcCreateProgram: {e}\n"))?;
+        let options: Vec<String> = COMMON_OPTIONS
+            .iter()
+            .map(|s| s.to_string())
+            .chain(opts.iter().cloned())
+            .collect();
+        // SAFETY: `prog` was just created and is destroyed once, below; c_src and c_name outlive it.
+        let compiled = unsafe { result::compile_program(prog, &options) };
+        let log = unsafe { result::get_program_log(prog) }
+            .map(|l| c_chars_to_string(&l))
+            .unwrap_or_default();
+        let code = compiled
+            .map_err(|e| format!("{shown} ({}): {e}\n{log}\n", options.join(" ")))
+            .and_then(|()| match what {
+                Output::Ptx => unsafe { result::get_ptx(prog) }
+                    .map(|p| c_chars_to_string(&p).into_bytes())
+                    .map_err(|e| format!("{shown}: nvrtcGetPTX: {e}\n")),
+                Output::Cubin => {
+                    unsafe { get_cubin(prog) }.map_err(|e| format!("{shown}: nvrtcGetCUBIN: {e}\n"))
+                }
+            });
+        unsafe { result::destroy_program(prog) }.ok();
+        code.map(|c| (c, log))
+    }
+
+    /// cudarc 0.19's result module has no CUBIN getter.
+    ///
+    /// SAFETY: `prog` is a live, successfully compiled program.
+    unsafe fn get_cubin(prog: sys::nvrtcProgram) -> Result<Vec<u8>, result::NvrtcError> {
+        let mut size = 0usize;
+        sys::nvrtcGetCUBINSize(prog, &mut size).result()?;
+        let mut cubin = vec![0u8; size];
+        sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char).result()?;
+        Ok(cubin)
+    }
+
+    /// NVRTC's strings come NUL-terminated.
+    fn c_chars_to_string(chars: &[c_char]) -> String {
+        let bytes: Vec<u8> = chars
+            .iter()
+            .map(|&c| c as u8)
+            .take_while(|&b| b != 0)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn compiled_table(arch: &str, version: &str, units: &[Unit]) -> String {
+        let mut s = format!(
+            "// @generated by build.rs (module nvrtc) from kernels/*.cu.\n\n\
+             pub const COMPILED: bool = true;\n\
+             pub const NOT_COMPILED_REASON: &str = \"\";\n\
+             pub const ARCH: &str = {arch:?};\n\
+             pub const NVRTC_VERSION: &str = {version:?};\n\n\
+             pub static MODULES: &[CudaModule] = &[\n"
+        );
+        for u in units {
+            writeln!(
+                s,
+                "    CudaModule {{ source: {:?}, cubin: include_bytes!({:?}), ptx: include_str!({:?}), ptxas_log: include_str!({:?}) }},",
+                u.shown,
+                u.cubin.to_str().unwrap(),
+                u.ptx.to_str().unwrap(),
+                u.log.to_str().unwrap()
+            )
+            .unwrap();
+        }
+        s.push_str("];\n");
+        s
+    }
+
+    fn not_compiled_table(arch: &str, why: &str) -> String {
+        format!(
+            "// @generated by build.rs (module nvrtc): the CUDA kernels were not compiled.\n\n\
+             pub const COMPILED: bool = false;\n\
+             pub const NOT_COMPILED_REASON: &str = {why:?};\n\
+             pub const ARCH: &str = {arch:?};\n\
+             pub const NVRTC_VERSION: &str = \"\";\n\n\
+             pub static MODULES: &[CudaModule] = &[];\n"
+        )
+    }
 }
 
 mod emu {

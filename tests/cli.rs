@@ -510,3 +510,26 @@ fn first_train_downloads_the_corpus_when_it_is_missing() {
     args2.extend_from_slice(TINY_ATT);
     ok(&run(&args2, d.path()));
 }
+
+#[test]
+fn kernels_reports_the_nvrtc_build_or_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = ok(&run(&["kernels"], dir.path()));
+    let check = run(&["kernels", "--check-spills"], dir.path());
+    if robo_poet::gpu::nvrtc::COMPILED {
+        for k in robo_poet::gpu::emu::KERNELS {
+            assert!(plain.contains(k.name), "{} missing from:\n{plain}", k.name);
+        }
+        assert!(ok(&check).contains("no kernel spills"));
+    } else {
+        // straight to stderr: libtest captures print!/eprint! of passing tests
+        use std::io::Write as _;
+        writeln!(
+            std::io::stderr(),
+            "SKIPPED kernels table: CUDA kernels not compiled (no NVRTC at build time)"
+        )
+        .ok();
+        assert!(plain.contains("not compiled"), "{plain}");
+        fails_with(&check, "without NVRTC");
+    }
+}

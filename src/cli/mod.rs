@@ -1,7 +1,8 @@
-//! The command line: `train`, `generate`, `eval`.
+//! The command line: `train`, `generate`, `eval`, `kernels`.
 
 mod eval_cmd;
 mod generate_cmd;
+mod kernels_cmd;
 pub mod presets;
 pub mod run_files;
 mod train_cmd;
@@ -40,6 +41,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Validation loss and perplexity of a checkpoint on its validation split.
     Eval(EvalArgs),
+    /// The CUDA kernels built into this binary: registers, shared memory and spills per kernel
+    /// (ptxas's report from the NVRTC compile), or why they were not compiled.
+    Kernels(KernelsArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -178,6 +182,13 @@ pub struct EvalArgs {
     pub device: DeviceChoice,
 }
 
+#[derive(Args, Debug)]
+pub struct KernelsArgs {
+    /// Exit with an error if any kernel spills registers (or if no kernels were compiled).
+    #[arg(long)]
+    pub check_spills: bool,
+}
+
 fn parse_tokenizer(s: &str) -> Result<TokenizerKind, String> {
     s.parse::<TokenizerKind>().map_err(|e| e.to_string())
 }
@@ -195,5 +206,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train_cmd::run(&a),
         Command::Generate(a) => generate_cmd::run(&a),
         Command::Eval(a) => eval_cmd::run(&a),
+        Command::Kernels(a) => kernels_cmd::run(&a),
     }
 }

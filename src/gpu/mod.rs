@@ -6,12 +6,15 @@
 //! * [`kernels`]: one launcher per kernel (shape checks, launch configuration, parameter list).
 //! * [`emu`]: [`EmuDevice`], the kernel test bench: the same .cu sources compiled for the CPU by
 //!   build.rs. See docs/KERNEL_BENCH.md.
+//! * [`nvrtc`]: the same kernels compiled for the GPU by NVRTC in build.rs (CUBIN + PTX), and
+//!   ptxas's register and spill report.
 //!
 //! The real device (cudarc over the driver API) is another implementation of [`Device`].
 
 pub mod device;
 pub mod emu;
 pub mod kernels;
+pub mod nvrtc;
 
 pub use device::{
     Device, DeviceExt, DevicePtr, DeviceSlice, Dim3, GpuError, KernelArgs, LaunchConfig,
