@@ -63,24 +63,16 @@ pub fn save(run_dir: &Path, meta: &RunMeta, model: &dyn Model, be: &dyn Backend)
             be.read(p.ids.v),
         ));
     }
-    let pr: Vec<TensorRef> = params
-        .iter()
-        .map(|(n, s, d)| TensorRef {
-            name: n,
-            shape: s,
-            data: d,
-        })
-        .collect();
-    let mr: Vec<TensorRef> = moments
-        .iter()
-        .map(|(n, s, d)| TensorRef {
-            name: n,
-            shape: s,
-            data: d,
-        })
-        .collect();
+    let (pr, mr) = (refs(&params), refs(&moments));
     let json = serde_json::to_value(meta)?;
     checkpoint::save(run_dir, meta.step, &json, &pr, &mr)
+}
+
+/// Borrowed views of owned (name, shape, data) tensors, as `checkpoint::save` takes them.
+fn refs(v: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<TensorRef<'_>> {
+    v.iter()
+        .map(|(name, shape, data)| TensorRef { name, shape, data })
+        .collect()
 }
 
 /// Reads just the metadata of a run's checkpoint.

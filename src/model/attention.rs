@@ -77,6 +77,24 @@ struct Linear {
     b: ParamIds,
 }
 
+impl Linear {
+    /// out = inp · Wᵀ + b.
+    fn forward(&self, be: &mut dyn Backend, out: TensorId, inp: TensorId) {
+        be.matmul_forward(out, inp, self.w.param, Some(self.b.param));
+    }
+    /// dinp += dout · W; dW, db += their gradients.
+    fn backward(&self, be: &mut dyn Backend, dinp: TensorId, dout: TensorId, inp: TensorId) {
+        be.matmul_backward(
+            Some(dinp),
+            self.w.grad,
+            Some(self.b.grad),
+            dout,
+            inp,
+            self.w.param,
+        );
+    }
+}
+
 struct Norm {
     w: ParamIds,
     b: ParamIds,
@@ -358,9 +376,9 @@ impl Model for AttentionModel {
                 }
                 None => x,
             };
-            be.matmul_forward(ly.qa, inp, ly.q.w.param, Some(ly.q.b.param));
-            be.matmul_forward(ly.ka, inp, ly.k.w.param, Some(ly.k.b.param));
-            be.matmul_forward(ly.va, inp, ly.v.w.param, Some(ly.v.b.param));
+            ly.q.forward(be, ly.qa, inp);
+            ly.k.forward(be, ly.ka, inp);
+            ly.v.forward(be, ly.va, inp);
             be.attention_forward(
                 ly.att,
                 ly.probs,
@@ -380,12 +398,12 @@ impl Model for AttentionModel {
                     some(&ly.fcproj),
                     some(&ly.res2),
                 );
-                be.matmul_forward(attproj, ly.att, proj.w.param, Some(proj.b.param));
+                proj.forward(be, attproj, ly.att);
                 be.add(res1, x, attproj);
                 be.layernorm_forward(ln2.out, ln2.mean, ln2.rstd, res1, ln2.w.param, ln2.b.param);
-                be.matmul_forward(fch, ln2.out, fc.w.param, Some(fc.b.param));
+                fc.forward(be, fch, ln2.out);
                 be.gelu_forward(fch_gelu, fch);
-                be.matmul_forward(fcproj, fch_gelu, fp.w.param, Some(fp.b.param));
+                fp.forward(be, fcproj, fch_gelu);
                 be.add(res2, res1, fcproj);
             }
             x = ly.output().0;
@@ -394,7 +412,7 @@ impl Model for AttentionModel {
             be.layernorm_forward(n.out, n.mean, n.rstd, x, n.w.param, n.b.param);
             x = n.out;
         }
-        be.matmul_forward(self.logits, x, self.head.w.param, Some(self.head.b.param));
+        self.head.forward(be, self.logits, x);
         be.cross_entropy_forward(self.losses, self.logits, self.targets);
     }
 
@@ -405,14 +423,7 @@ impl Model for AttentionModel {
             Some(n) => (n.out, n.dout),
             None => last,
         };
-        be.matmul_backward(
-            Some(dx),
-            self.head.w.grad,
-            Some(self.head.b.grad),
-            self.dlogits,
-            x,
-            self.head.w.param,
-        );
+        self.head.backward(be, dx, self.dlogits, x);
         if let Some(n) = &self.ln_f {
             be.layernorm_backward(
                 last.1, n.w.grad, n.b.grad, n.dout, last.0, n.w.param, n.mean, n.rstd,
@@ -437,23 +448,9 @@ impl Model for AttentionModel {
                     some(&ly.dfch_gelu),
                     some(&ly.dres2),
                 );
-                be.matmul_backward(
-                    Some(dfch_gelu),
-                    fp.w.grad,
-                    Some(fp.b.grad),
-                    dres2,
-                    fch_gelu,
-                    fp.w.param,
-                );
+                fp.backward(be, dfch_gelu, dres2, fch_gelu);
                 be.gelu_backward(dfch, fch, dfch_gelu);
-                be.matmul_backward(
-                    Some(ln2.dout),
-                    fc.w.grad,
-                    Some(fc.b.grad),
-                    dfch,
-                    ln2.out,
-                    fc.w.param,
-                );
+                fc.backward(be, ln2.dout, dfch, ln2.out);
                 be.layernorm_backward(
                     dres1,
                     ln2.w.grad,
@@ -465,14 +462,7 @@ impl Model for AttentionModel {
                     ln2.rstd,
                 );
                 be.accumulate(dres1, dres2);
-                be.matmul_backward(
-                    Some(ly.datt),
-                    proj.w.grad,
-                    Some(proj.b.grad),
-                    dres1,
-                    ly.att,
-                    proj.w.param,
-                );
+                proj.backward(be, ly.datt, dres1, ly.att);
             }
             be.attention_backward(
                 ly.dqa,
@@ -489,30 +479,9 @@ impl Model for AttentionModel {
                 Some(n) => (n.out, n.dout),
                 None => (x_in, dx_in),
             };
-            be.matmul_backward(
-                Some(dinp),
-                ly.q.w.grad,
-                Some(ly.q.b.grad),
-                ly.dqa,
-                inp,
-                ly.q.w.param,
-            );
-            be.matmul_backward(
-                Some(dinp),
-                ly.k.w.grad,
-                Some(ly.k.b.grad),
-                ly.dka,
-                inp,
-                ly.k.w.param,
-            );
-            be.matmul_backward(
-                Some(dinp),
-                ly.v.w.grad,
-                Some(ly.v.b.grad),
-                ly.dva,
-                inp,
-                ly.v.w.param,
-            );
+            ly.q.backward(be, dinp, ly.dqa, inp);
+            ly.k.backward(be, dinp, ly.dka, inp);
+            ly.v.backward(be, dinp, ly.dva, inp);
             if let Some(n) = &ly.ln1 {
                 be.layernorm_backward(
                     dx_in, n.w.grad, n.b.grad, n.dout, x_in, n.w.param, n.mean, n.rstd,
