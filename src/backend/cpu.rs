@@ -373,8 +373,11 @@ impl Backend for CpuBackend {
         k: TensorId,
         v: TensorId,
         probs: TensorId,
+        dscores: TensorId,
         dropout: Option<DropoutKey>,
     ) {
+        // The CPU composite keeps its score gradients in per-thread scratch; `dscores` is only
+        // shape-checked.
         let s = shapes::attention(
             &self.table,
             "attention_backward",
@@ -389,6 +392,8 @@ impl Backend for CpuBackend {
                 ("v", v),
             ],
         );
+        let tt = self.table.shape(probs).to_vec();
+        expect(&self.table, "attention_backward", "dscores", dscores, &tt);
         let (mut a, mut b, mut c) = (self.take(dq), self.take(dk), self.take(dv));
         ops::attention::attention_backward(
             &mut a,

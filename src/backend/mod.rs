@@ -114,6 +114,8 @@ pub trait Backend {
         v: TensorId,
         dropout: Option<DropoutKey>,
     );
+    /// `dscores` (B,NH,T,T) is workspace: backends that materialise the gradient of the scores
+    /// (the CUDA backend) use it; its contents afterwards are unspecified.
     fn attention_backward(
         &mut self,
         dq: TensorId,
@@ -124,6 +126,7 @@ pub trait Backend {
         k: TensorId,
         v: TensorId,
         probs: TensorId,
+        dscores: TensorId,
         dropout: Option<DropoutKey>,
     );
 

@@ -162,6 +162,7 @@ pub struct AttentionModel {
     targets: TensorId,
     emb: TensorId,
     demb: TensorId,
+    dscores: TensorId, // (B,NH,T,T) workspace for the attention backward
     logits: TensorId,
     dlogits: TensorId,
     losses: TensorId,
@@ -232,6 +233,8 @@ impl AttentionModel {
         let targets = bd.table.add_u32("targets", Category::Input, &[b, t]);
         let emb = bd.act("emb".into(), &[b, t, d]);
         let demb = bd.work("d.emb".into(), &[b, t, d]);
+        // One score-gradient scratch shared by every layer's attention backward.
+        let dscores = bd.work("d.attn.scores".into(), &[b, nh, t, t]);
         // The seed style uses PyTorch's Linear default, U(±1/sqrt(in)), expressed as a normal of
         // the same variance so both styles share one init path.
         let seed_std = 1.0 / (3.0 * d as f32).sqrt();
@@ -316,6 +319,7 @@ impl AttentionModel {
             targets,
             emb,
             demb,
+            dscores,
             logits,
             dlogits,
             losses,
@@ -473,6 +477,7 @@ impl Model for AttentionModel {
                 ly.ka,
                 ly.va,
                 ly.probs,
+                self.dscores,
                 self.dropout_key(dropout, l),
             );
             let (inp, dinp) = match &ly.ln1 {
