@@ -340,6 +340,7 @@ impl Backend for CpuBackend {
         q: TensorId,
         k: TensorId,
         v: TensorId,
+        scratch: TensorId,
         dropout: Option<DropoutKey>,
     ) {
         let s = shapes::attention(
@@ -349,6 +350,8 @@ impl Backend for CpuBackend {
             probs,
             &[("out", out), ("k", k), ("v", v)],
         );
+        let tt = self.table.shape(probs).to_vec();
+        expect(&self.table, "attention_forward", "scratch", scratch, &tt);
         let (mut o, mut p) = (self.take(out), self.take(probs));
         ops::attention::attention_forward(
             &mut o,
@@ -373,11 +376,10 @@ impl Backend for CpuBackend {
         k: TensorId,
         v: TensorId,
         probs: TensorId,
-        dscores: TensorId,
+        scratch: TensorId,
         dropout: Option<DropoutKey>,
     ) {
-        // The CPU composite keeps its score gradients in per-thread scratch; `dscores` is only
-        // shape-checked.
+        // The CPU composite keeps its T×T scratch per thread; `scratch` is only shape-checked.
         let s = shapes::attention(
             &self.table,
             "attention_backward",
@@ -393,7 +395,7 @@ impl Backend for CpuBackend {
             ],
         );
         let tt = self.table.shape(probs).to_vec();
-        expect(&self.table, "attention_backward", "dscores", dscores, &tt);
+        expect(&self.table, "attention_backward", "scratch", scratch, &tt);
         let (mut a, mut b, mut c) = (self.take(dq), self.take(dk), self.take(dv));
         ops::attention::attention_backward(
             &mut a,
@@ -618,7 +620,7 @@ mod tests {
         let o = t.add("o", Category::Activation, &[2, 5, 6]);
         let mut be = CpuBackend::new(t);
         let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            be.attention_forward(o, p, q, k, v, None)
+            be.attention_forward(o, p, q, k, v, p, None)
         }))
         .unwrap_err();
         let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();

@@ -104,7 +104,9 @@ pub trait Backend {
     fn accumulate(&mut self, dst: TensorId, src: TensorId);
 
     /// Causal scaled-dot-product attention: q, k, v, out (B,T,C); probs (B,NH,T,T) saved
-    /// (softmax before dropout); dropout after softmax when `dropout` is given.
+    /// (softmax before dropout); dropout after softmax when `dropout` is given. `scratch`
+    /// (B,NH,T,T) is workspace shared by all layers (the CUDA backend keeps the dropped-out
+    /// weights and the score gradients there); its contents afterwards are unspecified.
     fn attention_forward(
         &mut self,
         out: TensorId,
@@ -112,10 +114,10 @@ pub trait Backend {
         q: TensorId,
         k: TensorId,
         v: TensorId,
+        scratch: TensorId,
         dropout: Option<DropoutKey>,
     );
-    /// `dscores` (B,NH,T,T) is workspace: backends that materialise the gradient of the scores
-    /// (the CUDA backend) use it; its contents afterwards are unspecified.
+    /// `scratch` as in `attention_forward`.
     fn attention_backward(
         &mut self,
         dq: TensorId,
@@ -126,7 +128,7 @@ pub trait Backend {
         k: TensorId,
         v: TensorId,
         probs: TensorId,
-        dscores: TensorId,
+        scratch: TensorId,
         dropout: Option<DropoutKey>,
     );
 

@@ -162,7 +162,7 @@ pub struct AttentionModel {
     targets: TensorId,
     emb: TensorId,
     demb: TensorId,
-    dscores: TensorId, // (B,NH,T,T) workspace for the attention backward
+    attn_scratch: TensorId, // (B,NH,T,T) workspace of every layer's attention
     logits: TensorId,
     dlogits: TensorId,
     losses: TensorId,
@@ -233,8 +233,8 @@ impl AttentionModel {
         let targets = bd.table.add_u32("targets", Category::Input, &[b, t]);
         let emb = bd.act("emb".into(), &[b, t, d]);
         let demb = bd.work("d.emb".into(), &[b, t, d]);
-        // One score-gradient scratch shared by every layer's attention backward.
-        let dscores = bd.work("d.attn.scores".into(), &[b, nh, t, t]);
+        // One T×T scratch shared by every layer's attention, forward and backward.
+        let attn_scratch = bd.work("attn.scratch".into(), &[b, nh, t, t]);
         // The seed style uses PyTorch's Linear default, U(±1/sqrt(in)), expressed as a normal of
         // the same variance so both styles share one init path.
         let seed_std = 1.0 / (3.0 * d as f32).sqrt();
@@ -319,7 +319,7 @@ impl AttentionModel {
             targets,
             emb,
             demb,
-            dscores,
+            attn_scratch,
             logits,
             dlogits,
             losses,
@@ -389,6 +389,7 @@ impl Model for AttentionModel {
                 ly.qa,
                 ly.ka,
                 ly.va,
+                self.attn_scratch,
                 self.dropout_key(dropout, l),
             );
             if let (Some(proj), Some(ln2), Some(fc), Some(fp)) =
@@ -477,7 +478,7 @@ impl Model for AttentionModel {
                 ly.ka,
                 ly.va,
                 ly.probs,
-                self.dscores,
+                self.attn_scratch,
                 self.dropout_key(dropout, l),
             );
             let (inp, dinp) = match &ly.ln1 {

@@ -94,36 +94,80 @@ pub fn attention_scores_forward(
 }
 
 #[allow(unused_variables, clippy::too_many_arguments)]
-/// out (B, T, C) = dropout(probs) (B, NH, T, T) · v (B, T, C) per head; the dropout mask is
-/// regenerated from Philox exactly as `ops::attention` does (element ((b·NH + h)·T + i)·T + j),
-/// kept entries scaled by 1/(1 − p). `None` (or p = 0): no dropout. kernels/attention.cu.
+/// The fused causal mask + softmax + dropout of one pass per row: probs (R, T, T) = causal
+/// softmax of scores (R, T, T) (probs may be the same buffer as scores: in place); with
+/// `dropout`, also weights (R, T, T) = probs ⊙ mask (Philox, element index = (r·T + i)·T + j,
+/// kept entries scaled by 1/(1 − p), zero above the diagonal). `weights` is required when
+/// `dropout` is Some with p > 0 and ignored otherwise. kernels/attention.cu.
+pub fn causal_softmax_dropout_forward(
+    dev: &dyn Device,
+    probs: DeviceSlice<f32>,
+    weights: Option<DeviceSlice<f32>>,
+    scores: DeviceSlice<f32>,
+    r: usize,
+    t: usize,
+    dropout: Option<DropoutKey>,
+) -> Result<(), GpuError> {
+    unimplemented!("causal_softmax_dropout_forward: kernel not written yet")
+}
+
+#[allow(unused_variables, clippy::too_many_arguments)]
+/// weights (R, T, T) = probs ⊙ mask, the same mask as `causal_softmax_dropout_forward`
+/// (regenerated for the backward pass; zero above the diagonal). kernels/attention.cu.
+pub fn attention_dropout_weights(
+    dev: &dyn Device,
+    weights: DeviceSlice<f32>,
+    probs: DeviceSlice<f32>,
+    r: usize,
+    t: usize,
+    dropout: DropoutKey,
+) -> Result<(), GpuError> {
+    unimplemented!("attention_dropout_weights: kernel not written yet")
+}
+
+#[allow(unused_variables, clippy::too_many_arguments)]
+/// out (B, T, C) = weights (B, NH, T, T) · v (B, T, C) per head (weights zero above the
+/// diagonal). kernels/attention.cu.
 pub fn attention_values_forward(
     dev: &dyn Device,
     out: DeviceSlice<f32>,
-    probs: DeviceSlice<f32>,
+    weights: DeviceSlice<f32>,
     v: DeviceSlice<f32>,
     s: AttnShape,
-    dropout: Option<DropoutKey>,
 ) -> Result<(), GpuError> {
     unimplemented!("attention_values_forward: kernel not written yet")
 }
 
 #[allow(unused_variables, clippy::too_many_arguments)]
-/// Backward of `attention_values_forward` and of the dropout and causal softmax before it:
-/// dv (B, T, C) += dropout(probs)ᵀ · dout per head, and dscores (B, NH, T, T) (overwritten) =
-/// the gradient reaching the scaled scores: P ⊙ (dW − Σ_j P·dW) row by row with
-/// dW = (dout · vᵀ) ⊙ mask, zero above the diagonal. kernels/attention.cu.
+/// dv (B, T, C) += weightsᵀ · dout per head; dweights (B, NH, T, T) = dout · vᵀ per head for
+/// j <= i and 0 above the diagonal (overwritten, not accumulated). dweights must not alias
+/// weights. kernels/attention.cu.
 pub fn attention_values_backward(
     dev: &dyn Device,
     dv: DeviceSlice<f32>,
-    dscores: DeviceSlice<f32>,
+    dweights: DeviceSlice<f32>,
     dout: DeviceSlice<f32>,
-    probs: DeviceSlice<f32>,
+    weights: DeviceSlice<f32>,
     v: DeviceSlice<f32>,
     s: AttnShape,
-    dropout: Option<DropoutKey>,
 ) -> Result<(), GpuError> {
     unimplemented!("attention_values_backward: kernel not written yet")
+}
+
+#[allow(unused_variables, clippy::too_many_arguments)]
+/// Backward of `causal_softmax_dropout_forward`, one pass per row: dP = dweights ⊙ mask (or
+/// dweights without dropout), dscores (R, T, T) = P ⊙ (dP − Σ_j P·dP) (overwritten; zero above
+/// the diagonal). dscores may be the same buffer as dweights (in place). kernels/attention.cu.
+pub fn causal_softmax_dropout_backward(
+    dev: &dyn Device,
+    dscores: DeviceSlice<f32>,
+    dweights: DeviceSlice<f32>,
+    probs: DeviceSlice<f32>,
+    r: usize,
+    t: usize,
+    dropout: Option<DropoutKey>,
+) -> Result<(), GpuError> {
+    unimplemented!("causal_softmax_dropout_backward: kernel not written yet")
 }
 
 #[allow(unused_variables, clippy::too_many_arguments)]
