@@ -1,6 +1,6 @@
 //! The CPU backend: the reference ops of `crate::ops` over buffers allocated from the table.
 
-use super::shapes::{self, expect, expect_dtype};
+use super::shapes;
 use super::Backend;
 use crate::ops::{self, adamw::AdamWConfig};
 use crate::philox::DropoutKey;
@@ -68,6 +68,10 @@ impl Backend for CpuBackend {
         &self.table
     }
 
+    fn describe(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
     fn write(&mut self, id: TensorId, data: &[f32]) {
         let n = self.table.numel(id);
         assert!(
@@ -117,30 +121,15 @@ impl Backend for CpuBackend {
         wte: TensorId,
         wpe: Option<TensorId>,
     ) {
-        let op = "embedding_forward";
-        let t = &self.table;
-        expect_dtype(t, op, "tokens", tokens, DType::U32);
-        let ts = t.shape(tokens).to_vec();
-        let c = t.shape(wte)[1];
-        expect(t, op, "out", out, &[ts[0], ts[1], c]);
-        if let Some(p) = wpe {
-            let ps = t.shape(p);
-            assert!(
-                ps.len() == 2 && ps[0] >= ts[1] && ps[1] == c,
-                "shape mismatch in {op}: wpe ({}) expected at least [{}, {c}], got {}",
-                t.name(p),
-                ts[1],
-                crate::tensor::Shape(ps)
-            );
-        }
+        let (b, t, c, _) = shapes::embedding_forward(&self.table, out, tokens, wte, wpe);
         let mut o = self.take(out);
         ops::embedding::embedding_forward(
             &mut o,
             self.u(tokens),
             self.f(wte),
             wpe.map(|p| self.f(p)),
-            ts[0],
-            ts[1],
+            b,
+            t,
             c,
         );
         self.put(out, o);
@@ -153,11 +142,7 @@ impl Backend for CpuBackend {
         dout: TensorId,
         tokens: TensorId,
     ) {
-        let op = "embedding_backward";
-        let t = &self.table;
-        let ts = t.shape(tokens).to_vec();
-        let c = t.shape(dwte)[1];
-        expect(t, op, "dout", dout, &[ts[0], ts[1], c]);
+        let (b, t, c, _) = shapes::embedding_backward(&self.table, dwte, dwpe, dout, tokens);
         let mut dw = self.take(dwte);
         let mut dp = dwpe.map(|p| self.take(p));
         ops::embedding::embedding_backward(
@@ -165,8 +150,8 @@ impl Backend for CpuBackend {
             dp.as_deref_mut(),
             self.f(dout),
             self.u(tokens),
-            ts[0],
-            ts[1],
+            b,
+            t,
             c,
         );
         self.put(dwte, dw);
@@ -205,13 +190,8 @@ impl Backend for CpuBackend {
         inp: TensorId,
         weight: TensorId,
     ) {
-        let op = "matmul_backward";
-        let (n, ic, oc) = shapes::linear(&self.table, op, dout, inp, weight, dbias);
-        expect(&self.table, op, "dweight", dweight, &[oc, ic]);
-        if let Some(d) = dinp {
-            let s = self.table.shape(inp).to_vec();
-            expect(&self.table, op, "dinp", d, &s);
-        }
+        let (n, ic, oc) =
+            shapes::matmul_backward(&self.table, dinp, dweight, dbias, dout, inp, weight);
         let mut di = dinp.map(|d| self.take(d));
         let mut dw = self.take(dweight);
         let mut db = dbias.map(|d| self.take(d));
@@ -244,11 +224,7 @@ impl Backend for CpuBackend {
         weight: TensorId,
         bias: TensorId,
     ) {
-        let op = "layernorm_forward";
-        let (n, c) = shapes::same(&self.table, op, inp, &[("out", out)]);
-        shapes::row_stats(&self.table, op, inp, &[("mean", mean), ("rstd", rstd)]);
-        expect(&self.table, op, "weight", weight, &[c]);
-        expect(&self.table, op, "bias", bias, &[c]);
+        let (n, c) = shapes::layernorm_forward(&self.table, out, mean, rstd, inp, weight, bias);
         let (mut o, mut m, mut r) = (self.take(out), self.take(mean), self.take(rstd));
         ops::norm::layernorm_forward(
             &mut o,
@@ -276,12 +252,17 @@ impl Backend for CpuBackend {
         mean: TensorId,
         rstd: TensorId,
     ) {
-        let op = "layernorm_backward";
-        let (n, c) = shapes::same(&self.table, op, inp, &[("dinp", dinp), ("dout", dout)]);
-        shapes::row_stats(&self.table, op, inp, &[("mean", mean), ("rstd", rstd)]);
-        for (arg, id) in [("weight", weight), ("dweight", dweight), ("dbias", dbias)] {
-            expect(&self.table, op, arg, id, &[c]);
-        }
+        let (n, c) = shapes::layernorm_backward(
+            &self.table,
+            dinp,
+            dweight,
+            dbias,
+            dout,
+            inp,
+            weight,
+            mean,
+            rstd,
+        );
         let (mut di, mut dw, mut db) = (self.take(dinp), self.take(dweight), self.take(dbias));
         ops::norm::layernorm_backward(
             &mut di,
@@ -343,15 +324,7 @@ impl Backend for CpuBackend {
         scratch: TensorId,
         dropout: Option<DropoutKey>,
     ) {
-        let s = shapes::attention(
-            &self.table,
-            "attention_forward",
-            q,
-            probs,
-            &[("out", out), ("k", k), ("v", v)],
-        );
-        let tt = self.table.shape(probs).to_vec();
-        expect(&self.table, "attention_forward", "scratch", scratch, &tt);
+        let s = shapes::attention_forward(&self.table, out, probs, q, k, v, scratch);
         let (mut o, mut p) = (self.take(out), self.take(probs));
         ops::attention::attention_forward(
             &mut o,
@@ -380,22 +353,7 @@ impl Backend for CpuBackend {
         dropout: Option<DropoutKey>,
     ) {
         // The CPU composite keeps its T×T scratch per thread; `scratch` is only shape-checked.
-        let s = shapes::attention(
-            &self.table,
-            "attention_backward",
-            q,
-            probs,
-            &[
-                ("dq", dq),
-                ("dk", dk),
-                ("dv", dv),
-                ("dout", dout),
-                ("k", k),
-                ("v", v),
-            ],
-        );
-        let tt = self.table.shape(probs).to_vec();
-        expect(&self.table, "attention_backward", "scratch", scratch, &tt);
+        let s = shapes::attention_backward(&self.table, dq, dk, dv, dout, q, k, v, probs, scratch);
         let (mut a, mut b, mut c) = (self.take(dq), self.take(dk), self.take(dv));
         ops::attention::attention_backward(
             &mut a,
@@ -424,12 +382,7 @@ impl Backend for CpuBackend {
         w_hh: TensorId,
         bias: TensorId,
     ) {
-        let op = "lstm_forward";
-        let s = shapes::lstm(&self.table, op, x, w_ih, w_hh);
-        expect(&self.table, op, "h", h, &[s.t, s.b, s.h]);
-        expect(&self.table, op, "c", c, &[s.t, s.b, s.h]);
-        expect(&self.table, op, "gates", gates, &[s.t, s.b, 4 * s.h]);
-        expect(&self.table, op, "bias", bias, &[4 * s.h]);
+        let s = shapes::lstm_forward(&self.table, h, c, gates, x, w_ih, w_hh, bias);
         let (mut hh, mut cc, mut gg) = (self.take(h), self.take(c), self.take(gates));
         ops::lstm::lstm_forward(
             &mut hh,
@@ -461,20 +414,21 @@ impl Backend for CpuBackend {
         w_ih: TensorId,
         w_hh: TensorId,
     ) {
-        let op = "lstm_backward";
-        let s = shapes::lstm(&self.table, op, x, w_ih, w_hh);
-        let t = &self.table;
-        for (arg, id) in [("h", h), ("c", c), ("dh", dh)] {
-            expect(t, op, arg, id, &[s.t, s.b, s.h]);
-        }
-        expect(t, op, "gates", gates, &[s.t, s.b, 4 * s.h]);
-        expect(t, op, "dgates", dgates, &[s.t, s.b, 4 * s.h]);
-        expect(t, op, "dw_ih", dw_ih, &[4 * s.h, s.e]);
-        expect(t, op, "dw_hh", dw_hh, &[4 * s.h, s.h]);
-        expect(t, op, "dbias", dbias, &[4 * s.h]);
-        if let Some(d) = dx {
-            expect(t, op, "dx", d, &[s.t, s.b, s.e]);
-        }
+        let s = shapes::lstm_backward(
+            &self.table,
+            dx,
+            dw_ih,
+            dw_hh,
+            dbias,
+            dgates,
+            dh,
+            h,
+            c,
+            gates,
+            x,
+            w_ih,
+            w_hh,
+        );
         let mut ddx = dx.map(|d| self.take(d));
         let (mut a, mut b, mut cb, mut dg, mut dhh) = (
             self.take(dw_ih),
@@ -509,17 +463,7 @@ impl Backend for CpuBackend {
     }
 
     fn cross_entropy_forward(&mut self, losses: TensorId, logits: TensorId, targets: TensorId) {
-        let op = "cross_entropy_forward";
-        shapes::row_stats(
-            &self.table,
-            op,
-            logits,
-            &[("losses", losses), ("targets", targets)],
-        );
-        expect_dtype(&self.table, op, "targets", targets, DType::U32);
-        let ls = self.table.shape(logits);
-        let v = *ls.last().unwrap();
-        let n = self.table.numel(logits) / v;
+        let (n, v) = shapes::cross_entropy_forward(&self.table, losses, logits, targets);
         let mut l = self.take(losses);
         ops::loss::cross_entropy_forward(&mut l, self.f(logits), self.u(targets), n, v);
         self.put(losses, l);
@@ -532,9 +476,7 @@ impl Backend for CpuBackend {
         targets: TensorId,
         scale: f32,
     ) {
-        let op = "cross_entropy_backward";
-        let (n, v) = shapes::same(&self.table, op, logits, &[("dlogits", dlogits)]);
-        shapes::row_stats(&self.table, op, logits, &[("targets", targets)]);
+        let (n, v) = shapes::cross_entropy_backward(&self.table, dlogits, logits, targets);
         let mut d = self.take(dlogits);
         ops::loss::cross_entropy_backward(&mut d, self.f(logits), self.u(targets), scale, n, v);
         self.put(dlogits, d);
@@ -558,11 +500,7 @@ impl Backend for CpuBackend {
         step: u64,
         grad_scale: f32,
     ) {
-        let shape = self.table.shape(p.param).to_vec();
-        for (arg, id) in [("grad", p.grad), ("m", p.m), ("v", p.v)] {
-            expect(&self.table, "adamw_update", arg, id, &shape);
-        }
-        let decay = self.table.spec(p.param).decay;
+        let decay = shapes::adamw_update(&self.table, p);
         let (mut w, mut m, mut v) = (self.take(p.param), self.take(p.m), self.take(p.v));
         ops::adamw::adamw_update(
             &mut w,

@@ -10,6 +10,8 @@
 //! into their gradient outputs (the caller zeroes gradients first).
 
 pub mod cpu;
+pub mod cuda;
+pub mod parity;
 pub mod shapes;
 
 use crate::ops::adamw::AdamWConfig;
@@ -20,6 +22,14 @@ pub trait Backend {
     /// "cpu" or "cuda".
     fn name(&self) -> &'static str;
     fn table(&self) -> &TensorTable;
+    /// What it runs on, for people ("cpu (8 threads)", "NVIDIA H100 80GB HBM3 (sm_90)").
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
+    /// Device memory, measured and analytic (None on the CPU).
+    fn device_memory(&self) -> Option<cuda::DeviceMemory> {
+        None
+    }
 
     fn write(&mut self, id: TensorId, data: &[f32]);
     fn read(&self, id: TensorId) -> Vec<f32>;
@@ -191,22 +201,34 @@ pub enum DeviceChoice {
     Cuda,
 }
 
-/// Builds the backend for a device choice and a tensor table.
+/// Builds the backend for a device choice and a tensor table. `--device cuda` without a usable
+/// GPU is an error saying what is missing; `auto` then falls back to the CPU with a one-line note
+/// (unless `quiet`).
 pub fn create(
     device: DeviceChoice,
     table: TensorTable,
     quiet: bool,
 ) -> anyhow::Result<Box<dyn Backend>> {
+    use crate::gpu::CudaDevice;
+    let cpu = |table| -> Box<dyn Backend> { Box::new(cpu::CpuBackend::new(table)) };
     match device {
-        DeviceChoice::Cpu => Ok(Box::new(cpu::CpuBackend::new(table))),
-        DeviceChoice::Auto => {
-            if !quiet {
-                eprintln!("note: the CUDA backend is not built yet; running on the CPU ({} threads)", rayon::current_num_threads());
-            }
-            Ok(Box::new(cpu::CpuBackend::new(table)))
+        DeviceChoice::Cpu => Ok(cpu(table)),
+        DeviceChoice::Cuda => {
+            let dev = CudaDevice::open()
+                .map_err(|e| anyhow::anyhow!("--device cuda: {e}; use --device cpu"))?;
+            Ok(Box::new(cuda::CudaBackend::new(Box::new(dev), table)?))
         }
-        DeviceChoice::Cuda => anyhow::bail!(
-            "--device cuda: the CUDA backend is not built yet in this version of robo-poet (it is the next milestone); use --device cpu"
-        ),
+        DeviceChoice::Auto => match CudaDevice::open() {
+            Ok(dev) => Ok(Box::new(cuda::CudaBackend::new(Box::new(dev), table)?)),
+            Err(why) => {
+                if !quiet {
+                    eprintln!(
+                        "note: running on the CPU ({} threads): {why}",
+                        rayon::current_num_threads()
+                    );
+                }
+                Ok(cpu(table))
+            }
+        },
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::ops::attention::AttnShape;
 use crate::ops::lstm::LstmShape;
-use crate::tensor::{DType, Shape, TensorId, TensorTable};
+use crate::tensor::{DType, ParamIds, Shape, TensorId, TensorTable};
 
 #[track_caller]
 pub fn expect(t: &TensorTable, op: &str, arg: &str, id: TensorId, want: &[usize]) {
@@ -164,4 +164,278 @@ pub fn lstm(t: &TensorTable, op: &str, x: TensorId, w_ih: TensorId, w_hh: Tensor
     };
     expect(t, op, "w_ih", w_ih, &[4 * s.h, s.e]);
     s
+}
+
+// ----------------------------------------------------------------------------------------------
+// Whole-op checks, shared by every backend: each checks all of an op's tensors and returns the
+// dimensions the op runs with.
+
+/// embedding_forward: tokens (B,T) u32, wte (V,C), out (B,T,C), wpe (≥T, C). Returns (B, T, C, V).
+#[track_caller]
+pub fn embedding_forward(
+    t: &TensorTable,
+    out: TensorId,
+    tokens: TensorId,
+    wte: TensorId,
+    wpe: Option<TensorId>,
+) -> (usize, usize, usize, usize) {
+    embedding(t, "embedding_forward", out, tokens, wte, wpe)
+}
+
+#[track_caller]
+fn embedding(
+    t: &TensorTable,
+    op: &str,
+    out: TensorId,
+    tokens: TensorId,
+    wte: TensorId,
+    wpe: Option<TensorId>,
+) -> (usize, usize, usize, usize) {
+    expect_dtype(t, op, "tokens", tokens, DType::U32);
+    let ts = t.shape(tokens).to_vec();
+    assert!(
+        ts.len() == 2,
+        "shape mismatch in {op}: tokens ({}) must be (B, T), got {}",
+        t.name(tokens),
+        Shape(&ts)
+    );
+    let ws = t.shape(wte);
+    assert!(
+        ws.len() == 2,
+        "shape mismatch in {op}: wte ({}) must be (V, C), got {}",
+        t.name(wte),
+        Shape(ws)
+    );
+    let (v, c) = (ws[0], ws[1]);
+    expect(t, op, "out", out, &[ts[0], ts[1], c]);
+    if let Some(p) = wpe {
+        let ps = t.shape(p);
+        assert!(
+            ps.len() == 2 && ps[0] >= ts[1] && ps[1] == c,
+            "shape mismatch in {op}: wpe ({}) expected at least [{}, {c}], got {}",
+            t.name(p),
+            ts[1],
+            Shape(ps)
+        );
+    }
+    (ts[0], ts[1], c, v)
+}
+
+/// embedding_backward: the gradients have the shapes of wte / wpe. Returns (B, T, C, V).
+#[track_caller]
+pub fn embedding_backward(
+    t: &TensorTable,
+    dwte: TensorId,
+    dwpe: Option<TensorId>,
+    dout: TensorId,
+    tokens: TensorId,
+) -> (usize, usize, usize, usize) {
+    embedding(t, "embedding_backward", dout, tokens, dwte, dwpe)
+}
+
+/// matmul_backward: as `linear`, plus dweight (OC, IC) and dinp shaped like inp.
+#[track_caller]
+pub fn matmul_backward(
+    t: &TensorTable,
+    dinp: Option<TensorId>,
+    dweight: TensorId,
+    dbias: Option<TensorId>,
+    dout: TensorId,
+    inp: TensorId,
+    weight: TensorId,
+) -> (usize, usize, usize) {
+    let op = "matmul_backward";
+    let (n, ic, oc) = linear(t, op, dout, inp, weight, dbias);
+    expect(t, op, "dweight", dweight, &[oc, ic]);
+    if let Some(d) = dinp {
+        let s = t.shape(inp).to_vec();
+        expect(t, op, "dinp", d, &s);
+    }
+    (n, ic, oc)
+}
+
+/// layernorm_forward: out like inp (N…, C), mean and rstd (N…), weight and bias (C).
+#[track_caller]
+pub fn layernorm_forward(
+    t: &TensorTable,
+    out: TensorId,
+    mean: TensorId,
+    rstd: TensorId,
+    inp: TensorId,
+    weight: TensorId,
+    bias: TensorId,
+) -> (usize, usize) {
+    let op = "layernorm_forward";
+    let (n, c) = same(t, op, inp, &[("out", out)]);
+    row_stats(t, op, inp, &[("mean", mean), ("rstd", rstd)]);
+    expect(t, op, "weight", weight, &[c]);
+    expect(t, op, "bias", bias, &[c]);
+    (n, c)
+}
+
+/// layernorm_backward: dinp and dout like inp, the rest as in the forward.
+#[track_caller]
+pub fn layernorm_backward(
+    t: &TensorTable,
+    dinp: TensorId,
+    dweight: TensorId,
+    dbias: TensorId,
+    dout: TensorId,
+    inp: TensorId,
+    weight: TensorId,
+    mean: TensorId,
+    rstd: TensorId,
+) -> (usize, usize) {
+    let op = "layernorm_backward";
+    let (n, c) = same(t, op, inp, &[("dinp", dinp), ("dout", dout)]);
+    row_stats(t, op, inp, &[("mean", mean), ("rstd", rstd)]);
+    for (arg, id) in [("weight", weight), ("dweight", dweight), ("dbias", dbias)] {
+        expect(t, op, arg, id, &[c]);
+    }
+    (n, c)
+}
+
+/// attention_forward: q, k, v, out (B,T,C), probs and scratch (B,NH,T,T).
+#[track_caller]
+pub fn attention_forward(
+    t: &TensorTable,
+    out: TensorId,
+    probs: TensorId,
+    q: TensorId,
+    k: TensorId,
+    v: TensorId,
+    scratch: TensorId,
+) -> AttnShape {
+    let op = "attention_forward";
+    let s = attention(t, op, q, probs, &[("out", out), ("k", k), ("v", v)]);
+    let tt = t.shape(probs).to_vec();
+    expect(t, op, "scratch", scratch, &tt);
+    s
+}
+
+/// attention_backward: every (B,T,C) tensor like q, probs and scratch (B,NH,T,T).
+#[track_caller]
+pub fn attention_backward(
+    t: &TensorTable,
+    dq: TensorId,
+    dk: TensorId,
+    dv: TensorId,
+    dout: TensorId,
+    q: TensorId,
+    k: TensorId,
+    v: TensorId,
+    probs: TensorId,
+    scratch: TensorId,
+) -> AttnShape {
+    let op = "attention_backward";
+    let s = attention(
+        t,
+        op,
+        q,
+        probs,
+        &[
+            ("dq", dq),
+            ("dk", dk),
+            ("dv", dv),
+            ("dout", dout),
+            ("k", k),
+            ("v", v),
+        ],
+    );
+    let tt = t.shape(probs).to_vec();
+    expect(t, op, "scratch", scratch, &tt);
+    s
+}
+
+/// lstm_forward: h, c (T,B,H), gates (T,B,4H), bias (4H).
+#[track_caller]
+pub fn lstm_forward(
+    t: &TensorTable,
+    h: TensorId,
+    c: TensorId,
+    gates: TensorId,
+    x: TensorId,
+    w_ih: TensorId,
+    w_hh: TensorId,
+    bias: TensorId,
+) -> LstmShape {
+    let op = "lstm_forward";
+    let s = lstm(t, op, x, w_ih, w_hh);
+    expect(t, op, "h", h, &[s.t, s.b, s.h]);
+    expect(t, op, "c", c, &[s.t, s.b, s.h]);
+    expect(t, op, "gates", gates, &[s.t, s.b, 4 * s.h]);
+    expect(t, op, "bias", bias, &[4 * s.h]);
+    s
+}
+
+/// lstm_backward: the gradients shaped like what they are gradients of; dgates like gates.
+#[track_caller]
+pub fn lstm_backward(
+    t: &TensorTable,
+    dx: Option<TensorId>,
+    dw_ih: TensorId,
+    dw_hh: TensorId,
+    dbias: TensorId,
+    dgates: TensorId,
+    dh: TensorId,
+    h: TensorId,
+    c: TensorId,
+    gates: TensorId,
+    x: TensorId,
+    w_ih: TensorId,
+    w_hh: TensorId,
+) -> LstmShape {
+    let op = "lstm_backward";
+    let s = lstm(t, op, x, w_ih, w_hh);
+    for (arg, id) in [("h", h), ("c", c), ("dh", dh)] {
+        expect(t, op, arg, id, &[s.t, s.b, s.h]);
+    }
+    expect(t, op, "gates", gates, &[s.t, s.b, 4 * s.h]);
+    expect(t, op, "dgates", dgates, &[s.t, s.b, 4 * s.h]);
+    expect(t, op, "dw_ih", dw_ih, &[4 * s.h, s.e]);
+    expect(t, op, "dw_hh", dw_hh, &[4 * s.h, s.h]);
+    expect(t, op, "dbias", dbias, &[4 * s.h]);
+    if let Some(d) = dx {
+        expect(t, op, "dx", d, &[s.t, s.b, s.e]);
+    }
+    s
+}
+
+/// cross_entropy_forward: logits (N…, V), losses and targets (N…) (targets u32). Returns (N, V).
+#[track_caller]
+pub fn cross_entropy_forward(
+    t: &TensorTable,
+    losses: TensorId,
+    logits: TensorId,
+    targets: TensorId,
+) -> (usize, usize) {
+    let op = "cross_entropy_forward";
+    row_stats(t, op, logits, &[("losses", losses), ("targets", targets)]);
+    expect_dtype(t, op, "targets", targets, DType::U32);
+    rows_last(t.shape(logits))
+}
+
+/// cross_entropy_backward: dlogits like logits, targets (N…) u32. Returns (N, V).
+#[track_caller]
+pub fn cross_entropy_backward(
+    t: &TensorTable,
+    dlogits: TensorId,
+    logits: TensorId,
+    targets: TensorId,
+) -> (usize, usize) {
+    let op = "cross_entropy_backward";
+    let (n, v) = same(t, op, logits, &[("dlogits", dlogits)]);
+    row_stats(t, op, logits, &[("targets", targets)]);
+    expect_dtype(t, op, "targets", targets, DType::U32);
+    (n, v)
+}
+
+/// adamw_update: grad, m and v shaped like the parameter. Returns whether it decays.
+#[track_caller]
+pub fn adamw_update(t: &TensorTable, p: ParamIds) -> bool {
+    let shape = t.shape(p.param).to_vec();
+    for (arg, id) in [("grad", p.grad), ("m", p.m), ("v", p.v)] {
+        expect(t, "adamw_update", arg, id, &shape);
+    }
+    t.spec(p.param).decay
 }

@@ -300,7 +300,7 @@ fn print_header(
     run_dir: &Path,
     start: u64,
 ) {
-    let table = model.table();
+    let table = be.table();
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
     eprintln!(
         "data:   {} | {} tokenizer, vocab {} | train {} tokens, val {} tokens",
@@ -322,11 +322,20 @@ fn print_header(
         .map(|(c, b)| format!("{} {:.1}", c.label(), mib(*b)))
         .collect();
     eprintln!(
-        "memory: {:.1} MiB on {} ({} MiB)",
+        "memory: {:.1} MiB analytic on {} ({} MiB)",
         mib(table.total_bytes()),
-        be.name(),
+        be.describe(),
         cats.join(", ")
     );
+    if let Some(m) = be.device_memory() {
+        eprintln!(
+            "device: {:.1} MiB measured by the driver for {:.1} MiB of tensors; {:.1} of {:.1} MiB free",
+            mib(m.measured_bytes),
+            mib(m.analytic_bytes),
+            mib(m.free_bytes),
+            mib(m.total_bytes)
+        );
+    }
     eprintln!(
         "train:  {} steps of batch {} x {} ({:.2} epochs), lr {} (warmup {}, cosine to {}x), AdamW wd {}, clip {}, eval every {}, seed {}",
         t.steps,

@@ -44,6 +44,9 @@ pub trait Device {
     /// Waits until every launch has finished; reports a fault of any of them.
     fn synchronize(&self) -> Result<(), GpuError>;
 
+    /// `cuMemGetInfo`: (free, total) bytes of device memory.
+    fn mem_get_info(&self) -> Result<(usize, usize), GpuError>;
+
     /// `cuLaunchKernel`: runs the kernel named `kernel` (its `extern "C"` name in kernels/*.cu)
     /// over `config.grid` blocks of `config.block` threads, with `config.shared_bytes` of dynamic
     /// shared memory. `params` is `kernelParams`: element k points at the value of parameter k.

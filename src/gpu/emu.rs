@@ -162,7 +162,12 @@ pub struct EmuDevice {
     kernels: HashMap<&'static str, EmuKernel>,
     schedule: Schedule,
     allocs: Mutex<BTreeMap<usize, Allocation>>,
+    /// The memory this device pretends to have (allocations beyond it fail as out of memory).
+    capacity: usize,
 }
+
+/// Default capacity of an emulated device: an H100's 80 GB.
+pub const EMU_DEFAULT_CAPACITY: usize = 80 * 1000 * 1000 * 1000;
 
 impl Default for EmuDevice {
     fn default() -> Self {
@@ -177,8 +182,24 @@ impl EmuDevice {
             kernels: HashMap::new(),
             schedule: Schedule::from_env(),
             allocs: Mutex::new(BTreeMap::new()),
+            capacity: EMU_DEFAULT_CAPACITY,
         }
         .with_kernels(KERNELS)
+    }
+
+    /// Sets the device memory this device reports and enforces, in bytes (allocations are
+    /// counted rounded up to 256 bytes, as the driver's alignment).
+    pub fn with_capacity(mut self, bytes: usize) -> Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// Bytes allocated and not freed, each allocation rounded up to 256.
+    fn used(allocs: &BTreeMap<usize, Allocation>) -> usize {
+        allocs
+            .values()
+            .map(|a| a.size.next_multiple_of(ALIGN))
+            .sum()
     }
 
     /// Sets the order in which the threads of a block take turns.
@@ -294,6 +315,11 @@ impl Device for EmuDevice {
         } else {
             bytes.next_multiple_of(ALIGN).clamp(GUARD_MIN, GUARD_MAX)
         };
+        if Self::used(&self.allocs.lock().unwrap()).saturating_add(bytes.next_multiple_of(ALIGN))
+            > self.capacity
+        {
+            return Err(GpuError::OutOfMemory { bytes });
+        }
         let total = bytes
             .checked_add(2 * guard)
             .ok_or(GpuError::OutOfMemory { bytes })?;
@@ -316,6 +342,11 @@ impl Device for EmuDevice {
         let user = a.user();
         self.allocs.lock().unwrap().insert(user, a);
         Ok(user as DevicePtr)
+    }
+
+    fn mem_get_info(&self) -> Result<(usize, usize), GpuError> {
+        let used = Self::used(&self.allocs.lock().unwrap());
+        Ok((self.capacity.saturating_sub(used), self.capacity))
     }
 
     fn free(&self, ptr: DevicePtr) -> Result<(), GpuError> {

@@ -9,14 +9,16 @@
 //! * [`nvrtc`]: the same kernels compiled for the GPU by NVRTC in build.rs (CUBIN + PTX), and
 //!   ptxas's register and spill report.
 //!
-//! The real device (cudarc over the driver API) is another implementation of [`Device`].
+//! * [`cuda`]: [`CudaDevice`], the real GPU through cudarc's driver API, running those kernels.
 
+pub mod cuda;
 pub mod device;
 pub mod emu;
 pub mod kernels;
 pub mod nvrtc;
 
+pub use cuda::{CudaDevice, Unavailable};
 pub use device::{
     Device, DeviceExt, DevicePtr, DeviceSlice, Dim3, GpuError, KernelArgs, LaunchConfig,
 };
-pub use emu::{EmuDevice, Schedule};
+pub use emu::{EmuDevice, Schedule, EMU_DEFAULT_CAPACITY};

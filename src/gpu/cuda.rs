@@ -1,0 +1,338 @@
+//! [`CudaDevice`]: the real GPU behind the [`Device`] interface, through cudarc's thin wrappers of
+//! the CUDA driver API (`cuMemAlloc`, `cuMemcpy*`, `cuModuleLoadData`, `cuLaunchKernel`). The
+//! kernels are the ones build.rs compiled with NVRTC ([`super::nvrtc::MODULES`]): the CUBIN when
+//! the GPU is the architecture it was built for, otherwise the PTX, which the driver JIT-compiles.
+//!
+//! cudarc loads libcuda at run time and panics on its first driver call when the library is
+//! missing, so [`CudaDevice::open`] checks for it first and explains what is missing instead.
+//! Everything runs on the legacy default stream of one context, so every copy and memset is
+//! ordered after the launches before it. One `CudaDevice` is used from one thread (the context is
+//! made current on the thread that opens it).
+
+use super::device::{Device, DevicePtr, GpuError, LaunchConfig};
+use super::nvrtc;
+use cudarc::driver::{result, sys};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+
+/// Why no CUDA device can be used, in one line for the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The binary was built without NVRTC, so it holds no GPU code.
+    NoKernels(String),
+    /// libcuda (the driver) is not installed or not on the library path.
+    NoDriver,
+    /// The driver works but reports no GPU (or failed to initialise).
+    NoGpu(String),
+    /// The GPU is there but the kernels or a context could not be loaded.
+    Failed(String),
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unavailable::NoKernels(why) => write!(
+                f,
+                "this robo-poet binary has no compiled CUDA kernels ({why}); rebuild with NVRTC 13.0 on the library path (README, Developers)"
+            ),
+            Unavailable::NoDriver => write!(
+                f,
+                "no CUDA driver: libcuda.so was not found on the library path (is an NVIDIA driver installed?)"
+            ),
+            Unavailable::NoGpu(why) => write!(f, "no usable CUDA GPU: {why}"),
+            Unavailable::Failed(why) => write!(f, "the CUDA device could not be set up: {why}"),
+        }
+    }
+}
+
+fn driver_message(e: result::DriverError) -> String {
+    let name = e
+        .error_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("{:?}", e.0));
+    let text = e
+        .error_string()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{name}: {text}")
+}
+
+fn driver(op: &str, e: result::DriverError) -> GpuError {
+    GpuError::Driver {
+        op: op.to_string(),
+        message: driver_message(e),
+    }
+}
+
+/// The first GPU, its context and the project's kernels loaded into it.
+pub struct CudaDevice {
+    name: String,
+    /// (major, minor) compute capability.
+    capability: (i32, i32),
+    device: sys::CUdevice,
+    modules: Vec<sys::CUmodule>,
+    functions: HashMap<String, sys::CUfunction>,
+    /// The last kernel launched, named in errors that surface later (launches are asynchronous).
+    last_launch: RefCell<Option<(String, LaunchConfig)>>,
+}
+
+impl CudaDevice {
+    /// Opens GPU 0, makes its primary context current on this thread and loads every kernel.
+    pub fn open() -> Result<Self, Unavailable> {
+        if !nvrtc::COMPILED {
+            return Err(Unavailable::NoKernels(
+                nvrtc::NOT_COMPILED_REASON.to_string(),
+            ));
+        }
+        // SAFETY: only probes whether the library can be loaded.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Unavailable::NoDriver);
+        }
+        result::init()
+            .map_err(|e| Unavailable::NoGpu(format!("cuInit failed ({})", driver_message(e))))?;
+        let count =
+            result::device::get_count().map_err(|e| Unavailable::NoGpu(driver_message(e)))?;
+        if count < 1 {
+            return Err(Unavailable::NoGpu("the driver reports 0 devices".into()));
+        }
+        let device = result::device::get(0).map_err(|e| Unavailable::NoGpu(driver_message(e)))?;
+        let name = result::device::get_name(device).unwrap_or_else(|_| "CUDA device 0".into());
+        // SAFETY: `device` came from device::get.
+        let capability = unsafe {
+            let attr = |a| result::device::get_attribute(device, a);
+            (
+                attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+                attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
+            )
+        };
+        let capability = (
+            capability
+                .0
+                .map_err(|e| Unavailable::Failed(driver_message(e)))?,
+            capability
+                .1
+                .map_err(|e| Unavailable::Failed(driver_message(e)))?,
+        );
+        // SAFETY: `device` is valid; the primary context is released in Drop.
+        unsafe {
+            let ctx = result::primary_ctx::retain(device).map_err(|e| {
+                Unavailable::Failed(format!("cuDevicePrimaryCtxRetain: {}", driver_message(e)))
+            })?;
+            result::ctx::set_current(ctx).map_err(|e| {
+                Unavailable::Failed(format!("cuCtxSetCurrent: {}", driver_message(e)))
+            })?;
+        }
+        let mut dev = CudaDevice {
+            name,
+            capability,
+            device,
+            modules: Vec::new(),
+            functions: HashMap::new(),
+            last_launch: RefCell::new(None),
+        };
+        dev.load_kernels().map_err(Unavailable::Failed)?;
+        Ok(dev)
+    }
+
+    /// The GPU's compute capability, e.g. (9, 0) for an H100.
+    pub fn capability(&self) -> (i32, i32) {
+        self.capability
+    }
+
+    /// "sm_90"-style name of the GPU's architecture.
+    pub fn arch(&self) -> String {
+        format!("sm_{}{}", self.capability.0, self.capability.1)
+    }
+
+    fn load_kernels(&mut self) -> Result<(), String> {
+        let native = self.arch() == nvrtc::ARCH;
+        for m in nvrtc::MODULES {
+            // The CUBIN runs only on its own architecture; elsewhere the driver JIT-compiles the
+            // PTX (which needs a driver at least as new as NVRTC 13.0).
+            let module = if native {
+                // SAFETY: a CUBIN image produced by NVRTC, alive for the program's lifetime.
+                unsafe { result::module::load_data(m.cubin.as_ptr() as *const c_void) }.map_err(
+                    |e| {
+                        format!(
+                            "loading {} (CUBIN {}): {}",
+                            m.source,
+                            nvrtc::ARCH,
+                            driver_message(e)
+                        )
+                    },
+                )?
+            } else {
+                let ptx = CString::new(m.ptx)
+                    .map_err(|_| format!("{}: PTX holds a NUL byte", m.source))?;
+                // SAFETY: a NUL-terminated PTX image, alive during the call.
+                unsafe { result::module::load_data(ptx.as_ptr() as *const c_void) }.map_err(
+                    |e| {
+                        format!(
+                            "loading {} (PTX, JIT for {}): {}",
+                            m.source,
+                            self.arch(),
+                            driver_message(e)
+                        )
+                    },
+                )?
+            };
+            self.modules.push(module);
+            for k in nvrtc::parse_ptxas_report(m.ptxas_log) {
+                let cname = CString::new(k.name.clone()).expect("kernel names hold no NUL");
+                // SAFETY: `module` was just loaded and is unloaded only in Drop.
+                let f = unsafe { result::module::get_function(module, cname) }.map_err(|e| {
+                    format!("kernel {} of {}: {}", k.name, m.source, driver_message(e))
+                })?;
+                self.functions.insert(k.name, f);
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the loaded kernels, sorted.
+    pub fn kernel_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.functions.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// An error of an asynchronous operation, naming the last kernel launched.
+    fn async_error(&self, op: &str, e: result::DriverError) -> GpuError {
+        match &*self.last_launch.borrow() {
+            Some((kernel, config)) => GpuError::KernelFailed {
+                kernel: kernel.clone(),
+                config: *config,
+                report: format!(
+                    "{op} reported {} (the failing kernel is this one or an earlier one; run under compute-sanitizer to pin it down)",
+                    driver_message(e)
+                ),
+            },
+            None => driver(op, e),
+        }
+    }
+}
+
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        // SAFETY: modules loaded by this device; nothing uses them after this.
+        unsafe {
+            let _ = result::ctx::synchronize();
+            for m in self.modules.drain(..) {
+                let _ = result::module::unload(m);
+            }
+            let _ = result::primary_ctx::release(self.device);
+        }
+    }
+}
+
+impl Device for CudaDevice {
+    fn name(&self) -> String {
+        format!("{} ({})", self.name, self.arch())
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr, GpuError> {
+        if bytes == 0 {
+            return Err(GpuError::InvalidMemory {
+                op: "alloc",
+                reason: "cannot allocate 0 bytes".into(),
+            });
+        }
+        // SAFETY: plain allocation in the current context.
+        match unsafe { result::malloc_sync(bytes) } {
+            Ok(p) => Ok(p),
+            Err(e) if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                Err(GpuError::OutOfMemory { bytes })
+            }
+            Err(e) => Err(self.async_error("cuMemAlloc", e)),
+        }
+    }
+
+    fn free(&self, ptr: DevicePtr) -> Result<(), GpuError> {
+        // SAFETY: the caller passes an address returned by alloc (the trait's contract).
+        unsafe { result::free_sync(ptr) }.map_err(|e| self.async_error("cuMemFree", e))
+    }
+
+    fn copy_htod(&self, dst: DevicePtr, src: &[u8]) -> Result<(), GpuError> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the driver checks that dst..dst+len lies in device memory it knows.
+        unsafe { result::memcpy_htod_sync(dst, src) }
+            .map_err(|e| self.async_error("cuMemcpyHtoD", e))
+    }
+
+    fn copy_dtoh(&self, dst: &mut [u8], src: DevicePtr) -> Result<(), GpuError> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: as in copy_htod.
+        unsafe { result::memcpy_dtoh_sync(dst, src) }
+            .map_err(|e| self.async_error("cuMemcpyDtoH", e))
+    }
+
+    fn copy_dtod(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<(), GpuError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: as in copy_htod.
+        unsafe { result::memcpy_dtod_sync(dst, src, bytes) }
+            .map_err(|e| self.async_error("cuMemcpyDtoD", e))
+    }
+
+    fn memset_d8(&self, dst: DevicePtr, value: u8, bytes: usize) -> Result<(), GpuError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: as in copy_htod.
+        unsafe { result::memset_d8_sync(dst, value, bytes) }
+            .map_err(|e| self.async_error("cuMemsetD8", e))
+    }
+
+    fn synchronize(&self) -> Result<(), GpuError> {
+        result::ctx::synchronize().map_err(|e| self.async_error("cuCtxSynchronize", e))
+    }
+
+    fn mem_get_info(&self) -> Result<(usize, usize), GpuError> {
+        result::mem_get_info().map_err(|e| driver("cuMemGetInfo", e))
+    }
+
+    unsafe fn launch(
+        &self,
+        kernel: &str,
+        config: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> Result<(), GpuError> {
+        let Some(&f) = self.functions.get(kernel) else {
+            return Err(GpuError::UnknownKernel {
+                kernel: kernel.to_string(),
+                available: self.kernel_names().iter().map(|s| s.to_string()).collect(),
+            });
+        };
+        if let Err(reason) = config.validate() {
+            return Err(GpuError::InvalidLaunch {
+                kernel: kernel.to_string(),
+                config: *config,
+                reason,
+            });
+        }
+        *self.last_launch.borrow_mut() = Some((kernel.to_string(), *config));
+        let (g, b) = (config.grid, config.block);
+        // SAFETY: the caller guarantees the parameter list matches the kernel (trait contract).
+        unsafe {
+            result::launch_kernel(
+                f,
+                (g.x, g.y, g.z),
+                (b.x, b.y, b.z),
+                config.shared_bytes,
+                std::ptr::null_mut(),
+                params,
+            )
+        }
+        .map_err(|e| GpuError::InvalidLaunch {
+            kernel: kernel.to_string(),
+            config: *config,
+            reason: driver_message(e),
+        })
+    }
+}
