@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Builds the GPU check bundle (../shared/docs/GPU.md): release binary, the GPU test binaries and
+# the train-step bench, with the CUDA kernels compiled by NVRTC 13.0 (required), stripped, plus the
+# corpus and the run script, into dist/gpu-check/ (git-ignored). On the GPU machine:
+#     dist/gpu-check/run.sh OUT_DIR
+# Usage: scripts/gpu-bundle.sh [--data DIR]   (DIR: the corpus, default ../shared/corpus or data/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --data) DATA="$2"; shift 2 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
+  esac
+done
+if [ -z "$DATA" ]; then
+  for d in ../shared/corpus data; do
+    if [ -e "$d/alice_wonderland.txt" ]; then DATA="$d"; break; fi
+  done
+fi
+[ -n "$DATA" ] || { echo "no corpus found: pass --data DIR (scripts/fetch_corpus.sh downloads it)" >&2; exit 2; }
+
+# NVRTC 13.0.x is required: the GPU machines' CUDA 13.0 driver rejects newer PTX.
+NVRTC_WHEEL=nvidia-cuda-nvrtc==13.0.88
+NVRTC_DIR="${NVRTC_DIR:-$PWD/.ci/cache/${NVRTC_WHEEL/==/-}}"
+if [ ! -e "$NVRTC_DIR/nvidia/cu13/lib/libnvrtc.so.13" ]; then
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --target "$NVRTC_DIR" "$NVRTC_WHEEL"
+fi
+export LD_LIBRARY_PATH="$NVRTC_DIR/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export ROBO_POET_REQUIRE_NVRTC=1
+
+OUT=dist/gpu-check
+rm -rf "$OUT"
+mkdir -p "$OUT/bin" "$OUT/tests" "$OUT/data"
+
+echo "== release binary"
+cargo build --release --quiet
+cp target/release/robo-poet "$OUT/bin/"
+
+echo "== test and bench binaries"
+cargo test --release --no-run --message-format=json 2>/dev/null > "$OUT/.cargo-tests.json"
+cargo bench --no-run --message-format=json 2>/dev/null > "$OUT/.cargo-benches.json"
+python3 - "$OUT" <<'PY'
+import json, shutil, sys
+out = sys.argv[1]
+wanted = {"gpu_backend", "gpu_kernels", "train_step"}
+found = set()
+for f in (".cargo-tests.json", ".cargo-benches.json"):
+    for line in open(f"{out}/{f}"):
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+            continue
+        name = m["target"]["name"]
+        if name in wanted and m["target"]["kind"] != ["lib"]:
+            shutil.copy(m["executable"], f"{out}/tests/{name}")
+            found.add(name)
+missing = wanted - found
+if missing:
+    sys.exit(f"not built: {sorted(missing)}")
+PY
+rm -f "$OUT"/.cargo-*.json
+strip "$OUT"/bin/* "$OUT"/tests/*
+
+echo "== corpus, scripts"
+cp "$DATA"/alice_wonderland.txt "$DATA"/hamlet_shakespeare.txt "$OUT/data/"
+for f in alice_raw.txt hamlet_raw.txt; do [ -e "$DATA/$f" ] && cp "$DATA/$f" "$OUT/data/"; done
+cp scripts/gpu/run.sh scripts/gpu/compare_runs.py scripts/gpu/peer_pytorch.py "$OUT/"
+chmod +x "$OUT/run.sh"
+git rev-parse --short HEAD > "$OUT/COMMIT" 2>/dev/null || true
+du -sh "$OUT"
+"$OUT/bin/robo-poet" kernels --check-spills > /dev/null
+echo "bundle ready: $OUT (send it; run: $OUT/run.sh OUT_DIR)"

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Summarises a GPU check folder (scripts/gpu/run.sh) as markdown on stdout: test results,
+sanitizers, GPU vs CPU training losses, tokens/s, device memory, and the PyTorch peer ratios."""
+import json, os, re, statistics, sys
+
+out = sys.argv[1]
+
+
+def read(name):
+    try:
+        with open(os.path.join(out, name), errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def metrics(run):
+    rows = []
+    for line in read(f"runs/{run}/metrics.jsonl").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
+def test_counts(log):
+    passed = sum(int(m) for m in re.findall(r"test result: \w+\. (\d+) passed", log))
+    failed = sum(int(m) for m in re.findall(r"; (\d+) failed", log))
+    skipped = log.count("SKIPPED")
+    return f"{passed} passed, {failed} failed" + (f", {skipped} SKIPPED lines" if skipped else "")
+
+
+print("# GPU check summary\n")
+smi = read("nvidia-smi.txt")
+gpu = re.search(r"\|\s+\d+\s+(NVIDIA [^|]*?)\s{2,}", smi)
+print(f"- GPU: {gpu.group(1).strip() if gpu else 'unknown (see nvidia-smi.txt)'}")
+print(f"- commit: {read('../COMMIT').strip() or 'see bundle COMMIT'}")
+print(f"- GPU kernel tests: {test_counts(read('gpu_kernels.log'))}")
+print(f"- GPU backend tests: {test_counts(read('gpu_backend.log'))}")
+mc = re.search(r"ERROR SUMMARY: (\d+) error", read("memcheck.log"))
+print(f"- compute-sanitizer memcheck: {mc.group(0) if mc else 'no summary (see memcheck.log)'}")
+rc = re.search(r"RACECHECK SUMMARY: (\d+) hazard[^\n]*", read("racecheck.log"))
+print(f"- compute-sanitizer racecheck: {rc.group(0) if rc else 'no summary (see racecheck.log)'}")
+
+peer = {}
+try:
+    peer = json.loads(read("peer_pytorch.json") or "{}")
+except ValueError:
+    pass
+
+print("\n## Training: GPU vs CPU, same seed\n")
+print("| model | steps compared | first rel diff | last rel diff | GPU tok/s (median) | CPU tok/s | speed-up | device MiB measured | analytic MiB | PyTorch tok/s | ours / PyTorch | PyTorch peak MiB | ours / PyTorch memory |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for model in ["attention", "lstm"]:
+    g = {r["step"]: r for r in metrics(f"{model}-cuda") if "train_loss" in r}
+    c = {r["step"]: r for r in metrics(f"{model}-cpu") if "train_loss" in r}
+    common = sorted(set(g) & set(c))
+    rel = [abs(g[s]["train_loss"] - c[s]["train_loss"]) / abs(c[s]["train_loss"]) for s in common]
+    tps = lambda d: statistics.median([r["tokens_per_s"] for s, r in sorted(d.items())][1:] or [float("nan")])
+    gt, ct = tps(g), tps(c)
+    mem = re.search(r"device: ([\d.]+) MiB measured by the driver for ([\d.]+) MiB", read(f"train-{model}-cuda.log"))
+    measured, analytic = (float(mem.group(1)), float(mem.group(2))) if mem else (float("nan"), float("nan"))
+    p = peer.get(model, {})
+    pt, pm = p.get("tokens_per_s", float("nan")), p.get("peak_mib", float("nan"))
+    f = lambda x, d=1: "n/a" if x != x else f"{x:,.{d}f}"
+    print(f"| {model} | {len(common)} | {f(rel[0], 6) if rel else 'n/a'} | {f(rel[-1], 6) if rel else 'n/a'} | {f(gt, 0)} | {f(ct, 0)} | {f(gt / ct, 1)}x | {f(measured)} | {f(analytic)} | {f(pt, 0)} | {f(gt / pt, 2)} | {f(pm)} | {f(measured / pm, 2)} |")
+if peer.get("note"):
+    print(f"\nPyTorch peer: {peer['note']}")

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The GPU check (../shared/docs/GPU.md), run on the GPU machine from the bundle that
+# scripts/gpu-bundle.sh builds:   ./run.sh OUT_DIR
+# Every step is time-bounded and a failing step does not stop the next; everything lands in
+# OUT_DIR (logs + summary.md), and the short summary table is printed last. About 7 minutes.
+set -uo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+OUT="${1:?usage: run.sh OUT_DIR}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+cd "$HERE"
+BIN="$HERE/bin/robo-poet"
+SUMMARY="$OUT/summary.md"
+: > "$OUT/steps.tsv"
+
+# step NAME SECONDS LOG COMMAND...: runs COMMAND with a time limit, records pass/fail and time.
+step() {
+  local name="$1" secs="$2" log="$3"; shift 3
+  local t0=$(date +%s.%N)
+  echo "== $name (limit ${secs}s) -> $(basename "$log")"
+  timeout --kill-after=10 "$secs" "$@" > "$log" 2>&1
+  local rc=$?
+  local dt=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
+  local verdict=pass
+  [ $rc -eq 124 ] || [ $rc -eq 137 ] && verdict="TIMEOUT"
+  [ $rc -ne 0 ] && [ "$verdict" = pass ] && verdict="FAIL (exit $rc)"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$verdict" "$dt" "$(basename "$log")" >> "$OUT/steps.tsv"
+  tail -n 3 "$log"
+}
+
+step "nvidia-smi" 30 "$OUT/nvidia-smi.txt" nvidia-smi
+step "kernel report (ptxas)" 30 "$OUT/kernels.txt" "$BIN" kernels --check-spills
+# The same kernel tests as the emulated ones, on the GPU, and the backend parity tests.
+step "GPU kernel tests" 150 "$OUT/gpu_kernels.log" "$HERE/tests/gpu_kernels" gpu --test-threads=1
+step "GPU backend tests (parity, 100 steps)" 200 "$OUT/gpu_backend.log" "$HERE/tests/gpu_backend" gpu --test-threads=1 --nocapture
+# compute-sanitizer over a small parity run (two steps of each model).
+if command -v compute-sanitizer > /dev/null; then
+  step "compute-sanitizer memcheck" 150 "$OUT/memcheck.log" \
+    compute-sanitizer --tool memcheck --error-exitcode 1 "$HERE/tests/gpu_backend" gpu_backend_sanitizer_run --test-threads=1
+  step "compute-sanitizer racecheck" 200 "$OUT/racecheck.log" \
+    compute-sanitizer --tool racecheck --racecheck-report analysis --error-exitcode 1 "$HERE/tests/gpu_backend" gpu_backend_sanitizer_run --test-threads=1
+else
+  echo "compute-sanitizer not found" > "$OUT/memcheck.log"
+  printf 'compute-sanitizer\tSKIPPED (not found)\t0\tmemcheck.log\n' >> "$OUT/steps.tsv"
+fi
+# Short training runs: the default attention and LSTM presets, GPU and CPU, same seed.
+STEPS=150
+for model in attention lstm; do
+  for dev in cuda cpu; do
+    step "train $model on $dev ($STEPS steps)" 150 "$OUT/train-$model-$dev.log" \
+      "$BIN" train --model "$model" --data "$HERE/data" --steps "$STEPS" --eval-every "$STEPS" \
+      --device "$dev" --out "$OUT/runs/$model-$dev" --no-progress
+  done
+done
+# The PyTorch peer: same models and shapes, tokens/s and peak memory.
+step "PyTorch peer" 150 "$OUT/peer_pytorch.log" python3 "$HERE/peer_pytorch.py" --json "$OUT/peer_pytorch.json"
+# CPU train-step bench (criterion), short.
+step "train_step bench (CPU)" 120 "$OUT/bench_train_step.log" "$HERE/tests/train_step" --bench --warm-up-time 1 --measurement-time 3
+
+python3 "$HERE/compare_runs.py" "$OUT" > "$SUMMARY" 2> "$OUT/compare_runs.err"
+{
+  echo
+  echo "## Steps"
+  echo
+  echo "| step | result | seconds | log |"
+  echo "|---|---|---|---|"
+  awk -F'\t' '{ printf "| %s | %s | %s | %s |\n", $1, $2, $3, $4 }' "$OUT/steps.tsv"
+} >> "$SUMMARY"
+echo
+cat "$SUMMARY"
