@@ -31,7 +31,9 @@ step() {
 step "nvidia-smi" 30 "$OUT/nvidia-smi.txt" nvidia-smi
 step "kernel report (ptxas)" 30 "$OUT/kernels.txt" "$BIN" kernels --check-spills
 # The same kernel tests as the emulated ones, on the GPU, and the backend parity tests.
-step "GPU kernel tests" 150 "$OUT/gpu_kernels.log" "$HERE/tests/gpu_kernels" gpu --test-threads=1
+# (the kernel test binaries are the emu_* ones: each test body also runs as a gpu_* test)
+step "GPU kernel tests" 150 "$OUT/gpu_kernels.log" bash -c \
+  'rc=0; for t in "$0"/tests/emu_*; do echo "### $(basename "$t")"; "$t" gpu || rc=1; done; exit $rc' "$HERE"
 step "GPU backend tests (parity, 100 steps)" 200 "$OUT/gpu_backend.log" "$HERE/tests/gpu_backend" gpu --test-threads=1 --nocapture
 # compute-sanitizer over a small parity run (two steps of each model).
 if command -v compute-sanitizer > /dev/null; then
