@@ -25,6 +25,22 @@ pub fn run(a: &KernelsArgs) -> Result<()> {
         nvrtc::MODULES.len()
     );
     print!("{}", nvrtc::report_table(&usage));
+    match crate::gpu::CudaDevice::open() {
+        Ok(dev) => {
+            use crate::gpu::Device;
+            println!(
+                "\nGPU: {}, {} kernels loaded{}",
+                dev.name(),
+                dev.kernel_names().len(),
+                if dev.arch() == nvrtc::ARCH {
+                    " (CUBIN)"
+                } else {
+                    " (PTX, JIT-compiled by the driver)"
+                }
+            );
+        }
+        Err(why) => println!("\nGPU: none usable here ({why})"),
+    }
     if a.check_spills {
         let spilling: Vec<&str> = usage
             .iter()
