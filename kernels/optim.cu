@@ -32,19 +32,18 @@ extern "C" __global__ void adamw_update(float* param,       // (n)
     param[i] = p - lr * (mhat / (sqrtf(vhat) + eps) + weight_decay * p);
 }
 
-// Sum of a block's doubles by a fixed tree (shuffles within warps, then warp 0 over the warp
-// sums): the same inputs give the same bits whatever order the threads run in. Thread 0 gets the
-// total. Every thread of the block must call it.
+// Sum of a block's doubles in a fixed order, so the same inputs give the same bits whatever order
+// the threads run in: lane k of warp 0 adds the SUM_SQUARES_BLOCK / 32 values k, k + 32, ...
+// serially (consecutive lanes, consecutive banks), then a shuffle tree adds the 32 lane sums. Thread 0 gets the total. Every thread of
+// the block must call it. (One barrier and one shuffle tree: a shuffle tree per warp would cost
+// the emulator several times as many thread switches for no measurable gain on the GPU.)
 __device__ double sum_squares_block_sum(double v) {
-    __shared__ double warp_sums[SUM_SQUARES_BLOCK / 32];
-    const int lane = threadIdx.x % 32;
-    const int warp = threadIdx.x / 32;
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(OPTIM_FULL_MASK, v, offset);
-    if (lane == 0) warp_sums[warp] = v;
-    __syncthreads();  // every warp's sum is in place
+    __shared__ double values[SUM_SQUARES_BLOCK];
+    values[threadIdx.x] = v;
+    __syncthreads();  // every thread's value is in place
     double total = 0.0;
-    if (warp == 0) {
-        total = lane < SUM_SQUARES_BLOCK / 32 ? warp_sums[lane] : 0.0;
+    if (threadIdx.x < 32) {  // warp 0, whole
+        for (int k = threadIdx.x; k < SUM_SQUARES_BLOCK; k += 32) total += values[k];
         for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(OPTIM_FULL_MASK, total, offset);
     }
     return total;
@@ -78,5 +77,5 @@ extern "C" __global__ void sum_squares_final(double* out,             // (1)
 // launch shape (src/gpu/kernels/optim.rs)
 //
 // adamw_update: block (256), grid (ceil(n / 256)).
-// sum_squares_partial: block (256), grid (clamp(ceil(n / 256), 1, SUM_SQUARES_PARTIALS)); 64 B of
-// static shared memory. sum_squares_final: block (256), grid (1).
+// sum_squares_partial: block (256), grid (clamp(ceil(n / 256), 1, SUM_SQUARES_PARTIALS)); 2 KiB of
+// static shared memory. sum_squares_final: block (256), grid (1); 2 KiB of static shared memory.

@@ -88,10 +88,11 @@ pub fn sum_squares(
     unsafe { dev.launch("sum_squares_partial", &config, &mut args.params())? };
 
     let config = LaunchConfig::new(1, SUM_SQUARES_BLOCK);
-    let mut args = KernelArgs::new()
-        .slice(out)
-        .slice(partials)
-        .i32(int(op, "count", count as usize));
+    let mut args =
+        KernelArgs::new()
+            .slice(out)
+            .slice(partials)
+            .i32(int(op, "count", count as usize));
     // SAFETY: the parameters match `sum_squares_final` in kernels/optim.cu in order and type; it
     // reads partials[0..count] (count <= SUM_SQUARES_PARTIALS) and writes out[0].
     unsafe { dev.launch("sum_squares_final", &config, &mut args.params()) }
