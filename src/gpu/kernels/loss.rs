@@ -1,10 +1,16 @@
 //! Fused softmax + cross-entropy: kernels/loss.cu.
 
-use crate::gpu::device::{Device, DeviceSlice, GpuError};
+use super::{blocks, int};
+use crate::gpu::device::{Device, DeviceSlice, GpuError, KernelArgs, LaunchConfig};
+use crate::ops::check_len;
 
-#[allow(unused_variables, clippy::too_many_arguments)]
+/// One warp per row, four rows per block.
+const ROWS_BLOCK: u32 = 128;
+const ROWS_PER_BLOCK: usize = ROWS_BLOCK as usize / 32;
+
 /// losses (N) = −log softmax(logits (N, V))[target] per row; rows whose target is
-/// `ops::loss::IGNORE` get 0 (as `ops::loss::cross_entropy_forward`).
+/// `ops::loss::IGNORE` get 0 (as `ops::loss::cross_entropy_forward`). A target >= V (other than
+/// IGNORE) gives NaN, where the CPU reference panics.
 pub fn cross_entropy_forward(
     dev: &dyn Device,
     losses: DeviceSlice<f32>,
@@ -13,11 +19,28 @@ pub fn cross_entropy_forward(
     n: usize,
     v: usize,
 ) -> Result<(), GpuError> {
-    unimplemented!("cross_entropy_forward: kernel not written yet")
+    let op = "cross_entropy_forward";
+    check_len(op, "losses", losses.len(), &[n]);
+    check_len(op, "logits", logits.len(), &[n, v]);
+    check_len(op, "targets", targets.len(), &[n]);
+    if n == 0 {
+        return Ok(());
+    }
+    let config = LaunchConfig::new(blocks(n, ROWS_PER_BLOCK), ROWS_BLOCK);
+    let mut args = KernelArgs::new()
+        .slice(losses)
+        .slice(logits)
+        .slice(targets)
+        .i32(int(op, "N", n))
+        .i32(int(op, "V", v));
+    // SAFETY: the parameters match `cross_entropy_forward` in kernels/loss.cu in order and type,
+    // and every slice holds the elements its shape says, which is all the kernel touches (targets
+    // >= V are never used as an index).
+    unsafe { dev.launch(op, &config, &mut args.params()) }
 }
 
-#[allow(unused_variables, clippy::too_many_arguments)]
-/// dlogits (N, V) += scale · (softmax(logits) − onehot(target)); IGNORE rows untouched.
+/// dlogits (N, V) += scale · (softmax(logits) − onehot(target)); IGNORE rows untouched. A
+/// target >= V (other than IGNORE) makes its row NaN, where the CPU reference panics.
 pub fn cross_entropy_backward(
     dev: &dyn Device,
     dlogits: DeviceSlice<f32>,
@@ -27,5 +50,22 @@ pub fn cross_entropy_backward(
     n: usize,
     v: usize,
 ) -> Result<(), GpuError> {
-    unimplemented!("cross_entropy_backward: kernel not written yet")
+    let op = "cross_entropy_backward";
+    check_len(op, "dlogits", dlogits.len(), &[n, v]);
+    check_len(op, "logits", logits.len(), &[n, v]);
+    check_len(op, "targets", targets.len(), &[n]);
+    if n == 0 || v == 0 {
+        return Ok(());
+    }
+    let config = LaunchConfig::new(blocks(n, ROWS_PER_BLOCK), ROWS_BLOCK);
+    let mut args = KernelArgs::new()
+        .slice(dlogits)
+        .slice(logits)
+        .slice(targets)
+        .f32(scale)
+        .i32(int(op, "N", n))
+        .i32(int(op, "V", v));
+    // SAFETY: the parameters match `cross_entropy_backward` in kernels/loss.cu in order and type,
+    // and every slice holds the elements its shape says, which is all the kernel touches.
+    unsafe { dev.launch(op, &config, &mut args.params()) }
 }
