@@ -1,10 +1,14 @@
 //! The layernorm, GELU, residual, embedding, cross-entropy and optimizer kernels (kernels/norm.cu,
 //! embedding.cu, loss.cu, optim.cu) on the emulated device, launched through their host launchers
 //! (src/gpu/kernels), against the CPU reference (src/ops) at ragged shapes; and the determinism
-//! of the reductions that must not depend on thread order.
+//! of the reductions that must not depend on thread order. Each device_tests! body also runs as a
+//! gpu_* test on a real GPU (SKIPPED without one).
+
+#[macro_use]
+mod common;
 
 use robo_poet::gpu::emu::Schedule;
-use robo_poet::gpu::{kernels, DeviceExt, DeviceSlice, EmuDevice};
+use robo_poet::gpu::{kernels, Device, DeviceExt, DeviceSlice, EmuDevice};
 use robo_poet::ops;
 use robo_poet::ops::adamw::AdamWConfig;
 use robo_poet::ops::IGNORE;
@@ -38,11 +42,11 @@ fn assert_bits_eq(what: &str, got: &[f32], want: &[f32]) {
     }
 }
 
-fn up(dev: &EmuDevice, data: &[f32]) -> DeviceSlice<f32> {
+fn up(dev: &dyn Device, data: &[f32]) -> DeviceSlice<f32> {
     dev.upload(data).unwrap()
 }
 
-fn down(dev: &EmuDevice, s: DeviceSlice<f32>) -> Vec<f32> {
+fn down(dev: &dyn Device, s: DeviceSlice<f32>) -> Vec<f32> {
     dev.download(s).unwrap()
 }
 
@@ -76,7 +80,7 @@ fn layernorm_case(n: usize, c: usize, seed: u64) -> LayernormCase {
     }
 }
 
-fn check_layernorm_forward(dev: &EmuDevice, case: &LayernormCase) {
+fn check_layernorm_forward(dev: &dyn Device, case: &LayernormCase) {
     let (n, c) = (case.n, case.c);
     let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
     ops::norm::layernorm_forward(
@@ -109,18 +113,18 @@ fn check_layernorm_forward(dev: &EmuDevice, case: &LayernormCase) {
     assert_close_all(&format!("{what} out"), &down(dev, d_out), &out, 2e-5, 1e-5);
 }
 
-#[test]
-fn emu_layernorm_forward_matches_reference_at_ragged_shapes() {
-    let dev = EmuDevice::new();
-    check_layernorm_forward(&dev, &layernorm_case(37, 45, 1));
-    check_layernorm_forward(&dev, &layernorm_case(5, 1, 2));
-    check_layernorm_forward(&dev, &layernorm_case(6, 130, 3));
+device_tests! {
+    fn emu_layernorm_forward_matches_reference_at_ragged_shapes / gpu_layernorm_forward_matches_reference_at_ragged_shapes (dev) {
+        check_layernorm_forward(&dev, &layernorm_case(37, 45, 1));
+        check_layernorm_forward(&dev, &layernorm_case(5, 1, 2));
+        check_layernorm_forward(&dev, &layernorm_case(6, 130, 3));
+    }
 }
 
 /// Runs layernorm_backward on `dev` from gradients that start at `start` (dinp, dweight,
 /// dbias); mean and rstd come from the CPU forward so both sides see the same statistics.
 fn gpu_layernorm_backward(
-    dev: &EmuDevice,
+    dev: &dyn Device,
     case: &LayernormCase,
     start: &(Vec<f32>, Vec<f32>, Vec<f32>),
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -156,7 +160,7 @@ fn nonzero_grads(case: &LayernormCase, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f3
     )
 }
 
-fn check_layernorm_backward(dev: &EmuDevice, case: &LayernormCase, seed: u64) {
+fn check_layernorm_backward(dev: &dyn Device, case: &LayernormCase, seed: u64) {
     let (n, c) = (case.n, case.c);
     let start = nonzero_grads(case, seed); // non-zero: the op accumulates
     let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
@@ -178,12 +182,12 @@ fn check_layernorm_backward(dev: &EmuDevice, case: &LayernormCase, seed: u64) {
     assert_close_all(&format!("{what} dbias"), &got_db, &db, 1e-6, 3e-7);
 }
 
-#[test]
-fn emu_layernorm_backward_matches_reference_and_accumulates() {
-    let dev = EmuDevice::new();
-    check_layernorm_backward(&dev, &layernorm_case(37, 45, 4), 40);
-    check_layernorm_backward(&dev, &layernorm_case(5, 1, 5), 50);
-    check_layernorm_backward(&dev, &layernorm_case(70, 33, 6), 60); // N > 32 row lanes
+device_tests! {
+    fn emu_layernorm_backward_matches_reference_and_accumulates / gpu_layernorm_backward_matches_reference_and_accumulates (dev) {
+        check_layernorm_backward(&dev, &layernorm_case(37, 45, 4), 40);
+        check_layernorm_backward(&dev, &layernorm_case(5, 1, 5), 50);
+        check_layernorm_backward(&dev, &layernorm_case(70, 33, 6), 60); // N > 32 row lanes
+    }
 }
 
 #[test]
@@ -219,66 +223,66 @@ fn emu_layernorm_backward_is_deterministic() {
 // ----------------------------------------------------------------------------------------------
 // gelu, add, accumulate
 
-#[test]
-fn emu_gelu_forward_and_backward_match_reference() {
-    let dev = EmuDevice::new();
-    let mut rng = Rng::new(8);
-    for n in [1, 1037] {
-        let mut x = randn(&mut rng, n, 3.0);
-        // saturation on both sides and the exact zero
-        for (k, v) in [(0, 0.0), (1, 30.0), (2, -30.0), (3, 9.5), (4, -9.5)] {
-            if k < n {
-                x[k] = v;
+device_tests! {
+    fn emu_gelu_forward_and_backward_match_reference / gpu_gelu_forward_and_backward_match_reference (dev) {
+        let mut rng = Rng::new(8);
+        for n in [1, 1037] {
+            let mut x = randn(&mut rng, n, 3.0);
+            // saturation on both sides and the exact zero
+            for (k, v) in [(0, 0.0), (1, 30.0), (2, -30.0), (3, 9.5), (4, -9.5)] {
+                if k < n {
+                    x[k] = v;
+                }
             }
-        }
-        let mut out = vec![0.0; n];
-        ops::norm::gelu_forward(&mut out, &x);
-        let d_x = up(&dev, &x);
-        let d_out = dev.alloc_slice::<f32>(n).unwrap();
-        kernels::gelu_forward(&dev, d_out, d_x).unwrap();
-        // the same f32 formula and expf; on the GPU expf is within 2 ulp and FMA contraction
-        // changes a rounding or two: ~1e-7 absolute where 1 + tanh cancels, ~1e-6 relative.
-        assert_close_all(
-            &format!("gelu_forward n={n}"),
-            &down(&dev, d_out),
-            &out,
-            1e-6,
-            1e-5,
-        );
+            let mut out = vec![0.0; n];
+            ops::norm::gelu_forward(&mut out, &x);
+            let d_x = up(&dev, &x);
+            let d_out = dev.alloc_slice::<f32>(n).unwrap();
+            kernels::gelu_forward(&dev, d_out, d_x).unwrap();
+            // the same f32 formula and expf; on the GPU expf is within 2 ulp and FMA contraction
+            // changes a rounding or two: ~1e-7 absolute where 1 + tanh cancels, ~1e-6 relative.
+            assert_close_all(
+                &format!("gelu_forward n={n}"),
+                &down(&dev, d_out),
+                &out,
+                1e-6,
+                1e-5,
+            );
 
-        let dout = randn(&mut rng, n, 1.0);
-        let start = randn(&mut rng, n, 1.0); // non-zero: the op accumulates
-        let mut dx = start.clone();
-        ops::norm::gelu_backward(&mut dx, &x, &dout);
-        let d_dx = up(&dev, &start);
-        kernels::gelu_backward(&dev, d_dx, d_x, up(&dev, &dout)).unwrap();
-        // as the forward, plus one accumulate rounding
-        assert_close_all(
-            &format!("gelu_backward n={n}"),
-            &down(&dev, d_dx),
-            &dx,
-            1e-6,
-            1e-5,
-        );
+            let dout = randn(&mut rng, n, 1.0);
+            let start = randn(&mut rng, n, 1.0); // non-zero: the op accumulates
+            let mut dx = start.clone();
+            ops::norm::gelu_backward(&mut dx, &x, &dout);
+            let d_dx = up(&dev, &start);
+            kernels::gelu_backward(&dev, d_dx, d_x, up(&dev, &dout)).unwrap();
+            // as the forward, plus one accumulate rounding
+            assert_close_all(
+                &format!("gelu_backward n={n}"),
+                &down(&dev, d_dx),
+                &dx,
+                1e-6,
+                1e-5,
+            );
+        }
     }
 }
 
-#[test]
-fn emu_add_and_accumulate_match_reference_exactly() {
-    let dev = EmuDevice::new();
-    let mut rng = Rng::new(9);
-    for n in [1, 257] {
-        let (a, b) = (randn(&mut rng, n, 1.0), randn(&mut rng, n, 1.0));
-        let mut want = vec![0.0; n];
-        ops::norm::add_forward(&mut want, &a, &b);
-        let d_out = dev.alloc_slice::<f32>(n).unwrap();
-        kernels::add(&dev, d_out, up(&dev, &a), up(&dev, &b)).unwrap();
-        // one f32 add per element on both sides: bit-identical
-        assert_bits_eq(&format!("add n={n}"), &down(&dev, d_out), &want);
+device_tests! {
+    fn emu_add_and_accumulate_match_reference_exactly / gpu_add_and_accumulate_match_reference_exactly (dev) {
+        let mut rng = Rng::new(9);
+        for n in [1, 257] {
+            let (a, b) = (randn(&mut rng, n, 1.0), randn(&mut rng, n, 1.0));
+            let mut want = vec![0.0; n];
+            ops::norm::add_forward(&mut want, &a, &b);
+            let d_out = dev.alloc_slice::<f32>(n).unwrap();
+            kernels::add(&dev, d_out, up(&dev, &a), up(&dev, &b)).unwrap();
+            // one f32 add per element on both sides: bit-identical
+            assert_bits_eq(&format!("add n={n}"), &down(&dev, d_out), &want);
 
-        ops::norm::accumulate(&mut want, &a);
-        kernels::accumulate(&dev, d_out, up(&dev, &a)).unwrap();
-        assert_bits_eq(&format!("accumulate n={n}"), &down(&dev, d_out), &want);
+            ops::norm::accumulate(&mut want, &a);
+            kernels::accumulate(&dev, d_out, up(&dev, &a)).unwrap();
+            assert_bits_eq(&format!("accumulate n={n}"), &down(&dev, d_out), &want);
+        }
     }
 }
 
@@ -289,61 +293,61 @@ fn tokens(rng: &mut Rng, n: usize, v: usize) -> Vec<u32> {
     (0..n).map(|_| rng.below(v as u64) as u32).collect()
 }
 
-#[test]
-fn emu_embedding_forward_matches_reference_with_and_without_wpe() {
-    let dev = EmuDevice::new();
-    let mut rng = Rng::new(10);
-    for (b, t, c, v) in [(3, 37, 45, 78), (2, 5, 1, 11)] {
-        let toks = tokens(&mut rng, b * t, v);
-        let wte = randn(&mut rng, v * c, 1.0);
-        let wpe = randn(&mut rng, (t + 2) * c, 1.0); // more rows than T, as a max-length table
-        let d_toks = dev.upload(&toks).unwrap();
-        let d_wte = up(&dev, &wte);
-        for use_wpe in [false, true] {
-            let wpe_ref = use_wpe.then_some(&wpe[..]);
-            let mut want = vec![0.0; b * t * c];
-            ops::embedding::embedding_forward(&mut want, &toks, &wte, wpe_ref, b, t, c);
-            let d_wpe = wpe_ref.map(|p| up(&dev, p));
-            let d_out = dev.alloc_slice::<f32>(b * t * c).unwrap();
-            kernels::embedding_forward(&dev, d_out, d_toks, d_wte, d_wpe, b, t, c, v).unwrap();
-            // a copy and at most one f32 add, as in the reference: bit-identical
-            let what = format!("embedding_forward B={b} T={t} C={c} V={v} wpe={use_wpe}");
-            assert_bits_eq(&what, &down(&dev, d_out), &want);
+device_tests! {
+    fn emu_embedding_forward_matches_reference_with_and_without_wpe / gpu_embedding_forward_matches_reference_with_and_without_wpe (dev) {
+        let mut rng = Rng::new(10);
+        for (b, t, c, v) in [(3, 37, 45, 78), (2, 5, 1, 11)] {
+            let toks = tokens(&mut rng, b * t, v);
+            let wte = randn(&mut rng, v * c, 1.0);
+            let wpe = randn(&mut rng, (t + 2) * c, 1.0); // more rows than T, as a max-length table
+            let d_toks = dev.upload(&toks).unwrap();
+            let d_wte = up(&dev, &wte);
+            for use_wpe in [false, true] {
+                let wpe_ref = use_wpe.then_some(&wpe[..]);
+                let mut want = vec![0.0; b * t * c];
+                ops::embedding::embedding_forward(&mut want, &toks, &wte, wpe_ref, b, t, c);
+                let d_wpe = wpe_ref.map(|p| up(&dev, p));
+                let d_out = dev.alloc_slice::<f32>(b * t * c).unwrap();
+                kernels::embedding_forward(&dev, d_out, d_toks, d_wte, d_wpe, b, t, c, v).unwrap();
+                // a copy and at most one f32 add, as in the reference: bit-identical
+                let what = format!("embedding_forward B={b} T={t} C={c} V={v} wpe={use_wpe}");
+                assert_bits_eq(&what, &down(&dev, d_out), &want);
+            }
         }
     }
 }
 
-#[test]
-fn emu_embedding_forward_gives_nan_rows_for_tokens_out_of_range() {
-    let dev = EmuDevice::new();
-    let mut rng = Rng::new(11);
-    let (b, t, c, v) = (2, 7, 45, 78);
-    let mut toks = tokens(&mut rng, b * t, v);
-    let wte = randn(&mut rng, v * c, 1.0);
-    let mut want = vec![0.0; b * t * c];
-    ops::embedding::embedding_forward(&mut want, &toks, &wte, None, b, t, c);
-    let bad = [(3, v as u32), (9, IGNORE)];
-    for &(n, tok) in &bad {
-        toks[n] = tok;
-    }
-    let d_out = dev.alloc_slice::<f32>(b * t * c).unwrap();
-    let (d_toks, d_wte) = (dev.upload(&toks).unwrap(), up(&dev, &wte));
-    kernels::embedding_forward(&dev, d_out, d_toks, d_wte, None, b, t, c, v).unwrap();
-    let got = down(&dev, d_out);
-    for n in 0..b * t {
-        let row = &got[n * c..(n + 1) * c];
-        if bad.iter().any(|&(k, _)| k == n) {
-            assert!(
-                row.iter().all(|x| x.is_nan()),
-                "embedding_forward: row {n} with token {} >= V={v} must be NaN",
-                toks[n]
-            );
-        } else {
-            assert_bits_eq(
-                &format!("embedding_forward row {n}"),
-                row,
-                &want[n * c..(n + 1) * c],
-            );
+device_tests! {
+    fn emu_embedding_forward_gives_nan_rows_for_tokens_out_of_range / gpu_embedding_forward_gives_nan_rows_for_tokens_out_of_range (dev) {
+        let mut rng = Rng::new(11);
+        let (b, t, c, v) = (2, 7, 45, 78);
+        let mut toks = tokens(&mut rng, b * t, v);
+        let wte = randn(&mut rng, v * c, 1.0);
+        let mut want = vec![0.0; b * t * c];
+        ops::embedding::embedding_forward(&mut want, &toks, &wte, None, b, t, c);
+        let bad = [(3, v as u32), (9, IGNORE)];
+        for &(n, tok) in &bad {
+            toks[n] = tok;
+        }
+        let d_out = dev.alloc_slice::<f32>(b * t * c).unwrap();
+        let (d_toks, d_wte) = (dev.upload(&toks).unwrap(), up(&dev, &wte));
+        kernels::embedding_forward(&dev, d_out, d_toks, d_wte, None, b, t, c, v).unwrap();
+        let got = down(&dev, d_out);
+        for n in 0..b * t {
+            let row = &got[n * c..(n + 1) * c];
+            if bad.iter().any(|&(k, _)| k == n) {
+                assert!(
+                    row.iter().all(|x| x.is_nan()),
+                    "embedding_forward: row {n} with token {} >= V={v} must be NaN",
+                    toks[n]
+                );
+            } else {
+                assert_bits_eq(
+                    &format!("embedding_forward row {n}"),
+                    row,
+                    &want[n * c..(n + 1) * c],
+                );
+            }
         }
     }
 }
@@ -356,7 +360,7 @@ struct EmbeddingGrads {
 /// embedding_backward on `dev` from non-zero starting gradients.
 #[allow(clippy::too_many_arguments)]
 fn gpu_embedding_backward(
-    dev: &EmuDevice,
+    dev: &dyn Device,
     start: &EmbeddingGrads,
     dout: &[f32],
     toks: &[u32],
@@ -375,69 +379,69 @@ fn gpu_embedding_backward(
     }
 }
 
-#[test]
-fn emu_embedding_backward_matches_reference_with_repeated_tokens() {
-    let dev = EmuDevice::new();
-    let mut rng = Rng::new(12);
-    // V=11 repeats every token ~10 times; V=78 (the char vocabulary) is not a multiple of 4 warps
-    for (b, t, c, v) in [(3, 37, 45, 11), (3, 37, 45, 78), (2, 5, 1, 3)] {
-        let toks = tokens(&mut rng, b * t, v);
-        let dout = randn(&mut rng, b * t * c, 1.0);
-        for use_wpe in [false, true] {
-            let start = EmbeddingGrads {
-                dwte: randn(&mut rng, v * c, 1.0), // non-zero: the op accumulates
-                dwpe: use_wpe.then(|| randn(&mut rng, (t + 2) * c, 1.0)),
-            };
-            let mut want = EmbeddingGrads {
-                dwte: start.dwte.clone(),
-                dwpe: start.dwpe.clone(),
-            };
-            ops::embedding::embedding_backward(
-                &mut want.dwte,
-                want.dwpe.as_deref_mut(),
-                &dout,
-                &toks,
-                b,
-                t,
-                c,
-            );
-            let got = gpu_embedding_backward(&dev, &start, &dout, &toks, b, t, c, v);
-            // the kernels add the same f32 values in the reference's order (positions in
-            // increasing n; batches in increasing b): bit-identical, rows past T included
-            let what = format!("embedding_backward B={b} T={t} C={c} V={v} wpe={use_wpe}");
-            assert_bits_eq(&format!("{what} dwte"), &got.dwte, &want.dwte);
-            if let (Some(g), Some(w)) = (&got.dwpe, &want.dwpe) {
-                assert_bits_eq(&format!("{what} dwpe"), g, w);
+device_tests! {
+    fn emu_embedding_backward_matches_reference_with_repeated_tokens / gpu_embedding_backward_matches_reference_with_repeated_tokens (dev) {
+        let mut rng = Rng::new(12);
+        // V=11 repeats every token ~10 times; V=78 (the char vocabulary) is not a multiple of 4 warps
+        for (b, t, c, v) in [(3, 37, 45, 11), (3, 37, 45, 78), (2, 5, 1, 3)] {
+            let toks = tokens(&mut rng, b * t, v);
+            let dout = randn(&mut rng, b * t * c, 1.0);
+            for use_wpe in [false, true] {
+                let start = EmbeddingGrads {
+                    dwte: randn(&mut rng, v * c, 1.0), // non-zero: the op accumulates
+                    dwpe: use_wpe.then(|| randn(&mut rng, (t + 2) * c, 1.0)),
+                };
+                let mut want = EmbeddingGrads {
+                    dwte: start.dwte.clone(),
+                    dwpe: start.dwpe.clone(),
+                };
+                ops::embedding::embedding_backward(
+                    &mut want.dwte,
+                    want.dwpe.as_deref_mut(),
+                    &dout,
+                    &toks,
+                    b,
+                    t,
+                    c,
+                );
+                let got = gpu_embedding_backward(&dev, &start, &dout, &toks, b, t, c, v);
+                // the kernels add the same f32 values in the reference's order (positions in
+                // increasing n; batches in increasing b): bit-identical, rows past T included
+                let what = format!("embedding_backward B={b} T={t} C={c} V={v} wpe={use_wpe}");
+                assert_bits_eq(&format!("{what} dwte"), &got.dwte, &want.dwte);
+                if let (Some(g), Some(w)) = (&got.dwpe, &want.dwpe) {
+                    assert_bits_eq(&format!("{what} dwpe"), g, w);
+                }
             }
         }
     }
 }
 
-#[test]
-fn emu_embedding_backward_skips_tokens_out_of_range() {
-    let dev = EmuDevice::new();
-    let mut rng = Rng::new(13);
-    let (b, t, c, v) = (2, 19, 33, 7);
-    let mut toks = tokens(&mut rng, b * t, v);
-    let mut dout = randn(&mut rng, b * t * c, 1.0);
-    let start = EmbeddingGrads {
-        dwte: randn(&mut rng, v * c, 1.0),
-        dwpe: None,
-    };
-    let bad = [(0, v as u32), (20, IGNORE), (37, 1000)];
-    for &(n, tok) in &bad {
-        toks[n] = tok;
+device_tests! {
+    fn emu_embedding_backward_skips_tokens_out_of_range / gpu_embedding_backward_skips_tokens_out_of_range (dev) {
+        let mut rng = Rng::new(13);
+        let (b, t, c, v) = (2, 19, 33, 7);
+        let mut toks = tokens(&mut rng, b * t, v);
+        let mut dout = randn(&mut rng, b * t * c, 1.0);
+        let start = EmbeddingGrads {
+            dwte: randn(&mut rng, v * c, 1.0),
+            dwpe: None,
+        };
+        let bad = [(0, v as u32), (20, IGNORE), (37, 1000)];
+        for &(n, tok) in &bad {
+            toks[n] = tok;
+        }
+        let got = gpu_embedding_backward(&dev, &start, &dout, &toks, b, t, c, v);
+        // the reference rejects such tokens: give it token 0 with a zero gradient row instead
+        let mut ref_toks = toks.clone();
+        for &(n, _) in &bad {
+            ref_toks[n] = 0;
+            dout[n * c..(n + 1) * c].fill(0.0);
+        }
+        let mut want = start.dwte.clone();
+        ops::embedding::embedding_backward(&mut want, None, &dout, &ref_toks, b, t, c);
+        assert_bits_eq("embedding_backward with tokens >= V", &got.dwte, &want);
     }
-    let got = gpu_embedding_backward(&dev, &start, &dout, &toks, b, t, c, v);
-    // the reference rejects such tokens: give it token 0 with a zero gradient row instead
-    let mut ref_toks = toks.clone();
-    for &(n, _) in &bad {
-        ref_toks[n] = 0;
-        dout[n * c..(n + 1) * c].fill(0.0);
-    }
-    let mut want = start.dwte.clone();
-    ops::embedding::embedding_backward(&mut want, None, &dout, &ref_toks, b, t, c);
-    assert_bits_eq("embedding_backward with tokens >= V", &got.dwte, &want);
 }
 
 #[test]
@@ -475,7 +479,7 @@ fn emu_embedding_backward_is_deterministic() {
 // ----------------------------------------------------------------------------------------------
 // cross-entropy
 
-fn check_cross_entropy(dev: &EmuDevice, n: usize, v: usize, seed: u64) {
+fn check_cross_entropy(dev: &dyn Device, n: usize, v: usize, seed: u64) {
     let mut rng = Rng::new(seed);
     let mut logits = randn(&mut rng, n * v, 3.0);
     // row 1 sits at +100: exp without the max subtraction would overflow f32
@@ -535,83 +539,83 @@ fn check_cross_entropy(dev: &EmuDevice, n: usize, v: usize, seed: u64) {
     }
 }
 
-#[test]
-fn emu_cross_entropy_matches_reference_with_ignored_targets() {
-    let dev = EmuDevice::new();
-    check_cross_entropy(&dev, 37, 78, 15); // char vocabulary
-    check_cross_entropy(&dev, 10, 2728, 16); // word vocabulary, not a multiple of 32
-    check_cross_entropy(&dev, 9, 45, 17);
-    check_cross_entropy(&dev, 5, 1, 18);
+device_tests! {
+    fn emu_cross_entropy_matches_reference_with_ignored_targets / gpu_cross_entropy_matches_reference_with_ignored_targets (dev) {
+        check_cross_entropy(&dev, 37, 78, 15); // char vocabulary
+        check_cross_entropy(&dev, 10, 2728, 16); // word vocabulary, not a multiple of 32
+        check_cross_entropy(&dev, 9, 45, 17);
+        check_cross_entropy(&dev, 5, 1, 18);
+    }
 }
 
-#[test]
-fn emu_cross_entropy_gives_nan_for_targets_out_of_range() {
-    let dev = EmuDevice::new();
-    let (n, v) = (3, 45);
-    let logits = randn(&mut Rng::new(19), n * v, 1.0);
-    let targets = [0u32, v as u32, 7];
-    let (d_logits, d_targets) = (up(&dev, &logits), dev.upload(&targets).unwrap());
-    let d_losses = dev.alloc_slice::<f32>(n).unwrap();
-    kernels::cross_entropy_forward(&dev, d_losses, d_logits, d_targets, n, v).unwrap();
-    let losses = down(&dev, d_losses);
-    assert!(
-        losses[1].is_nan(),
-        "target V must give a NaN loss, got {}",
-        losses[1]
-    );
-    assert!(losses[0].is_finite() && losses[2].is_finite(), "{losses:?}");
-    let d_dlogits = up(&dev, &vec![0.0; n * v]);
-    kernels::cross_entropy_backward(&dev, d_dlogits, d_logits, d_targets, 1.0, n, v).unwrap();
-    let dlogits = down(&dev, d_dlogits);
-    assert!(
-        dlogits[v..2 * v].iter().all(|x| x.is_nan()),
-        "row 1 must be NaN"
-    );
-    assert!(dlogits[..v]
-        .iter()
-        .chain(&dlogits[2 * v..])
-        .all(|x| x.is_finite()));
+device_tests! {
+    fn emu_cross_entropy_gives_nan_for_targets_out_of_range / gpu_cross_entropy_gives_nan_for_targets_out_of_range (dev) {
+        let (n, v) = (3, 45);
+        let logits = randn(&mut Rng::new(19), n * v, 1.0);
+        let targets = [0u32, v as u32, 7];
+        let (d_logits, d_targets) = (up(&dev, &logits), dev.upload(&targets).unwrap());
+        let d_losses = dev.alloc_slice::<f32>(n).unwrap();
+        kernels::cross_entropy_forward(&dev, d_losses, d_logits, d_targets, n, v).unwrap();
+        let losses = down(&dev, d_losses);
+        assert!(
+            losses[1].is_nan(),
+            "target V must give a NaN loss, got {}",
+            losses[1]
+        );
+        assert!(losses[0].is_finite() && losses[2].is_finite(), "{losses:?}");
+        let d_dlogits = up(&dev, &vec![0.0; n * v]);
+        kernels::cross_entropy_backward(&dev, d_dlogits, d_logits, d_targets, 1.0, n, v).unwrap();
+        let dlogits = down(&dev, d_dlogits);
+        assert!(
+            dlogits[v..2 * v].iter().all(|x| x.is_nan()),
+            "row 1 must be NaN"
+        );
+        assert!(dlogits[..v]
+            .iter()
+            .chain(&dlogits[2 * v..])
+            .all(|x| x.is_finite()));
+    }
 }
 
 // ----------------------------------------------------------------------------------------------
 // adamw, sum_squares
 
-#[test]
-fn emu_adamw_matches_reference_over_steps_with_and_without_decay() {
-    let dev = EmuDevice::new();
-    let cfg = AdamWConfig::default();
-    let mut rng = Rng::new(20);
-    for (n, decay) in [(1037, true), (1037, false), (1, true)] {
-        let mut param = randn(&mut rng, n, 1.0);
-        let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
-        let (d_p, d_m, d_v) = (up(&dev, &param), up(&dev, &m), up(&dev, &v));
-        for step in 1..=3u64 {
-            let grad = randn(&mut rng, n, 0.1);
-            let (lr, grad_scale) = (3e-3, 0.5);
-            ops::adamw::adamw_update(
-                &mut param, &grad, &mut m, &mut v, &cfg, lr, step, grad_scale, decay,
-            );
-            let d_g = up(&dev, &grad);
-            kernels::adamw_update(&dev, d_p, d_g, d_m, d_v, &cfg, lr, step, grad_scale, decay)
-                .unwrap();
-            // the reference's f32 expression order with the same host bias corrections: equal
-            // here; on the GPU FMA contraction moves the last bit of a few products. The update
-            // is lr·O(1) = 3e-3 per step: 1e-8 absolute is a few ulp of it.
-            let what = format!("adamw_update n={n} decay={decay} step={step}");
-            assert_close_all(
-                &format!("{what} param"),
-                &down(&dev, d_p),
-                &param,
-                1e-8,
-                1e-6,
-            );
-            assert_close_all(&format!("{what} m"), &down(&dev, d_m), &m, 1e-9, 1e-6);
-            assert_close_all(&format!("{what} v"), &down(&dev, d_v), &v, 1e-12, 1e-6);
+device_tests! {
+    fn emu_adamw_matches_reference_over_steps_with_and_without_decay / gpu_adamw_matches_reference_over_steps_with_and_without_decay (dev) {
+        let cfg = AdamWConfig::default();
+        let mut rng = Rng::new(20);
+        for (n, decay) in [(1037, true), (1037, false), (1, true)] {
+            let mut param = randn(&mut rng, n, 1.0);
+            let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+            let (d_p, d_m, d_v) = (up(&dev, &param), up(&dev, &m), up(&dev, &v));
+            for step in 1..=3u64 {
+                let grad = randn(&mut rng, n, 0.1);
+                let (lr, grad_scale) = (3e-3, 0.5);
+                ops::adamw::adamw_update(
+                    &mut param, &grad, &mut m, &mut v, &cfg, lr, step, grad_scale, decay,
+                );
+                let d_g = up(&dev, &grad);
+                kernels::adamw_update(&dev, d_p, d_g, d_m, d_v, &cfg, lr, step, grad_scale, decay)
+                    .unwrap();
+                // the reference's f32 expression order with the same host bias corrections: equal
+                // here; on the GPU FMA contraction moves the last bit of a few products. The update
+                // is lr·O(1) = 3e-3 per step: 1e-8 absolute is a few ulp of it.
+                let what = format!("adamw_update n={n} decay={decay} step={step}");
+                assert_close_all(
+                    &format!("{what} param"),
+                    &down(&dev, d_p),
+                    &param,
+                    1e-8,
+                    1e-6,
+                );
+                assert_close_all(&format!("{what} m"), &down(&dev, d_m), &m, 1e-9, 1e-6);
+                assert_close_all(&format!("{what} v"), &down(&dev, d_v), &v, 1e-12, 1e-6);
+            }
         }
     }
 }
 
-fn gpu_sum_squares(dev: &EmuDevice, x: &[f32]) -> f64 {
+fn gpu_sum_squares(dev: &dyn Device, x: &[f32]) -> f64 {
     // from an empty x the device slice is empty: a 1-element allocation viewed with length 0
     let d_x = if x.is_empty() {
         dev.alloc_slice::<f32>(1).unwrap().slice(0..0)
@@ -630,22 +634,22 @@ fn gpu_sum_squares(dev: &EmuDevice, x: &[f32]) -> f64 {
 /// stride.
 const SUM_SQUARES_LONG: usize = kernels::SUM_SQUARES_PARTIALS * 256 + 77;
 
-#[test]
-fn emu_sum_squares_matches_reference() {
-    let dev = EmuDevice::new();
-    let mut rng = Rng::new(21);
-    for n in [0, 1, 1000, SUM_SQUARES_LONG] {
-        let x = randn(&mut rng, n, 2.0);
-        let want = ops::adamw::sum_squares(&x);
-        let got = gpu_sum_squares(&dev, &x);
-        // both exact f64 squares of f32 values, summed in f64 in different orders: each sum is
-        // within ~sqrt(n)·ε ≈ 6e-14 relative of the exact value for n = 65613 (positive terms,
-        // rounding errors random), so 1e-12 relative is a generous bound.
-        assert!(
-            (got - want).abs() <= 1e-12 * want,
-            "sum_squares n={n}: got {got}, want {want} (relative error {:.2e})",
-            (got - want).abs() / want
-        );
+device_tests! {
+    fn emu_sum_squares_matches_reference / gpu_sum_squares_matches_reference (dev) {
+        let mut rng = Rng::new(21);
+        for n in [0, 1, 1000, SUM_SQUARES_LONG] {
+            let x = randn(&mut rng, n, 2.0);
+            let want = ops::adamw::sum_squares(&x);
+            let got = gpu_sum_squares(&dev, &x);
+            // both exact f64 squares of f32 values, summed in f64 in different orders: each sum is
+            // within ~sqrt(n)·ε ≈ 6e-14 relative of the exact value for n = 65613 (positive terms,
+            // rounding errors random), so 1e-12 relative is a generous bound.
+            assert!(
+                (got - want).abs() <= 1e-12 * want,
+                "sum_squares n={n}: got {got}, want {want} (relative error {:.2e})",
+                (got - want).abs() / want
+            );
+        }
     }
 }
 

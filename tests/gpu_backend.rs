@@ -15,7 +15,9 @@ fn gpu(test: &str) -> Option<CudaDevice> {
     match CudaDevice::open() {
         Ok(d) => Some(d),
         Err(why) => {
-            eprintln!("SKIPPED {test}: {why}");
+            // straight to stderr: libtest captures eprintln! of passing tests
+            use std::io::Write as _;
+            writeln!(std::io::stderr(), "SKIPPED {test}: {why}").ok();
             None
         }
     }
@@ -70,7 +72,10 @@ fn hundred_steps(test: &str, cfg: &ModelConfig) {
         p.steps[0].grad_rel_err
     );
     assert!(p.max_loss_rel_err() <= 1e-3, "losses diverge");
-    assert!(p.steps[0].grad_rel_err <= 1e-4, "first-step gradients differ");
+    assert!(
+        p.steps[0].grad_rel_err <= 1e-4,
+        "first-step gradients differ"
+    );
 }
 
 #[test]
@@ -109,12 +114,26 @@ fn gpu_backend_is_deterministic() {
         return;
     };
     let a = training_parity(&gpt(64, 64, 0.2), 4, 3, 9, Box::new(dev)).unwrap();
-    let b = training_parity(&gpt(64, 64, 0.2), 4, 3, 9, Box::new(CudaDevice::open().unwrap()))
-        .unwrap();
+    let b = training_parity(
+        &gpt(64, 64, 0.2),
+        4,
+        3,
+        9,
+        Box::new(CudaDevice::open().unwrap()),
+    )
+    .unwrap();
     for (x, y) in a.steps.iter().zip(&b.steps) {
-        assert_eq!(x.dev_loss.to_bits(), y.dev_loss.to_bits(), "step {}", x.step);
+        assert_eq!(
+            x.dev_loss.to_bits(),
+            y.dev_loss.to_bits(),
+            "step {}",
+            x.step
+        );
     }
-    assert!(a.dev_params == b.dev_params, "parameters differ between two identical runs");
+    assert!(
+        a.dev_params == b.dev_params,
+        "parameters differ between two identical runs"
+    );
 }
 
 #[test]
@@ -139,7 +158,10 @@ fn gpu_backend_attention_rows_sum_to_one() {
         for (r, row) in be.read(probs).chunks_exact(t).enumerate() {
             let sum: f64 = row.iter().map(|&x| x as f64).sum();
             worst = worst.max((sum - 1.0).abs());
-            assert!(row[r % t + 1..].iter().all(|&x| x == 0.0), "row {r} attends to the future");
+            assert!(
+                row[r % t + 1..].iter().all(|&x| x == 0.0),
+                "row {r} attends to the future"
+            );
         }
     }
     eprintln!("gpu_backend_attention_rows_sum_to_one: largest |row sum - 1| = {worst:.2e}");

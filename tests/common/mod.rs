@@ -1,7 +1,8 @@
 //! Shared by the kernel test files: one test body run on two devices.
 
-/// Each `fn emu_name / gpu_name (dev) { body }` defines two tests from one body, `dev` being a
-/// `&dyn Device`: `emu_name` on the emulated device, and `gpu_name` on the GPU, which prints
+/// Each `fn emu_name / gpu_name (dev) { body }` defines two tests from one body, `dev` being the
+/// device (pass `&dev` where a `&dyn Device` is wanted): `emu_name` on the emulated device
+/// (`EmuDevice`), and `gpu_name` on the GPU (`CudaDevice`), which prints
 /// `SKIPPED gpu_name: <why>` on stderr and returns when there is none. `cargo test emu` and
 /// `cargo test gpu` select them.
 #[macro_export]
@@ -10,8 +11,7 @@ macro_rules! device_tests {
         $(#[$m])*
         #[test]
         fn $emu() {
-            let d = robo_poet::gpu::EmuDevice::new();
-            let $dev: &dyn robo_poet::gpu::Device = &d;
+            let $dev = robo_poet::gpu::EmuDevice::new();
             $body
         }
 
@@ -19,11 +19,12 @@ macro_rules! device_tests {
         #[test]
         fn $gpu() {
             match robo_poet::gpu::CudaDevice::open() {
-                Ok(d) => {
-                    let $dev: &dyn robo_poet::gpu::Device = &d;
-                    $body
+                Ok($dev) => $body
+                // straight to stderr: libtest captures eprintln! of passing tests
+                Err(why) => {
+                    use std::io::Write as _;
+                    writeln!(std::io::stderr(), "SKIPPED {}: {why}", stringify!($gpu)).ok();
                 }
-                Err(why) => eprintln!("SKIPPED {}: {why}", stringify!($gpu)),
             }
         }
     )* };
