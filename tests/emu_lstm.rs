@@ -61,8 +61,20 @@ fn check_forward(dev: &EmuDevice, b: usize, hid: usize, with_c_prev: bool, seed:
     let what = format!("lstm_cell_forward B={b} H={hid} c_prev={with_c_prev}");
     let got_g = dev.download(d_gates).unwrap();
     assert_close_all(&format!("{what}: gates"), &got_g, &want_g, ABS, REL);
-    assert_close_all(&format!("{what}: c"), &dev.download(d_c).unwrap(), &want_c, ABS, REL);
-    assert_close_all(&format!("{what}: h"), &dev.download(d_h).unwrap(), &want_h, ABS, REL);
+    assert_close_all(
+        &format!("{what}: c"),
+        &dev.download(d_c).unwrap(),
+        &want_c,
+        ABS,
+        REL,
+    );
+    assert_close_all(
+        &format!("{what}: h"),
+        &dev.download(d_h).unwrap(),
+        &want_h,
+        ABS,
+        REL,
+    );
 }
 
 #[test]
@@ -92,7 +104,13 @@ struct BackwardCase {
     want_dc: Vec<f32>,
 }
 
-fn backward_case(b: usize, hid: usize, with_c_prev: bool, with_dc_in: bool, seed: u64) -> BackwardCase {
+fn backward_case(
+    b: usize,
+    hid: usize,
+    with_c_prev: bool,
+    with_dc_in: bool,
+    seed: u64,
+) -> BackwardCase {
     let mut rng = Rng::new(seed);
     let mut gates = pre_activations(&mut rng, b, hid);
     let c_prev = with_c_prev.then(|| randn(&mut rng, b * hid, 1.0));
@@ -160,7 +178,13 @@ enum DcOut {
 
 /// Runs the kernel with dc_in in its own buffer with rows `dc_stride` apart (or, `alias`, inside
 /// dgates' columns 0..H with stride 4H) and checks dgates and dc_out against the reference.
-fn check_backward(dev: &EmuDevice, case: &BackwardCase, dc_stride: usize, alias: bool, dc_out: DcOut) {
+fn check_backward(
+    dev: &EmuDevice,
+    case: &BackwardCase,
+    dc_stride: usize,
+    alias: bool,
+    dc_out: DcOut,
+) {
     let (b, hid) = (case.b, case.hid);
     let what = format!(
         "lstm_cell_backward B={b} H={hid} c_prev={} dc_in={} stride={dc_stride} alias={alias} dc_out={dc_out:?}",
@@ -201,7 +225,13 @@ fn check_backward(dev: &EmuDevice, case: &BackwardCase, dc_stride: usize, alias:
     .unwrap();
 
     let got = dev.download(d_dgates).unwrap();
-    assert_close_all(&format!("{what}: dgates"), &got, &case.want_dgates, ABS, REL);
+    assert_close_all(
+        &format!("{what}: dgates"),
+        &got,
+        &case.want_dgates,
+        ABS,
+        REL,
+    );
     if let Some(d) = d_dc_out {
         let (got_dc, gaps_kept) = unstrided(&dev.download(d).unwrap(), b, hid, out_stride, FILL);
         assert_close_all(&format!("{what}: dc_out"), &got_dc, &case.want_dc, ABS, REL);
@@ -255,7 +285,9 @@ fn emu_lstm_cell_backward_reads_dc_in_from_dgates_before_overwriting_it() {
 }
 
 #[test]
-#[should_panic(expected = "shape mismatch in lstm_cell_backward: dc_in expected shape [2, 3] with row stride 12")]
+#[should_panic(
+    expected = "shape mismatch in lstm_cell_backward: dc_in expected shape [2, 3] with row stride 12"
+)]
 fn emu_lstm_cell_backward_wrong_strided_length_names_op_and_argument() {
     let dev = EmuDevice::new();
     let g = dev.alloc_slice::<f32>(2 * 12).unwrap();

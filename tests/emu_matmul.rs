@@ -233,7 +233,11 @@ fn emu_matmul_backward_weight_matches_reference() {
     // N long enough that the plain launcher splits it (and allocates its own workspace)
     assert_eq!(kernels::matmul_backward_weight_splits(300, 45, 33), 2);
     check_backward_weight(&dev, 300, 45, 33, None);
-    assert_eq!(dev.live_allocations(), 0, "the launcher's workspace was freed");
+    assert_eq!(
+        dev.live_allocations(),
+        0,
+        "the launcher's workspace was freed"
+    );
 }
 
 #[test]
@@ -257,7 +261,11 @@ fn emu_matmul_backward_weight_is_deterministic() {
         let again = run_backward_weight(&dev, &case, n, ic, oc, splits);
         let reversed = run_backward_weight(&reverse, &case, n, ic, oc, splits);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&first), bits(&again), "splits={splits:?}: two runs differ");
+        assert_eq!(
+            bits(&first),
+            bits(&again),
+            "splits={splits:?}: two runs differ"
+        );
         assert_eq!(
             bits(&first),
             bits(&reversed),
@@ -273,7 +281,10 @@ fn emu_split_heuristics_fill_the_gpu_only_when_the_output_is_small() {
     assert_eq!(kernels::matmul_backward_weight_splits(1000, 64, 64), 7);
     // 16 x 48 = 768 output tiles already fill the GPU
     assert_eq!(kernels::matmul_backward_weight_splits(8192, 3072, 1024), 1);
-    assert_eq!(kernels::matmul_backward_weight_workspace_len(8192, 3072, 1024, 1), 0);
+    assert_eq!(
+        kernels::matmul_backward_weight_workspace_len(8192, 3072, 1024, 1),
+        0
+    );
     assert_eq!(kernels::bias_backward_splits(8192, 64), 64);
     assert_eq!(kernels::bias_backward_splits(100, 64), 1);
     assert_eq!(kernels::bias_backward_workspace_len(100, 64, 1), 0);
@@ -364,7 +375,11 @@ fn emu_bias_backward_is_deterministic() {
     for splits in [None, Some(5)] {
         let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let first = bits(run_bias(&dev, &dout, &db0, n, oc, splits));
-        assert_eq!(first, bits(run_bias(&dev, &dout, &db0, n, oc, splits)), "splits={splits:?}: two runs differ");
+        assert_eq!(
+            first,
+            bits(run_bias(&dev, &dout, &db0, n, oc, splits)),
+            "splits={splits:?}: two runs differ"
+        );
         assert_eq!(
             first,
             bits(run_bias(&reverse, &dout, &db0, n, oc, splits)),

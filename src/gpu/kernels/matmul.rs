@@ -182,7 +182,12 @@ pub fn matmul_backward_weight_splits(n: usize, ic: usize, oc: usize) -> usize {
 
 /// Workspace floats [`matmul_backward_weight_with_workspace`] needs for `splits` (0 when the
 /// product runs unsplit).
-pub fn matmul_backward_weight_workspace_len(n: usize, ic: usize, oc: usize, splits: usize) -> usize {
+pub fn matmul_backward_weight_workspace_len(
+    n: usize,
+    ic: usize,
+    oc: usize,
+    splits: usize,
+) -> usize {
     if n == 0 || splits <= 1 {
         return 0;
     }
