@@ -211,6 +211,11 @@ pub fn matmul_backward_weight(
     ic: usize,
     oc: usize,
 ) -> Result<(), GpuError> {
+    // shapes first, so a bad call panics before the workspace is allocated
+    let op = "matmul_backward_weight";
+    check_len(op, "dweight", dweight.len(), &[oc, ic]);
+    check_len(op, "dout", dout.len(), &[n, oc]);
+    check_len(op, "inp", inp.len(), &[n, ic]);
     let splits = matmul_backward_weight_splits(n, ic, oc);
     let len = matmul_backward_weight_workspace_len(n, ic, oc, splits);
     with_workspace(dev, len, |ws| {
@@ -316,6 +321,9 @@ pub fn bias_backward(
     n: usize,
     oc: usize,
 ) -> Result<(), GpuError> {
+    // shapes first, so a bad call panics before the workspace is allocated
+    check_len("bias_backward", "dbias", dbias.len(), &[oc]);
+    check_len("bias_backward", "dout", dout.len(), &[n, oc]);
     let splits = bias_backward_splits(n, oc);
     let len = bias_backward_workspace_len(n, oc, splits);
     with_workspace(dev, len, |ws| {
