@@ -1,63 +1,197 @@
-// Linear layer forward: out = inp · weightᵀ + bias, with weight stored (OC, IC) as in PyTorch's
-// Linear. Tiled through shared memory. CPU reference: src/ops/matmul.rs (matmul_forward).
-// Host launcher: src/gpu/kernels.rs.
+// Linear layer, forward and backward, with weight stored (OC, IC) as in PyTorch's Linear:
+//   out = inp · weightᵀ + bias        dinp += dout · weight
+//   dweight += doutᵀ · inp            dbias += Σ_n dout
+// The three products are one shared-memory tiled kernel body over a (M, K) x (K, NC) product with
+// the operands' layouts as template parameters. Reductions are deterministic: no float atomics;
+// a split over N is summed by a second kernel in a fixed order.
+// CPU reference: src/ops/matmul.rs (matmul_forward, matmul_backward, column_sums_into).
+// Host launchers: src/gpu/kernels/matmul.rs.
 
 // ----------------------------------------------------------------------------------------------
 // kernels
 
-#define MATMUL_TILE 32             // output tile is MATMUL_TILE x MATMUL_TILE; also the k step
-#define MATMUL_ROWS_PER_THREAD 4   // block is (MATMUL_TILE, MATMUL_TILE / MATMUL_ROWS_PER_THREAD)
-#define MATMUL_ROW_STEP (MATMUL_TILE / MATMUL_ROWS_PER_THREAD)
+#define MATMUL_BM 64   // rows of out per block tile
+#define MATMUL_BN 64   // columns of out per block tile
+#define MATMUL_BK 16   // k step: depth of the shared tiles
+#define MATMUL_TM 8    // rows of out per thread, MATMUL_TY apart
+#define MATMUL_TN 4    // columns of out per thread, MATMUL_TX apart
+#define MATMUL_TX (MATMUL_BN / MATMUL_TN)  // 16: block is (MATMUL_TX, MATMUL_TY)
+#define MATMUL_TY (MATMUL_BM / MATMUL_TM)  // 8
+#define MATMUL_THREADS (MATMUL_TX * MATMUL_TY)
+// Shared tiles are stored k-major, [k][m], padded to a row stride of 66 floats (2 mod 32 banks):
+// staging a k-contiguous operand writes 16 k values x 2 rows per warp, which then land in 32
+// distinct banks; an m-contiguous operand writes one k row, 32 consecutive floats.
+#define MATMUL_PAD 2
 
-// One block computes one tile of out. Thread (tx, ty) owns column tx of the tile and rows
-// ty, ty + ROW_STEP, ...; a warp is one ty, so its lanes read one shared row (a broadcast) and 32
-// consecutive shared columns. Tiles of inp and weight past the ragged edges are filled with zeros,
-// so the inner loop needs no bounds checks.
-extern "C" __global__ void matmul_forward(float* out,           // (N, OC)
-                                          const float* inp,     // (N, IC)
-                                          const float* weight,  // (OC, IC)
-                                          const float* bias,    // (OC), or null for no bias
-                                          int N, int IC, int OC) {
-    // +1 column: w_tile is read down a column (one row per lane), which would hit one bank 32 times
-    __shared__ float inp_tile[MATMUL_TILE][MATMUL_TILE + 1];  // (rows of out, k)
-    __shared__ float w_tile[MATMUL_TILE][MATMUL_TILE + 1];    // (columns of out, k)
+// out (M, NC) (+)= A (M, K) · B (K, NC) (+ bias (NC)) over k in [k_begin, k_end), for the tile
+// of out at block (blockIdx.x, blockIdx.y). Layouts: A_K_CONTIG means A(m, k) = a[m·K + k], else
+// a[k·M + m]; B_K_CONTIG means B(k, n) = b[n·K + k], else b[k·NC + n]. Staging always walks the
+// contiguous index across consecutive threads, so global loads are coalesced in every layout.
+// Thread (tx, ty) owns rows ty + MATMUL_TY·i and columns tx + MATMUL_TX·j of the tile: a warp
+// (two ty, sixteen tx) reads two broadcast A values and sixteen consecutive B values per k.
+// Elements of the tiles outside M, NC or the k range are zero, so the inner loop has no checks.
+template <bool A_K_CONTIG, bool B_K_CONTIG>
+__device__ __forceinline__ void matmul_tile(float* out,         // (M, NC)
+                                            const float* a,     // (M, K) or (K, M), see above
+                                            const float* b,     // (NC, K) or (K, NC), see above
+                                            const float* bias,  // (NC), or null
+                                            int M, int NC, int K, int k_begin, int k_end,
+                                            bool accumulate) {
+    __shared__ float a_tile[MATMUL_BK][MATMUL_BM + MATMUL_PAD];  // (k, rows of out)
+    __shared__ float b_tile[MATMUL_BK][MATMUL_BN + MATMUL_PAD];  // (k, columns of out)
 
     const int tx = threadIdx.x;
     const int ty = threadIdx.y;
-    const int row0 = blockIdx.y * MATMUL_TILE;
-    const int col0 = blockIdx.x * MATMUL_TILE;
+    const int tid = ty * MATMUL_TX + tx;
+    const int row0 = blockIdx.y * MATMUL_BM;
+    const int col0 = blockIdx.x * MATMUL_BN;
 
-    float acc[MATMUL_ROWS_PER_THREAD];
-    for (int r = 0; r < MATMUL_ROWS_PER_THREAD; r++) acc[r] = 0.0f;
+    float acc[MATMUL_TM][MATMUL_TN];
+    for (int i = 0; i < MATMUL_TM; i++)
+        for (int j = 0; j < MATMUL_TN; j++) acc[i][j] = 0.0f;
 
-    for (int k0 = 0; k0 < IC; k0 += MATMUL_TILE) {
-        // each thread stages column k0 + tx of ROWS_PER_THREAD rows of both tiles (coalesced)
-        const int k = k0 + tx;
-        for (int r = ty; r < MATMUL_TILE; r += MATMUL_ROW_STEP) {
-            const int i = row0 + r;
-            const int o = col0 + r;
-            inp_tile[r][tx] = (i < N && k < IC) ? inp[(size_t)i * IC + k] : 0.0f;
-            w_tile[r][tx] = (o < OC && k < IC) ? weight[(size_t)o * IC + k] : 0.0f;
+    for (int k0 = k_begin; k0 < k_end; k0 += MATMUL_BK) {
+        for (int e = tid; e < MATMUL_BM * MATMUL_BK; e += MATMUL_THREADS) {
+            const int kk = A_K_CONTIG ? e % MATMUL_BK : e / MATMUL_BM;
+            const int mm = A_K_CONTIG ? e / MATMUL_BK : e % MATMUL_BM;
+            const int m = row0 + mm;
+            const int k = k0 + kk;
+            float v = 0.0f;
+            if (m < M && k < k_end) v = A_K_CONTIG ? a[(size_t)m * K + k] : a[(size_t)k * M + m];
+            a_tile[kk][mm] = v;
+        }
+        for (int e = tid; e < MATMUL_BN * MATMUL_BK; e += MATMUL_THREADS) {
+            const int kk = B_K_CONTIG ? e % MATMUL_BK : e / MATMUL_BN;
+            const int nn = B_K_CONTIG ? e / MATMUL_BK : e % MATMUL_BN;
+            const int n = col0 + nn;
+            const int k = k0 + kk;
+            float v = 0.0f;
+            if (n < NC && k < k_end) v = B_K_CONTIG ? b[(size_t)n * K + k] : b[(size_t)k * NC + n];
+            b_tile[kk][nn] = v;
         }
         __syncthreads();  // tiles complete before anyone reads them
-        for (int kk = 0; kk < MATMUL_TILE; kk++) {
-            const float w = w_tile[tx][kk];
-            for (int r = 0; r < MATMUL_ROWS_PER_THREAD; r++) acc[r] += inp_tile[ty + r * MATMUL_ROW_STEP][kk] * w;
+        for (int kk = 0; kk < MATMUL_BK; kk++) {
+            float av[MATMUL_TM];
+            float bv[MATMUL_TN];
+            for (int i = 0; i < MATMUL_TM; i++) av[i] = a_tile[kk][ty + i * MATMUL_TY];
+            for (int j = 0; j < MATMUL_TN; j++) bv[j] = b_tile[kk][tx + j * MATMUL_TX];
+            for (int i = 0; i < MATMUL_TM; i++)
+                for (int j = 0; j < MATMUL_TN; j++) acc[i][j] += av[i] * bv[j];
         }
         __syncthreads();  // everyone done reading before the next tiles overwrite them
     }
 
-    const int o = col0 + tx;
-    if (o >= OC) return;
-    const float b = bias ? bias[o] : 0.0f;
-    for (int r = 0; r < MATMUL_ROWS_PER_THREAD; r++) {
-        const int i = row0 + ty + r * MATMUL_ROW_STEP;
-        if (i < N) out[(size_t)i * OC + o] = acc[r] + b;
+    for (int j = 0; j < MATMUL_TN; j++) {
+        const int n = col0 + tx + j * MATMUL_TX;
+        if (n >= NC) continue;
+        const float bn = bias ? bias[n] : 0.0f;
+        for (int i = 0; i < MATMUL_TM; i++) {
+            const int m = row0 + ty + i * MATMUL_TY;
+            if (m >= M) continue;
+            float* o = out + (size_t)m * NC + n;
+            const float v = acc[i][j] + bn;
+            *o = accumulate ? *o + v : v;
+        }
     }
 }
 
+// out = inp · weightᵀ + bias: M = N, NC = OC, K = IC; both operands are k-contiguous.
+extern "C" __global__ void __launch_bounds__(MATMUL_THREADS)
+    matmul_forward(float* out,           // (N, OC)
+                   const float* inp,     // (N, IC)
+                   const float* weight,  // (OC, IC)
+                   const float* bias,    // (OC), or null for no bias
+                   int N, int IC, int OC) {
+    matmul_tile<true, true>(out, inp, weight, bias, N, OC, IC, 0, IC, false);
+}
+
+// out += inp · weightᵀ (no bias).
+extern "C" __global__ void __launch_bounds__(MATMUL_THREADS)
+    matmul_forward_accumulate(float* out,           // (N, OC)
+                              const float* inp,     // (N, IC)
+                              const float* weight,  // (OC, IC)
+                              int N, int IC, int OC) {
+    matmul_tile<true, true>(out, inp, weight, nullptr, N, OC, IC, 0, IC, true);
+}
+
+// dinp += dout · weight: M = N, NC = IC, K = OC; dout is k-contiguous, weight n-contiguous.
+extern "C" __global__ void __launch_bounds__(MATMUL_THREADS)
+    matmul_backward_input(float* dinp,          // (N, IC)
+                          const float* dout,    // (N, OC)
+                          const float* weight,  // (OC, IC)
+                          int N, int IC, int OC) {
+    matmul_tile<true, false>(dinp, dout, weight, nullptr, N, IC, OC, 0, OC, true);
+}
+
+// dweight (+)= doutᵀ · inp over rows [z·k_chunk, (z+1)·k_chunk) of N, z = blockIdx.z: M = OC,
+// NC = IC, K = N; dout is m-contiguous, inp n-contiguous. With one split (gridDim.z = 1,
+// accumulate = 1) it adds straight into dweight; with several (accumulate = 0) split z writes
+// its own partial product at dweight + z·OC·IC, which matmul_split_sum then adds up in order.
+extern "C" __global__ void __launch_bounds__(MATMUL_THREADS)
+    matmul_backward_weight(float* dweight,     // (OC, IC), or (splits, OC, IC) partials
+                           const float* dout,  // (N, OC)
+                           const float* inp,   // (N, IC)
+                           int N, int IC, int OC, int k_chunk, int accumulate) {
+    const int z = blockIdx.z;
+    const int k_begin = z * k_chunk;
+    const int k_end = min(N, k_begin + k_chunk);
+    float* out = dweight + (size_t)z * OC * IC;
+    matmul_tile<false, false>(out, dout, inp, nullptr, OC, IC, N, k_begin, k_end, accumulate != 0);
+}
+
+// out[e] += Σ_s partials[s·count + e] for s = 0, 1, ..., splits − 1, summed in f64 in that order
+// (deterministic, and as exact as src/ops's f64 column sums). One thread per element, so loads
+// and stores are coalesced.
+extern "C" __global__ void matmul_split_sum(float* out,             // (count)
+                                            const float* partials,  // (splits, count)
+                                            int splits, int count) {
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= count) return;
+    double sum = out[e];
+    for (int s = 0; s < splits; s++) sum += partials[(size_t)s * count + e];
+    out[e] = (float)sum;
+}
+
+#define BIAS_COLS 32  // columns per block: a warp reads 128 consecutive bytes of a row
+#define BIAS_ROWS 16  // blockDim.y: rows summed side by side
+
+// Column sums of dout over rows [z·row_chunk, (z+1)·row_chunk), z = blockIdx.y, in f64. Thread
+// (tx, ty) sums column col0 + tx over rows ty, ty + BIAS_ROWS, ... of the chunk; the BIAS_ROWS
+// partial sums are then added in ty order by the ty = 0 warp. With one split (gridDim.y = 1,
+// accumulate = 1) the sum is added to dbias (as f64, like the reference); with several
+// (accumulate = 0) split z writes its sum to dbias + z·OC for matmul_split_sum.
+extern "C" __global__ void __launch_bounds__(BIAS_COLS * BIAS_ROWS)
+    bias_backward(float* dbias,       // (OC), or (splits, OC) partials
+                  const float* dout,  // (N, OC)
+                  int N, int OC, int row_chunk, int accumulate) {
+    __shared__ double partial[BIAS_ROWS][BIAS_COLS];  // (rows side by side, columns)
+
+    const int tx = threadIdx.x;
+    const int ty = threadIdx.y;
+    const int col = blockIdx.x * BIAS_COLS + tx;
+    const int row_begin = blockIdx.y * row_chunk;
+    const int row_end = min(N, row_begin + row_chunk);
+
+    double sum = 0.0;
+    if (col < OC)
+        for (int r = row_begin + ty; r < row_end; r += BIAS_ROWS) sum += dout[(size_t)r * OC + col];
+    partial[ty][tx] = sum;
+    __syncthreads();  // every row's partial sum written before the ty = 0 warp adds them
+    if (ty != 0 || col >= OC) return;
+    double total = 0.0;
+    for (int k = 0; k < BIAS_ROWS; k++) total += partial[k][tx];
+    float* o = dbias + (size_t)blockIdx.y * OC + col;
+    *o = accumulate ? (float)((double)*o + total) : (float)total;
+}
+
 // ----------------------------------------------------------------------------------------------
-// launch shape (src/gpu/kernels.rs)
+// launch shape (src/gpu/kernels/matmul.rs)
 //
-// matmul_forward: grid (ceil(OC / 32), ceil(N / 32)), block (32, 8), no dynamic shared memory;
-// 8.4 KiB of static shared memory. N <= 65535 * 32 (grid.y limit).
+// matmul_forward, matmul_forward_accumulate, matmul_backward_input: block (16, 8), grid
+// (ceil(NC / 64), ceil(M / 64)) with (M, NC) = (N, OC) resp. (N, IC); no dynamic shared memory,
+// 8.25 KiB static. N <= 65535 · 64 (grid.y limit).
+// matmul_backward_weight: block (16, 8), grid (ceil(IC / 64), ceil(OC / 64), splits), each split
+// k_chunk rows of N (a multiple of 16); then, if splits > 1, matmul_split_sum over OC·IC.
+// matmul_split_sum: block (256), grid (ceil(count / 256)).
+// bias_backward: block (32, 16), grid (ceil(OC / 32), splits), 4 KiB static shared memory; then,
+// if splits > 1, matmul_split_sum over OC.

@@ -22,48 +22,7 @@ fn assert_close_all(what: &str, got: &[f32], want: &[f32], abs: f32, rel: f32) {
     }
 }
 
-// ----------------------------------------------------------------------------------------------
-// matmul_forward
-
-fn check_matmul(dev: &EmuDevice, n: usize, ic: usize, oc: usize, with_bias: bool, seed: u64) {
-    let mut rng = Rng::new(seed);
-    let inp = randn(&mut rng, n * ic, 1.0);
-    let weight = randn(&mut rng, oc * ic, 1.0);
-    let bias = randn(&mut rng, oc, 1.0);
-    let bias = with_bias.then_some(&bias[..]);
-    let mut want = vec![0.0; n * oc];
-    ops::matmul::matmul_forward(&mut want, &inp, &weight, bias, n, ic, oc);
-
-    let d_inp = dev.upload(&inp).unwrap();
-    let d_weight = dev.upload(&weight).unwrap();
-    let d_bias = bias.map(|b| dev.upload(b).unwrap());
-    let d_out = dev.alloc_slice::<f32>(n * oc).unwrap();
-    kernels::matmul_forward(dev, d_out, d_inp, d_weight, d_bias, n, ic, oc).unwrap();
-    let got = dev.download(d_out).unwrap();
-    // f32 sums over IC terms in another order than the reference: the difference is about
-    // sqrt(IC)·ε·(typical |term|) ≈ 1e-6 here; a wrong tile or index is off by O(1) or NaN.
-    assert_close_all(
-        &format!("matmul_forward {n}x{ic}x{oc} bias={with_bias}"),
-        &got,
-        &want,
-        1e-4,
-        1e-4,
-    );
-}
-
-#[test]
-fn emu_matmul_forward_matches_reference_at_ragged_shapes() {
-    let dev = EmuDevice::new();
-    check_matmul(&dev, 70, 45, 33, true, 1);
-    check_matmul(&dev, 1, 1, 1, true, 2);
-    check_matmul(&dev, 33, 32, 31, false, 3);
-}
-
-#[test]
-fn emu_matmul_forward_matches_reference_at_a_larger_shape() {
-    let dev = EmuDevice::new();
-    check_matmul(&dev, 128, 256, 384, true, 4);
-}
+// (matmul_forward and the other linear-layer kernels: tests/emu_matmul.rs)
 
 // ----------------------------------------------------------------------------------------------
 // causal_softmax_forward

@@ -1,8 +1,81 @@
 //! Linear layers: kernels/matmul.cu.
+//!
+//! The two deterministic reductions over N (`matmul_backward_weight`, `bias_backward`) split N
+//! into chunks when the output alone has too few tiles to fill the GPU, and then add the chunks'
+//! partial sums in a fixed order (`matmul_split_sum`). The partials need a workspace: the
+//! `*_with_workspace` launchers take it from the caller (size it with
+//! [`matmul_backward_weight_workspace_len`] / [`bias_backward_workspace_len`]); the plain
+//! launchers allocate it themselves when they split, which costs an allocation and a
+//! synchronisation per call.
 
 use super::{blocks, int};
-use crate::gpu::device::{Device, DeviceSlice, GpuError, KernelArgs, LaunchConfig};
+use crate::gpu::device::{Device, DeviceExt, DeviceSlice, GpuError, KernelArgs, LaunchConfig};
 use crate::ops::check_len;
+
+/// Output tile of the GEMM kernels (rows, columns) and their k step; block (16, 8).
+const TILE_M: usize = 64;
+const TILE_N: usize = 64;
+const TILE_K: usize = 16;
+/// bias_backward: columns per block; block (32, 16).
+const BIAS_COLS: usize = 32;
+/// Blocks a split launch aims for: about two per SM of an H100 (132 SMs).
+const TARGET_BLOCKS: usize = 256;
+/// Fewest rows of N per split, so a split's work outweighs writing and re-reading its partial.
+const MIN_SPLIT_ROWS: usize = 128;
+const MAX_SPLITS: usize = 64;
+
+fn gemm_config(m: usize, nc: usize, splits: usize) -> LaunchConfig {
+    LaunchConfig::new(
+        (blocks(nc, TILE_N), blocks(m, TILE_M), splits as u32),
+        (16, 8),
+    )
+}
+
+/// Splits of `n` rows wanted when the output has `out_blocks` blocks.
+fn splits_for(n: usize, out_blocks: usize) -> usize {
+    TARGET_BLOCKS
+        .div_ceil(out_blocks.max(1))
+        .min(n / MIN_SPLIT_ROWS)
+        .clamp(1, MAX_SPLITS)
+}
+
+/// Rows per split (a multiple of `align`) and the number of non-empty splits, for `n` > 0 rows
+/// and `splits` >= 1 requested.
+fn split_rows(n: usize, splits: usize, align: usize) -> (usize, usize) {
+    let chunk = n.div_ceil(splits).next_multiple_of(align);
+    (chunk, n.div_ceil(chunk))
+}
+
+/// Runs `f` with a fresh workspace of `len` floats (None if `len` is 0), then frees it after
+/// waiting for the launches that use it.
+fn with_workspace(
+    dev: &dyn Device,
+    len: usize,
+    f: impl FnOnce(Option<DeviceSlice<f32>>) -> Result<(), GpuError>,
+) -> Result<(), GpuError> {
+    if len == 0 {
+        return f(None);
+    }
+    let ws = dev.alloc_slice::<f32>(len)?;
+    let ran = f(Some(ws));
+    // the kernels may still be queued: the memory must outlive them
+    let synced = dev.synchronize();
+    let freed = dev.free_slice(ws);
+    ran.and(synced).and(freed)
+}
+
+#[track_caller]
+fn check_workspace(op: &str, ws: Option<DeviceSlice<f32>>, splits: usize, shape: &[usize]) {
+    let per_split: usize = shape.iter().product();
+    let want = splits * per_split;
+    let got = ws.map_or(0, |w| w.len());
+    if got < want {
+        panic!(
+            "shape mismatch in {op}: workspace expected at least {splits} splits of {shape:?} \
+             ({want} elements), got {got} elements"
+        );
+    }
+}
 
 /// out (N, OC) = inp (N, IC) · weight (OC, IC)ᵀ + bias (OC). kernels/matmul.cu.
 #[allow(clippy::too_many_arguments)]
@@ -26,8 +99,7 @@ pub fn matmul_forward(
     if n == 0 || oc == 0 {
         return Ok(());
     }
-    const TILE: usize = 32;
-    let config = LaunchConfig::new((blocks(oc, TILE), blocks(n, TILE)), (32, 8));
+    let config = gemm_config(n, oc, 1);
     let mut args = KernelArgs::new()
         .slice(out)
         .slice(inp)
@@ -41,8 +113,8 @@ pub fn matmul_forward(
     unsafe { dev.launch(op, &config, &mut args.params()) }
 }
 
-#[allow(unused_variables, clippy::too_many_arguments)]
 /// out (N, OC) += inp (N, IC) · weight (OC, IC)ᵀ (no bias). kernels/matmul.cu.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_forward_accumulate(
     dev: &dyn Device,
     out: DeviceSlice<f32>,
@@ -52,11 +124,28 @@ pub fn matmul_forward_accumulate(
     ic: usize,
     oc: usize,
 ) -> Result<(), GpuError> {
-    unimplemented!("matmul_forward_accumulate: kernel not written yet")
+    let op = "matmul_forward_accumulate";
+    check_len(op, "out", out.len(), &[n, oc]);
+    check_len(op, "inp", inp.len(), &[n, ic]);
+    check_len(op, "weight", weight.len(), &[oc, ic]);
+    if n == 0 || oc == 0 {
+        return Ok(());
+    }
+    let config = gemm_config(n, oc, 1);
+    let mut args = KernelArgs::new()
+        .slice(out)
+        .slice(inp)
+        .slice(weight)
+        .i32(int(op, "N", n))
+        .i32(int(op, "IC", ic))
+        .i32(int(op, "OC", oc));
+    // SAFETY: the parameters match `matmul_forward_accumulate` in kernels/matmul.cu in order and
+    // type, and every slice holds the elements its shape says, which is all the kernel touches.
+    unsafe { dev.launch(op, &config, &mut args.params()) }
 }
 
-#[allow(unused_variables, clippy::too_many_arguments)]
 /// dinp (N, IC) += dout (N, OC) · weight (OC, IC). kernels/matmul.cu.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_backward_input(
     dev: &dyn Device,
     dinp: DeviceSlice<f32>,
@@ -66,12 +155,53 @@ pub fn matmul_backward_input(
     ic: usize,
     oc: usize,
 ) -> Result<(), GpuError> {
-    unimplemented!("matmul_backward_input: kernel not written yet")
+    let op = "matmul_backward_input";
+    check_len(op, "dinp", dinp.len(), &[n, ic]);
+    check_len(op, "dout", dout.len(), &[n, oc]);
+    check_len(op, "weight", weight.len(), &[oc, ic]);
+    if n == 0 || ic == 0 {
+        return Ok(());
+    }
+    let config = gemm_config(n, ic, 1);
+    let mut args = KernelArgs::new()
+        .slice(dinp)
+        .slice(dout)
+        .slice(weight)
+        .i32(int(op, "N", n))
+        .i32(int(op, "IC", ic))
+        .i32(int(op, "OC", oc));
+    // SAFETY: the parameters match `matmul_backward_input` in kernels/matmul.cu in order and
+    // type, and every slice holds the elements its shape says, which is all the kernel touches.
+    unsafe { dev.launch(op, &config, &mut args.params()) }
 }
 
-#[allow(unused_variables, clippy::too_many_arguments)]
+/// The number of splits of N [`matmul_backward_weight`] uses at this shape (1: no workspace).
+pub fn matmul_backward_weight_splits(n: usize, ic: usize, oc: usize) -> usize {
+    splits_for(n, oc.div_ceil(TILE_M) * ic.div_ceil(TILE_N))
+}
+
+/// Workspace floats [`matmul_backward_weight_with_workspace`] needs for `splits` (0 when the
+/// product runs unsplit).
+pub fn matmul_backward_weight_workspace_len(
+    n: usize,
+    ic: usize,
+    oc: usize,
+    splits: usize,
+) -> usize {
+    if n == 0 || splits <= 1 {
+        return 0;
+    }
+    let (_, splits) = split_rows(n, splits, TILE_K);
+    if splits <= 1 {
+        0
+    } else {
+        splits * oc * ic
+    }
+}
+
 /// dweight (OC, IC) += dout (N, OC)ᵀ · inp (N, IC); deterministic (no float atomics).
-/// kernels/matmul.cu.
+/// kernels/matmul.cu. Allocates a workspace when it splits N (see the module doc).
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_backward_weight(
     dev: &dyn Device,
     dweight: DeviceSlice<f32>,
@@ -81,11 +211,109 @@ pub fn matmul_backward_weight(
     ic: usize,
     oc: usize,
 ) -> Result<(), GpuError> {
-    unimplemented!("matmul_backward_weight: kernel not written yet")
+    // shapes first, so a bad call panics before the workspace is allocated
+    let op = "matmul_backward_weight";
+    check_len(op, "dweight", dweight.len(), &[oc, ic]);
+    check_len(op, "dout", dout.len(), &[n, oc]);
+    check_len(op, "inp", inp.len(), &[n, ic]);
+    let splits = matmul_backward_weight_splits(n, ic, oc);
+    let len = matmul_backward_weight_workspace_len(n, ic, oc, splits);
+    with_workspace(dev, len, |ws| {
+        matmul_backward_weight_with_workspace(dev, dweight, dout, inp, ws, splits, n, ic, oc)
+    })
 }
 
-#[allow(unused_variables, clippy::too_many_arguments)]
+/// [`matmul_backward_weight`] with N cut into `splits` chunks of whole k steps (fewer if N is
+/// short), each chunk's product written to `workspace` (at least
+/// [`matmul_backward_weight_workspace_len`] floats; None when that is 0) and the partials then
+/// added to dweight in chunk order. The result depends on `splits` but not on the run.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward_weight_with_workspace(
+    dev: &dyn Device,
+    dweight: DeviceSlice<f32>,
+    dout: DeviceSlice<f32>,
+    inp: DeviceSlice<f32>,
+    workspace: Option<DeviceSlice<f32>>,
+    splits: usize,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> Result<(), GpuError> {
+    let op = "matmul_backward_weight";
+    check_len(op, "dweight", dweight.len(), &[oc, ic]);
+    check_len(op, "dout", dout.len(), &[n, oc]);
+    check_len(op, "inp", inp.len(), &[n, ic]);
+    assert!(splits >= 1, "{op}: splits must be at least 1, got {splits}");
+    if n == 0 || oc == 0 || ic == 0 {
+        return Ok(());
+    }
+    let (chunk, splits) = split_rows(n, splits, TILE_K);
+    let target = if splits == 1 {
+        dweight
+    } else {
+        check_workspace(op, workspace, splits, &[oc, ic]);
+        workspace.expect("checked above")
+    };
+    let config = gemm_config(oc, ic, splits);
+    let mut args = KernelArgs::new()
+        .slice(target)
+        .slice(dout)
+        .slice(inp)
+        .i32(int(op, "N", n))
+        .i32(int(op, "IC", ic))
+        .i32(int(op, "OC", oc))
+        .i32(int(op, "k_chunk", chunk))
+        .i32(i32::from(splits == 1));
+    // SAFETY: the parameters match `matmul_backward_weight` in kernels/matmul.cu in order and
+    // type; dout and inp hold their shapes, and the target holds `splits` (OC, IC) matrices.
+    unsafe { dev.launch(op, &config, &mut args.params())? };
+    if splits > 1 {
+        split_sum(dev, dweight, target, splits)?;
+    }
+    Ok(())
+}
+
+/// out (count) += Σ_s partials (splits, count), in split order.
+fn split_sum(
+    dev: &dyn Device,
+    out: DeviceSlice<f32>,
+    partials: DeviceSlice<f32>,
+    splits: usize,
+) -> Result<(), GpuError> {
+    let op = "matmul_split_sum";
+    let count = out.len();
+    assert!(partials.len() >= splits * count, "{op}: partials too short");
+    let config = LaunchConfig::new(blocks(count, 256), 256);
+    let mut args = KernelArgs::new()
+        .slice(out)
+        .slice(partials)
+        .i32(int(op, "splits", splits))
+        .i32(int(op, "count", count));
+    // SAFETY: the parameters match `matmul_split_sum` in kernels/matmul.cu in order and type;
+    // out holds count floats and partials splits·count.
+    unsafe { dev.launch(op, &config, &mut args.params()) }
+}
+
+/// The number of splits of N [`bias_backward`] uses at this shape (1: no workspace).
+pub fn bias_backward_splits(n: usize, oc: usize) -> usize {
+    splits_for(n, oc.div_ceil(BIAS_COLS))
+}
+
+/// Workspace floats [`bias_backward_with_workspace`] needs for `splits` (0 when unsplit).
+pub fn bias_backward_workspace_len(n: usize, oc: usize, splits: usize) -> usize {
+    if n == 0 || splits <= 1 {
+        return 0;
+    }
+    let (_, splits) = split_rows(n, splits, 1);
+    if splits <= 1 {
+        0
+    } else {
+        splits * oc
+    }
+}
+
 /// dbias (OC) += Σ_n dout (N, OC), in a fixed order (deterministic). kernels/matmul.cu.
+/// Allocates a workspace when it splits N (see the module doc).
 pub fn bias_backward(
     dev: &dyn Device,
     dbias: DeviceSlice<f32>,
@@ -93,5 +321,55 @@ pub fn bias_backward(
     n: usize,
     oc: usize,
 ) -> Result<(), GpuError> {
-    unimplemented!("bias_backward: kernel not written yet")
+    // shapes first, so a bad call panics before the workspace is allocated
+    check_len("bias_backward", "dbias", dbias.len(), &[oc]);
+    check_len("bias_backward", "dout", dout.len(), &[n, oc]);
+    let splits = bias_backward_splits(n, oc);
+    let len = bias_backward_workspace_len(n, oc, splits);
+    with_workspace(dev, len, |ws| {
+        bias_backward_with_workspace(dev, dbias, dout, ws, splits, n, oc)
+    })
+}
+
+/// [`bias_backward`] with N cut into `splits` chunks, each chunk's column sums written to
+/// `workspace` (at least [`bias_backward_workspace_len`] floats; None when that is 0) and then
+/// added to dbias in chunk order.
+pub fn bias_backward_with_workspace(
+    dev: &dyn Device,
+    dbias: DeviceSlice<f32>,
+    dout: DeviceSlice<f32>,
+    workspace: Option<DeviceSlice<f32>>,
+    splits: usize,
+    n: usize,
+    oc: usize,
+) -> Result<(), GpuError> {
+    let op = "bias_backward";
+    check_len(op, "dbias", dbias.len(), &[oc]);
+    check_len(op, "dout", dout.len(), &[n, oc]);
+    assert!(splits >= 1, "{op}: splits must be at least 1, got {splits}");
+    if n == 0 || oc == 0 {
+        return Ok(());
+    }
+    let (chunk, splits) = split_rows(n, splits, 1);
+    let target = if splits == 1 {
+        dbias
+    } else {
+        check_workspace(op, workspace, splits, &[oc]);
+        workspace.expect("checked above")
+    };
+    let config = LaunchConfig::new((blocks(oc, BIAS_COLS), splits as u32), (32, 16));
+    let mut args = KernelArgs::new()
+        .slice(target)
+        .slice(dout)
+        .i32(int(op, "N", n))
+        .i32(int(op, "OC", oc))
+        .i32(int(op, "row_chunk", chunk))
+        .i32(i32::from(splits == 1));
+    // SAFETY: the parameters match `bias_backward` in kernels/matmul.cu in order and type; dout
+    // holds (N, OC) and the target `splits` rows of OC.
+    unsafe { dev.launch(op, &config, &mut args.params())? };
+    if splits > 1 {
+        split_sum(dev, dbias, target, splits)?;
+    }
+    Ok(())
 }

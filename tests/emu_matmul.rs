@@ -1,0 +1,389 @@
+//! The linear layer's kernels (kernels/matmul.cu) on the emulated device, through their launchers
+//! (src/gpu/kernels/matmul.rs), against the CPU reference (src/ops/matmul.rs) at ragged shapes:
+//! sizes that are not multiples of the 64x64x16 tiles, 1x1x1, and sizes just over one tile.
+
+use robo_poet::gpu::{kernels, DeviceExt, EmuDevice, Schedule};
+use robo_poet::ops;
+use robo_poet::rng::Rng;
+
+fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() as f32 * scale).collect()
+}
+
+/// Asserts |got − want| <= abs + rel·|want| everywhere; names the first failing index.
+#[track_caller]
+fn assert_close_all(what: &str, got: &[f32], want: &[f32], abs: f32, rel: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        assert!(err <= abs + rel * w.abs(), "{what}: element {i}: got {g}, want {w} (error {err:.3e}, tolerance {abs:.0e} + {rel:.0e}·|want|)");
+    }
+}
+
+/// Absolute tolerance for a sum of `k` products of N(0, 1) values in f32, summed in another order
+/// than the reference: the rounding difference grows about like k·ε·|term| in the worst case
+/// (ε = 6e-8, |term| rarely above 4, so 2.4e-7·k); 2e-6·k leaves an 8x margin, and a wrong tile,
+/// index or missing zero padding is off by O(1) or NaN.
+fn sum_tol(k: usize) -> f32 {
+    1e-5 + 2e-6 * k as f32
+}
+
+// ----------------------------------------------------------------------------------------------
+// matmul_forward, matmul_forward_accumulate
+
+fn check_matmul(dev: &EmuDevice, n: usize, ic: usize, oc: usize, with_bias: bool, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let inp = randn(&mut rng, n * ic, 1.0);
+    let weight = randn(&mut rng, oc * ic, 1.0);
+    let bias = randn(&mut rng, oc, 1.0);
+    let bias = with_bias.then_some(&bias[..]);
+    let mut want = vec![0.0; n * oc];
+    ops::matmul::matmul_forward(&mut want, &inp, &weight, bias, n, ic, oc);
+
+    let d_inp = dev.upload(&inp).unwrap();
+    let d_weight = dev.upload(&weight).unwrap();
+    let d_bias = bias.map(|b| dev.upload(b).unwrap());
+    let d_out = dev.alloc_slice::<f32>(n * oc).unwrap();
+    kernels::matmul_forward(dev, d_out, d_inp, d_weight, d_bias, n, ic, oc).unwrap();
+    let got = dev.download(d_out).unwrap();
+    // f32 sums over IC terms in another order than the reference: the difference is about
+    // sqrt(IC)·ε·(typical |term|) ≈ 1e-6 here; a wrong tile or index is off by O(1) or NaN.
+    assert_close_all(
+        &format!("matmul_forward {n}x{ic}x{oc} bias={with_bias}"),
+        &got,
+        &want,
+        1e-4,
+        1e-4,
+    );
+}
+
+#[test]
+fn emu_matmul_forward_matches_reference_at_ragged_shapes() {
+    let dev = EmuDevice::new();
+    check_matmul(&dev, 70, 45, 33, true, 1);
+    check_matmul(&dev, 1, 1, 1, true, 2);
+    check_matmul(&dev, 33, 32, 31, false, 3);
+    check_matmul(&dev, 65, 17, 65, true, 5); // one past the 64x64 output tile and the 16-deep k step
+}
+
+#[test]
+fn emu_matmul_forward_matches_reference_at_a_larger_shape() {
+    let dev = EmuDevice::new();
+    check_matmul(&dev, 128, 256, 384, true, 4);
+}
+
+fn check_matmul_accumulate(dev: &EmuDevice, n: usize, ic: usize, oc: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let inp = randn(&mut rng, n * ic, 1.0);
+    let weight = randn(&mut rng, oc * ic, 1.0);
+    let out0 = randn(&mut rng, n * oc, 1.0);
+    let mut prod = vec![0.0; n * oc];
+    ops::matmul::matmul_forward(&mut prod, &inp, &weight, None, n, ic, oc);
+    let want: Vec<f32> = out0.iter().zip(&prod).map(|(a, p)| a + p).collect();
+
+    let d_out = dev.upload(&out0).unwrap();
+    let d_inp = dev.upload(&inp).unwrap();
+    let d_weight = dev.upload(&weight).unwrap();
+    kernels::matmul_forward_accumulate(dev, d_out, d_inp, d_weight, n, ic, oc).unwrap();
+    let got = dev.download(d_out).unwrap();
+    // the product's f32 rounding (sum_tol), plus one rounding of the addition (rel 1e-6)
+    assert_close_all(
+        &format!("matmul_forward_accumulate {n}x{ic}x{oc}"),
+        &got,
+        &want,
+        sum_tol(ic),
+        1e-6,
+    );
+}
+
+#[test]
+fn emu_matmul_forward_accumulate_adds_to_the_output() {
+    let dev = EmuDevice::new();
+    check_matmul_accumulate(&dev, 70, 45, 33, 11);
+    check_matmul_accumulate(&dev, 1, 1, 1, 12);
+    check_matmul_accumulate(&dev, 65, 17, 65, 13);
+}
+
+// ----------------------------------------------------------------------------------------------
+// matmul_backward_input
+
+fn check_backward_input(dev: &EmuDevice, n: usize, ic: usize, oc: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let dout = randn(&mut rng, n * oc, 1.0);
+    let inp = randn(&mut rng, n * ic, 1.0);
+    let weight = randn(&mut rng, oc * ic, 1.0);
+    let dinp0 = randn(&mut rng, n * ic, 1.0);
+    let mut want = dinp0.clone();
+    let mut dw_unused = vec![0.0; oc * ic];
+    ops::matmul::matmul_backward(
+        Some(&mut want),
+        &mut dw_unused,
+        None,
+        &dout,
+        &inp,
+        &weight,
+        n,
+        ic,
+        oc,
+    );
+
+    let d_dinp = dev.upload(&dinp0).unwrap();
+    let d_dout = dev.upload(&dout).unwrap();
+    let d_weight = dev.upload(&weight).unwrap();
+    kernels::matmul_backward_input(dev, d_dinp, d_dout, d_weight, n, ic, oc).unwrap();
+    let got = dev.download(d_dinp).unwrap();
+    // a sum over OC products (sum_tol) added to the starting values (rel 1e-6)
+    assert_close_all(
+        &format!("matmul_backward_input {n}x{ic}x{oc}"),
+        &got,
+        &want,
+        sum_tol(oc),
+        1e-6,
+    );
+}
+
+#[test]
+fn emu_matmul_backward_input_matches_reference() {
+    let dev = EmuDevice::new();
+    check_backward_input(&dev, 70, 45, 33, 21);
+    check_backward_input(&dev, 1, 1, 1, 22);
+    check_backward_input(&dev, 65, 65, 17, 23);
+    check_backward_input(&dev, 17, 3, 70, 24);
+}
+
+// ----------------------------------------------------------------------------------------------
+// matmul_backward_weight
+
+/// Inputs and the reference dweight (starting from non-zero values) for one shape.
+fn backward_weight_case(n: usize, ic: usize, oc: usize, seed: u64) -> [Vec<f32>; 4] {
+    let mut rng = Rng::new(seed);
+    let dout = randn(&mut rng, n * oc, 1.0);
+    let inp = randn(&mut rng, n * ic, 1.0);
+    let dw0 = randn(&mut rng, oc * ic, 1.0);
+    let mut want = dw0.clone();
+    let weight_unused = vec![0.0; oc * ic];
+    ops::matmul::matmul_backward(
+        None,
+        &mut want,
+        None,
+        &dout,
+        &inp,
+        &weight_unused,
+        n,
+        ic,
+        oc,
+    );
+    [dout, inp, dw0, want]
+}
+
+/// dweight from the GPU: `splits` None runs the plain launcher (its own split choice and
+/// workspace), Some(s) the workspace launcher with s splits.
+fn run_backward_weight(
+    dev: &EmuDevice,
+    case: &[Vec<f32>; 4],
+    n: usize,
+    ic: usize,
+    oc: usize,
+    splits: Option<usize>,
+) -> Vec<f32> {
+    let [dout, inp, dw0, _] = case;
+    let d_dw = dev.upload(dw0).unwrap();
+    let d_dout = dev.upload(dout).unwrap();
+    let d_inp = dev.upload(inp).unwrap();
+    match splits {
+        None => kernels::matmul_backward_weight(dev, d_dw, d_dout, d_inp, n, ic, oc).unwrap(),
+        Some(s) => {
+            let len = kernels::matmul_backward_weight_workspace_len(n, ic, oc, s);
+            let ws = (len > 0).then(|| dev.alloc_slice::<f32>(len).unwrap());
+            kernels::matmul_backward_weight_with_workspace(
+                dev, d_dw, d_dout, d_inp, ws, s, n, ic, oc,
+            )
+            .unwrap();
+            if let Some(ws) = ws {
+                dev.free_slice(ws).unwrap();
+            }
+        }
+    }
+    let got = dev.download(d_dw).unwrap();
+    for s in [d_dw, d_dout, d_inp] {
+        dev.free_slice(s).unwrap();
+    }
+    got
+}
+
+fn check_backward_weight(dev: &EmuDevice, n: usize, ic: usize, oc: usize, splits: Option<usize>) {
+    let case = backward_weight_case(n, ic, oc, (n * 1000 + ic * 10 + oc) as u64);
+    let got = run_backward_weight(dev, &case, n, ic, oc, splits);
+    // a sum over N products (sum_tol), split or not, added to the starting values (rel 1e-6)
+    assert_close_all(
+        &format!("matmul_backward_weight {n}x{ic}x{oc} splits={splits:?}"),
+        &got,
+        &case[3],
+        sum_tol(n),
+        1e-6,
+    );
+}
+
+#[test]
+fn emu_matmul_backward_weight_matches_reference() {
+    let dev = EmuDevice::new();
+    check_backward_weight(&dev, 70, 45, 33, None);
+    check_backward_weight(&dev, 1, 1, 1, None);
+    check_backward_weight(&dev, 17, 65, 65, None);
+    // N long enough that the plain launcher splits it (and allocates its own workspace)
+    assert_eq!(kernels::matmul_backward_weight_splits(300, 45, 33), 2);
+    check_backward_weight(&dev, 300, 45, 33, None);
+    assert_eq!(
+        dev.live_allocations(),
+        0,
+        "the launcher's workspace was freed"
+    );
+}
+
+#[test]
+fn emu_matmul_backward_weight_with_workspace_matches_reference_for_any_split() {
+    let dev = EmuDevice::new();
+    for splits in [1, 2, 3, 5] {
+        check_backward_weight(&dev, 70, 45, 33, Some(splits)); // 5 chunks of 16 rows: last has 6
+    }
+    check_backward_weight(&dev, 17, 3, 5, Some(4)); // chunks of 16: only 2 are non-empty
+    check_backward_weight(&dev, 1, 1, 1, Some(3));
+}
+
+#[test]
+fn emu_matmul_backward_weight_is_deterministic() {
+    let (n, ic, oc) = (300, 45, 33);
+    let case = backward_weight_case(n, ic, oc, 31);
+    let dev = EmuDevice::new();
+    let reverse = EmuDevice::new().with_schedule(Schedule::Reverse);
+    for splits in [None, Some(1), Some(5)] {
+        let first = run_backward_weight(&dev, &case, n, ic, oc, splits);
+        let again = run_backward_weight(&dev, &case, n, ic, oc, splits);
+        let reversed = run_backward_weight(&reverse, &case, n, ic, oc, splits);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&first),
+            bits(&again),
+            "splits={splits:?}: two runs differ"
+        );
+        assert_eq!(
+            bits(&first),
+            bits(&reversed),
+            "splits={splits:?}: the reverse thread schedule changes the result"
+        );
+    }
+}
+
+#[test]
+fn emu_split_heuristics_fill_the_gpu_only_when_the_output_is_small() {
+    // tiny output, long N: split (capped), every split at least 128 rows
+    assert_eq!(kernels::matmul_backward_weight_splits(8192, 64, 64), 64);
+    assert_eq!(kernels::matmul_backward_weight_splits(1000, 64, 64), 7);
+    // 16 x 48 = 768 output tiles already fill the GPU
+    assert_eq!(kernels::matmul_backward_weight_splits(8192, 3072, 1024), 1);
+    assert_eq!(
+        kernels::matmul_backward_weight_workspace_len(8192, 3072, 1024, 1),
+        0
+    );
+    assert_eq!(kernels::bias_backward_splits(8192, 64), 64);
+    assert_eq!(kernels::bias_backward_splits(100, 64), 1);
+    assert_eq!(kernels::bias_backward_workspace_len(100, 64, 1), 0);
+}
+
+#[test]
+#[should_panic(expected = "shape mismatch in matmul_backward_weight: inp expected shape")]
+fn emu_matmul_backward_weight_wrong_shape_names_op_and_argument() {
+    let dev = EmuDevice::new();
+    let dweight = dev.alloc_slice::<f32>(3 * 4).unwrap();
+    let dout = dev.alloc_slice::<f32>(2 * 3).unwrap();
+    let inp = dev.alloc_slice::<f32>(5).unwrap(); // (N, IC) = (2, 4) needs 8
+    let _ = kernels::matmul_backward_weight(&dev, dweight, dout, inp, 2, 4, 3);
+}
+
+// ----------------------------------------------------------------------------------------------
+// bias_backward
+
+fn bias_case(n: usize, oc: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut rng = Rng::new(seed);
+    let dout = randn(&mut rng, n * oc, 1.0);
+    let db0 = randn(&mut rng, oc, 1.0);
+    let mut want = db0.clone();
+    ops::matmul::column_sums_into(&mut want, &dout, oc);
+    (dout, db0, want)
+}
+
+fn run_bias(
+    dev: &EmuDevice,
+    dout: &[f32],
+    db0: &[f32],
+    n: usize,
+    oc: usize,
+    splits: Option<usize>,
+) -> Vec<f32> {
+    let d_db = dev.upload(db0).unwrap();
+    let d_dout = dev.upload(dout).unwrap();
+    match splits {
+        None => kernels::bias_backward(dev, d_db, d_dout, n, oc).unwrap(),
+        Some(s) => {
+            let len = kernels::bias_backward_workspace_len(n, oc, s);
+            let ws = (len > 0).then(|| dev.alloc_slice::<f32>(len).unwrap());
+            kernels::bias_backward_with_workspace(dev, d_db, d_dout, ws, s, n, oc).unwrap();
+            if let Some(ws) = ws {
+                dev.free_slice(ws).unwrap();
+            }
+        }
+    }
+    let got = dev.download(d_db).unwrap();
+    dev.free_slice(d_db).unwrap();
+    dev.free_slice(d_dout).unwrap();
+    got
+}
+
+#[test]
+fn emu_bias_backward_matches_reference() {
+    let dev = EmuDevice::new();
+    for &(n, oc, splits) in &[
+        (70, 33, None),
+        (1, 1, None),
+        (17, 65, None),
+        (70, 33, Some(1)),
+        (70, 33, Some(3)),  // chunks of 24 rows: 24, 24, 22
+        (70, 33, Some(64)), // more splits than sensible: chunks of 2 rows
+        (300, 45, Some(2)),
+    ] {
+        let (dout, db0, want) = bias_case(n, oc, (n + oc) as u64);
+        let got = run_bias(&dev, &dout, &db0, n, oc, splits);
+        // both sum in f64 (the GPU rounds each split's partial sum to f32 once): only the final
+        // f32 rounding and one partial rounding differ, a few ε relative to the partial sums
+        assert_close_all(
+            &format!("bias_backward N={n} OC={oc} splits={splits:?}"),
+            &got,
+            &want,
+            1e-5,
+            1e-6,
+        );
+    }
+    assert_eq!(dev.live_allocations(), 0);
+}
+
+#[test]
+fn emu_bias_backward_is_deterministic() {
+    let (n, oc) = (300, 45);
+    let (dout, db0, _) = bias_case(n, oc, 41);
+    let dev = EmuDevice::new();
+    let reverse = EmuDevice::new().with_schedule(Schedule::Reverse);
+    for splits in [None, Some(5)] {
+        let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let first = bits(run_bias(&dev, &dout, &db0, n, oc, splits));
+        assert_eq!(
+            first,
+            bits(run_bias(&dev, &dout, &db0, n, oc, splits)),
+            "splits={splits:?}: two runs differ"
+        );
+        assert_eq!(
+            first,
+            bits(run_bias(&reverse, &dout, &db0, n, oc, splits)),
+            "splits={splits:?}: the reverse thread schedule changes the result"
+        );
+    }
+}
