@@ -22,6 +22,37 @@ use crate::tensor::{Category, DType, ParamIds, TensorId, TensorTable};
 
 /// How many tensors' sums of squares are reduced before one copy back to the host.
 const REDUCE_BATCH: usize = 64;
+/// Upper bound on the split-N partial sums of weight and bias gradients, in floats (128 MiB).
+const MAX_SPLIT_WORKSPACE: usize = 32 << 20;
+
+/// Floats of split-N workspace the weight and bias gradients of `table`'s linear layers can use:
+/// what the launchers' split heuristics want for every 2-D parameter at the longest row count of
+/// any activation, capped.
+fn split_workspace_len(table: &TensorTable) -> usize {
+    let n_max = table
+        .iter()
+        .filter(|(_, s)| s.category == Category::Activation && s.shape.len() >= 2)
+        .map(|(_, s)| s.numel() / s.shape.last().copied().unwrap_or(1).max(1))
+        .max()
+        .unwrap_or(0);
+    let want = table
+        .iter()
+        .filter(|(_, s)| s.category == Category::Parameter && s.shape.len() == 2)
+        .map(|(_, s)| {
+            let (oc, ic) = (s.shape[0], s.shape[1]);
+            let w = k::matmul_backward_weight_workspace_len(
+                n_max,
+                ic,
+                oc,
+                k::matmul_backward_weight_splits(n_max, ic, oc),
+            );
+            let b = k::bias_backward_workspace_len(n_max, oc, k::bias_backward_splits(n_max, oc));
+            w.max(b)
+        })
+        .max()
+        .unwrap_or(0);
+    want.min(MAX_SPLIT_WORKSPACE)
+}
 
 /// Device memory of a backend: what the table says and what the driver saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +75,8 @@ pub struct CudaBackend {
     ptrs: Vec<DevicePtr>,
     partials: DeviceSlice<f64>,
     sums: DeviceSlice<f64>,
+    /// Partial sums of the split-N weight and bias gradients (one buffer, reused in stream order).
+    split_ws: DeviceSlice<f32>,
     memory: DeviceMemory,
 }
 
@@ -61,6 +94,8 @@ impl CudaBackend {
             Category::Workspace,
             &[2 * (SUM_SQUARES_PARTIALS + REDUCE_BATCH)],
         );
+        let split_len = split_workspace_len(&table).max(1);
+        let split = table.add("cuda.split_partials", Category::Workspace, &[split_len]);
         let analytic_bytes = table.total_bytes();
         let (free_before, total_bytes) = dev
             .mem_get_info()
@@ -71,6 +106,7 @@ impl CudaBackend {
             ptrs: Vec::new(),
             partials: DeviceSlice::new(0, 0),
             sums: DeviceSlice::new(0, 0),
+            split_ws: DeviceSlice::new(0, 0),
             memory: DeviceMemory {
                 analytic_bytes,
                 measured_bytes: 0,
@@ -113,6 +149,7 @@ impl CudaBackend {
         let r = be.ptrs[reduce.index()];
         be.partials = DeviceSlice::new(r, SUM_SQUARES_PARTIALS);
         be.sums = DeviceSlice::new(r + (SUM_SQUARES_PARTIALS * 8) as u64, REDUCE_BATCH);
+        be.split_ws = DeviceSlice::new(be.ptrs[split.index()], split_len);
         let (free_after, _) = be
             .dev
             .mem_get_info()
@@ -163,6 +200,51 @@ impl CudaBackend {
 
     fn dev(&self) -> &dyn Device {
         &*self.dev
+    }
+
+    /// dweight (OC, IC) += dout (N, OC)ᵀ · inp (N, IC), split over N as far as the workspace
+    /// allows (the split count depends only on the shapes, so runs are reproducible).
+    fn weight_grad(
+        &self,
+        dweight: DeviceSlice<f32>,
+        dout: DeviceSlice<f32>,
+        inp: DeviceSlice<f32>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    ) {
+        let fit = self.split_ws.len() / (oc * ic).max(1);
+        let splits = k::matmul_backward_weight_splits(n, ic, oc).min(fit).max(1);
+        let len = k::matmul_backward_weight_workspace_len(n, ic, oc, splits);
+        let ws = (len > 0).then(|| self.split_ws.slice(0..len));
+        self.ok(k::matmul_backward_weight_with_workspace(
+            self.dev(),
+            dweight,
+            dout,
+            inp,
+            ws,
+            splits,
+            n,
+            ic,
+            oc,
+        ));
+    }
+
+    /// dbias (OC) += Σ_n dout (N, OC), split over N as far as the workspace allows.
+    fn bias_grad(&self, dbias: DeviceSlice<f32>, dout: DeviceSlice<f32>, n: usize, oc: usize) {
+        let fit = self.split_ws.len() / oc.max(1);
+        let splits = k::bias_backward_splits(n, oc).min(fit).max(1);
+        let len = k::bias_backward_workspace_len(n, oc, splits);
+        let ws = (len > 0).then(|| self.split_ws.slice(0..len));
+        self.ok(k::bias_backward_with_workspace(
+            self.dev(),
+            dbias,
+            dout,
+            ws,
+            splits,
+            n,
+            oc,
+        ));
     }
 }
 
@@ -323,17 +405,9 @@ impl Backend for CudaBackend {
                 oc,
             ));
         }
-        self.ok(k::matmul_backward_weight(
-            d,
-            self.f(dweight),
-            self.f(dout),
-            self.f(inp),
-            n,
-            ic,
-            oc,
-        ));
+        self.weight_grad(self.f(dweight), self.f(dout), self.f(inp), n, ic, oc);
         if let Some(db) = dbias {
-            self.ok(k::bias_backward(d, self.f(db), self.f(dout), n, oc));
+            self.bias_grad(self.f(db), self.f(dout), n, oc);
         }
     }
 
@@ -636,27 +710,18 @@ impl Backend for CudaBackend {
             }
         }
         let n = s.t * s.b;
-        self.ok(k::matmul_backward_weight(
-            d,
-            self.f(dw_ih),
-            dg,
-            self.f(x),
-            n,
-            s.e,
-            h4,
-        ));
+        self.weight_grad(self.f(dw_ih), dg, self.f(x), n, s.e, h4);
         if s.t > 1 {
-            self.ok(k::matmul_backward_weight(
-                d,
+            self.weight_grad(
                 self.f(dw_hh),
                 rows(dg, 1, s.t - 1, b4),
                 rows(hh, 0, s.t - 1, bh),
                 (s.t - 1) * s.b,
                 s.h,
                 h4,
-            ));
+            );
         }
-        self.ok(k::bias_backward(d, self.f(dbias), dg, n, h4));
+        self.bias_grad(self.f(dbias), dg, n, h4);
         if let Some(dxx) = dx {
             self.ok(k::matmul_backward_input(
                 d,
