@@ -132,7 +132,10 @@ fn dropout_args(args: KernelArgs, key: Option<DropoutKey>) -> KernelArgs {
 fn row_config(op: &str, r: usize, t: usize) -> LaunchConfig {
     int(op, "R·T", r * t); // the kernel's row index
     int(op, "R·T·T", r * t * t); // the kernels' in-row entry offsets stay below this
-    LaunchConfig::new(blocks(r * t, WARPS_PER_BLOCK), (32 * WARPS_PER_BLOCK) as u32)
+    LaunchConfig::new(
+        blocks(r * t, WARPS_PER_BLOCK),
+        (32 * WARPS_PER_BLOCK) as u32,
+    )
 }
 
 /// scores (B, NH, T, T) = q · kᵀ / sqrt(HS) per head, written for j <= i only (entries above
@@ -280,11 +283,7 @@ pub fn attention_values_forward(
 /// Grid of the products whose output is (B, T, C): (HS tiles, T tiles, heads).
 fn rows_config(s: AttnShape) -> LaunchConfig {
     LaunchConfig::new(
-        (
-            blocks(s.hs, TILE),
-            blocks(s.t, TILE),
-            blocks(s.b * s.nh, 1),
-        ),
+        (blocks(s.hs, TILE), blocks(s.t, TILE), blocks(s.b * s.nh, 1)),
         TILE_BLOCK,
     )
 }
