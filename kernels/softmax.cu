@@ -1,7 +1,8 @@
 // Causal softmax of attention scores: probs (R, T, T) from scores (R, T, T), R = B·NH. Row i of
 // each T×T matrix normalises its entries j <= i (max-subtracted, so large scores do not overflow)
 // and writes exact zeros for j > i. CPU reference: src/ops/attention.rs (causal_softmax_forward).
-// Host launcher: src/gpu/kernels.rs.
+// Host launcher: src/gpu/kernels/attention.rs. The fused softmax + dropout of the attention layer
+// is causal_softmax_dropout_forward in kernels/attention.cu.
 
 // ----------------------------------------------------------------------------------------------
 // kernels
@@ -47,7 +48,7 @@ extern "C" __global__ void causal_softmax_forward(float* probs,         // (R, T
 }
 
 // ----------------------------------------------------------------------------------------------
-// launch shape (src/gpu/kernels.rs)
+// launch shape (src/gpu/kernels/attention.rs)
 //
 // causal_softmax_forward: block (128), grid (ceil(R·T / 4)): one warp per row, four rows per
 // block; no shared memory.

@@ -1,4 +1,5 @@
-//! Causal scaled-dot-product attention: kernels/softmax.cu, kernels/check.cu.
+//! Causal scaled-dot-product attention: kernels/attention.cu (products, fused softmax + dropout),
+//! kernels/softmax.cu (plain causal softmax), kernels/check.cu (row-sum check).
 
 use super::{blocks, int};
 use crate::gpu::device::{Device, DeviceExt, DeviceSlice, GpuError, KernelArgs, LaunchConfig};
@@ -79,7 +80,64 @@ pub fn read_row_sum_check(
     Ok((f32::from_bits(v[0]), v[1]))
 }
 
-#[allow(unused_variables, clippy::too_many_arguments)]
+/// Block of the tiled product kernels: (32, 8), each thread four rows of a 32×32 output tile.
+const TILE: usize = 32;
+const TILE_BLOCK: (u32, u32) = (32, 8);
+/// Rows (warps) per block of the one-warp-per-row kernels.
+const WARPS_PER_BLOCK: usize = 4;
+
+/// Checks q/k/v-like (B, T, C) and scores-like (B, NH, T, T) arguments; true when there is no
+/// work (HS = 0 still has work: zero dweights, NaN scores as on the CPU).
+fn check_attn(op: &str, s: AttnShape, btc: &[(&str, usize)], tt: &[(&str, usize)]) -> bool {
+    for &(arg, len) in btc {
+        check_len(op, arg, len, &[s.b, s.t, s.c()]);
+    }
+    for &(arg, len) in tt {
+        check_len(op, arg, len, &[s.b, s.nh, s.t, s.t]);
+    }
+    int(op, "B·T·C", s.b * s.t * s.c());
+    int(op, "T·T", s.t * s.t);
+    s.b * s.nh * s.t == 0
+}
+
+/// Panics when two device slices share memory the op needs apart.
+fn assert_disjoint<T>(op: &str, a: (&str, DeviceSlice<T>), b: (&str, DeviceSlice<T>)) {
+    let (a0, a1) = (a.1.ptr(), a.1.ptr() + a.1.bytes() as u64);
+    let (b0, b1) = (b.1.ptr(), b.1.ptr() + b.1.bytes() as u64);
+    assert!(
+        a1 <= b0 || b1 <= a0 || a.1.is_empty() || b.1.is_empty(),
+        "{op}: {} and {} must not overlap",
+        a.0,
+        b.0
+    );
+}
+
+/// The dropout parameters as the kernels take them: seed, step, tensor, p, and the kept scale
+/// computed here by `DropoutKey::scale` so the device multiplies by the very same f32.
+fn dropout_args(args: KernelArgs, key: Option<DropoutKey>) -> KernelArgs {
+    let key = key.unwrap_or(DropoutKey {
+        p: 0.0,
+        seed: 0,
+        step: 0,
+        tensor: 0,
+    });
+    args.u64(key.seed)
+        .u64(key.step)
+        .u32(key.tensor)
+        .f32(key.p)
+        .f32(key.scale())
+}
+
+/// Grid of the one-warp-per-row kernels over R·T rows.
+fn row_config(op: &str, r: usize, t: usize) -> LaunchConfig {
+    int(op, "R·T", r * t); // the kernel's row index
+    int(op, "R·T·T", r * t * t); // the kernels' in-row entry offsets stay below this
+    LaunchConfig::new(
+        blocks(r * t, WARPS_PER_BLOCK),
+        (32 * WARPS_PER_BLOCK) as u32,
+    )
+}
+
 /// scores (B, NH, T, T) = q · kᵀ / sqrt(HS) per head, written for j <= i only (entries above
 /// the diagonal are left as they are: the causal softmax overwrites them). q, k (B, T, C).
 /// kernels/attention.cu.
@@ -90,10 +148,33 @@ pub fn attention_scores_forward(
     k: DeviceSlice<f32>,
     s: AttnShape,
 ) -> Result<(), GpuError> {
-    unimplemented!("attention_scores_forward: kernel not written yet")
+    let op = "attention_scores_forward";
+    if check_attn(
+        op,
+        s,
+        &[("q", q.len()), ("k", k.len())],
+        &[("scores", scores.len())],
+    ) {
+        return Ok(());
+    }
+    let nt = s.t.div_ceil(TILE);
+    let config = LaunchConfig::new(
+        (blocks(nt * (nt + 1) / 2, 1), 1, blocks(s.b * s.nh, 1)),
+        TILE_BLOCK,
+    );
+    let mut args = KernelArgs::new()
+        .slice(scores)
+        .slice(q)
+        .slice(k)
+        .i32(int(op, "NH", s.nh))
+        .i32(int(op, "T", s.t))
+        .i32(int(op, "HS", s.hs))
+        .f32(s.scale());
+    // SAFETY: the parameters match `attention_scores_forward` in kernels/attention.cu in order
+    // and type, and every slice holds the elements its shape says, which is all the kernel touches.
+    unsafe { dev.launch(op, &config, &mut args.params()) }
 }
 
-#[allow(unused_variables, clippy::too_many_arguments)]
 /// The fused causal mask + softmax + dropout of one pass per row: probs (R, T, T) = causal
 /// softmax of scores (R, T, T) (probs may be the same buffer as scores: in place); with
 /// `dropout`, also weights (R, T, T) = probs ⊙ mask (Philox, element index = (r·T + i)·T + j,
@@ -108,10 +189,38 @@ pub fn causal_softmax_dropout_forward(
     t: usize,
     dropout: Option<DropoutKey>,
 ) -> Result<(), GpuError> {
-    unimplemented!("causal_softmax_dropout_forward: kernel not written yet")
+    let op = "causal_softmax_dropout_forward";
+    check_len(op, "probs", probs.len(), &[r, t, t]);
+    check_len(op, "scores", scores.len(), &[r, t, t]);
+    let dropout = dropout.filter(|d| d.p > 0.0);
+    let weights = match dropout {
+        Some(_) => {
+            let w = weights.unwrap_or_else(|| {
+                panic!("{op}: dropout with p > 0 needs a weights buffer, got None")
+            });
+            check_len(op, "weights", w.len(), &[r, t, t]);
+            assert_disjoint(op, ("weights", w), ("probs", probs));
+            assert_disjoint(op, ("weights", w), ("scores", scores));
+            Some(w)
+        }
+        None => None,
+    };
+    if r * t == 0 {
+        return Ok(());
+    }
+    let config = row_config(op, r, t);
+    let args = KernelArgs::new()
+        .slice(probs)
+        .opt_slice(weights)
+        .slice(scores)
+        .i32(int(op, "R", r))
+        .i32(int(op, "T", t));
+    let mut args = dropout_args(args, dropout);
+    // SAFETY: as in attention_scores_forward, for `causal_softmax_dropout_forward`; a null
+    // weights pointer means no dropout to the kernel.
+    unsafe { dev.launch(op, &config, &mut args.params()) }
 }
 
-#[allow(unused_variables, clippy::too_many_arguments)]
 /// weights (R, T, T) = probs ⊙ mask, the same mask as `causal_softmax_dropout_forward`
 /// (regenerated for the backward pass; zero above the diagonal). kernels/attention.cu.
 pub fn attention_dropout_weights(
@@ -122,10 +231,25 @@ pub fn attention_dropout_weights(
     t: usize,
     dropout: DropoutKey,
 ) -> Result<(), GpuError> {
-    unimplemented!("attention_dropout_weights: kernel not written yet")
+    let op = "attention_dropout_weights";
+    check_len(op, "weights", weights.len(), &[r, t, t]);
+    check_len(op, "probs", probs.len(), &[r, t, t]);
+    if r * t == 0 {
+        return Ok(());
+    }
+    const THREADS: usize = 256;
+    let config = LaunchConfig::new(blocks((r * t * t).div_ceil(4), THREADS), THREADS as u32);
+    let args = KernelArgs::new()
+        .slice(weights)
+        .slice(probs)
+        .i32(int(op, "R", r))
+        .i32(int(op, "T", t));
+    let mut args = dropout_args(args, Some(dropout));
+    // SAFETY: as in attention_scores_forward, for `attention_dropout_weights` (one element per
+    // thread and group, read before written, so weights == probs would also be safe).
+    unsafe { dev.launch(op, &config, &mut args.params()) }
 }
 
-#[allow(unused_variables, clippy::too_many_arguments)]
 /// out (B, T, C) = weights (B, NH, T, T) · v (B, T, C) per head (weights zero above the
 /// diagonal). kernels/attention.cu.
 pub fn attention_values_forward(
@@ -135,10 +259,35 @@ pub fn attention_values_forward(
     v: DeviceSlice<f32>,
     s: AttnShape,
 ) -> Result<(), GpuError> {
-    unimplemented!("attention_values_forward: kernel not written yet")
+    let op = "attention_values_forward";
+    if check_attn(
+        op,
+        s,
+        &[("out", out.len()), ("v", v.len())],
+        &[("weights", weights.len())],
+    ) || s.hs == 0
+    {
+        return Ok(());
+    }
+    let mut args = KernelArgs::new()
+        .slice(out)
+        .slice(weights)
+        .slice(v)
+        .i32(int(op, "NH", s.nh))
+        .i32(int(op, "T", s.t))
+        .i32(int(op, "HS", s.hs));
+    // SAFETY: as in attention_scores_forward, for `attention_values_forward`.
+    unsafe { dev.launch(op, &rows_config(s), &mut args.params()) }
 }
 
-#[allow(unused_variables, clippy::too_many_arguments)]
+/// Grid of the products whose output is (B, T, C): (HS tiles, T tiles, heads).
+fn rows_config(s: AttnShape) -> LaunchConfig {
+    LaunchConfig::new(
+        (blocks(s.hs, TILE), blocks(s.t, TILE), blocks(s.b * s.nh, 1)),
+        TILE_BLOCK,
+    )
+}
+
 /// dv (B, T, C) += weightsᵀ · dout per head; dweights (B, NH, T, T) = dout · vᵀ per head for
 /// j <= i and 0 above the diagonal (overwritten, not accumulated). dweights must not alias
 /// weights. kernels/attention.cu.
@@ -151,10 +300,54 @@ pub fn attention_values_backward(
     v: DeviceSlice<f32>,
     s: AttnShape,
 ) -> Result<(), GpuError> {
-    unimplemented!("attention_values_backward: kernel not written yet")
+    let op = "attention_values_backward";
+    if check_attn(
+        op,
+        s,
+        &[("dv", dv.len()), ("dout", dout.len()), ("v", v.len())],
+        &[("dweights", dweights.len()), ("weights", weights.len())],
+    ) {
+        return Ok(());
+    }
+    assert_disjoint(op, ("dweights", dweights), ("weights", weights));
+    let (nh, t, hs) = (int(op, "NH", s.nh), int(op, "T", s.t), int(op, "HS", s.hs));
+    // dv first: it reads weights, which dweights must not alias anyway.
+    let mut args = KernelArgs::new()
+        .slice(dv)
+        .slice(weights)
+        .slice(dout)
+        .i32(nh)
+        .i32(t)
+        .i32(hs);
+    if s.hs > 0 {
+        // SAFETY: as in attention_scores_forward, for `attention_values_backward_dv`.
+        unsafe {
+            dev.launch(
+                "attention_values_backward_dv",
+                &rows_config(s),
+                &mut args.params(),
+            )?
+        };
+    }
+    let nt = blocks(s.t, TILE);
+    let config = LaunchConfig::new((nt, nt, blocks(s.b * s.nh, 1)), TILE_BLOCK);
+    let mut args = KernelArgs::new()
+        .slice(dweights)
+        .slice(dout)
+        .slice(v)
+        .i32(nh)
+        .i32(t)
+        .i32(hs);
+    // SAFETY: as in attention_scores_forward, for `attention_values_backward_dweights`.
+    unsafe {
+        dev.launch(
+            "attention_values_backward_dweights",
+            &config,
+            &mut args.params(),
+        )
+    }
 }
 
-#[allow(unused_variables, clippy::too_many_arguments)]
 /// Backward of `causal_softmax_dropout_forward`, one pass per row: dP = dweights ⊙ mask (or
 /// dweights without dropout), dscores (R, T, T) = P ⊙ (dP − Σ_j P·dP) (overwritten; zero above
 /// the diagonal). dscores may be the same buffer as dweights (in place). kernels/attention.cu.
@@ -167,10 +360,28 @@ pub fn causal_softmax_dropout_backward(
     t: usize,
     dropout: Option<DropoutKey>,
 ) -> Result<(), GpuError> {
-    unimplemented!("causal_softmax_dropout_backward: kernel not written yet")
+    let op = "causal_softmax_dropout_backward";
+    check_len(op, "dscores", dscores.len(), &[r, t, t]);
+    check_len(op, "dweights", dweights.len(), &[r, t, t]);
+    check_len(op, "probs", probs.len(), &[r, t, t]);
+    assert_disjoint(op, ("dscores", dscores), ("probs", probs));
+    if r * t == 0 {
+        return Ok(());
+    }
+    let dropout = dropout.filter(|d| d.p > 0.0);
+    let config = row_config(op, r, t);
+    let args = KernelArgs::new()
+        .slice(dscores)
+        .slice(dweights)
+        .slice(probs)
+        .i32(int(op, "R", r))
+        .i32(int(op, "T", t))
+        .i32(dropout.is_some() as i32);
+    let mut args = dropout_args(args, dropout);
+    // SAFETY: as in attention_scores_forward, for `causal_softmax_dropout_backward`.
+    unsafe { dev.launch(op, &config, &mut args.params()) }
 }
 
-#[allow(unused_variables, clippy::too_many_arguments)]
 /// dq += dscores · k / sqrt(HS); dk += dscoresᵀ · q / sqrt(HS), per head; dscores (B, NH, T, T)
 /// is zero above the diagonal. kernels/attention.cu.
 pub fn attention_scores_backward(
@@ -182,5 +393,37 @@ pub fn attention_scores_backward(
     k: DeviceSlice<f32>,
     s: AttnShape,
 ) -> Result<(), GpuError> {
-    unimplemented!("attention_scores_backward: kernel not written yet")
+    let op = "attention_scores_backward";
+    if check_attn(
+        op,
+        s,
+        &[
+            ("dq", dq.len()),
+            ("dk", dk.len()),
+            ("q", q.len()),
+            ("k", k.len()),
+        ],
+        &[("dscores", dscores.len())],
+    ) || s.hs == 0
+    {
+        return Ok(());
+    }
+    let (nh, t, hs) = (int(op, "NH", s.nh), int(op, "T", s.t), int(op, "HS", s.hs));
+    let config = rows_config(s);
+    for (kernel, out, x) in [
+        ("attention_scores_backward_dq", dq, k),
+        ("attention_scores_backward_dk", dk, q),
+    ] {
+        let mut args = KernelArgs::new()
+            .slice(out)
+            .slice(dscores)
+            .slice(x)
+            .i32(nh)
+            .i32(t)
+            .i32(hs)
+            .f32(s.scale());
+        // SAFETY: as in attention_scores_forward, for `attention_scores_backward_dq` / `_dk`.
+        unsafe { dev.launch(kernel, &config, &mut args.params())? };
+    }
+    Ok(())
 }
