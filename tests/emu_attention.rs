@@ -383,6 +383,48 @@ fn emu_attention_values_backward_matches_reference() {
     }
 }
 
+#[test]
+fn emu_attention_values_backward_in_place_over_the_weights() {
+    // The backward pass with dropout regenerates the weights into the scratch that then receives
+    // their gradient: dweights == weights must give what two buffers give.
+    let dev = EmuDevice::new();
+    let s = SHAPES[0];
+    let (dout, dv0, v) = qkv(s, 60);
+    let weights = cpu_weights(&cpu_probs(s.b * s.nh, s.t, 61), Some(key(0.1, 1)));
+    let (mut want_dw, mut want_dv) = (vec![0.0; weights.len()], dv0.clone());
+    att::attention_values_backward(&mut want_dw, &mut want_dv, &dout, &weights, &v, s);
+    let (d_dv, d_w) = (dev.upload(&dv0).unwrap(), dev.upload(&weights).unwrap());
+    let (d_dout, d_v) = (dev.upload(&dout).unwrap(), dev.upload(&v).unwrap());
+    kernels::attention_values_backward(&dev, d_dv, d_w, d_dout, d_w, d_v, s).unwrap();
+    // tolerances as in emu_attention_values_backward_matches_reference
+    assert_close_all(
+        "in place: dv",
+        &dev.download(d_dv).unwrap(),
+        &want_dv,
+        1e-5,
+        1e-5,
+    );
+    let dw = dev.download(d_w).unwrap();
+    for (e, (&g, &w)) in dw.iter().zip(&want_dw).enumerate() {
+        let (i, j) = ij(e, s.t);
+        let w = if j > i { 0.0 } else { w };
+        assert!(
+            (g - w).abs() <= 1e-5 + 1e-5 * w.abs(),
+            "in place: dweights entry {e}: got {g}, want {w}"
+        );
+    }
+    // a partial overlap is refused
+    // (the check panics before any launch, so the view past the allocation's end is never used)
+    let shifted = DeviceSlice::<f32>::new(d_w.ptr() + 4, d_w.len());
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        kernels::attention_values_backward(&dev, d_dv, shifted, d_dout, d_w, d_v, s)
+    }));
+    assert!(
+        r.is_err(),
+        "a dweights shifted by one element over weights must be refused"
+    );
+}
+
 // ----------------------------------------------------------------------------------------------
 // causal_softmax_dropout_backward
 

@@ -10,14 +10,15 @@ use robo_poet::model::lstm::LstmConfig;
 use robo_poet::model::{self, ModelConfig};
 use robo_poet::rng::Rng;
 
-/// Ragged on purpose: no dimension is a multiple of a tile or a warp.
+/// Ragged on purpose: no dimension is a multiple of a tile or a warp. Small, because the
+/// emulator runs every CUDA thread on the CPU.
 fn gpt(dropout: f32) -> ModelConfig {
     ModelConfig::Attention(AttentionConfig {
         style: AttentionStyle::Gpt,
         vocab_size: 19,
         seq_len: 13,
         d_model: 12,
-        n_layers: 2,
+        n_layers: 1,
         n_heads: 3,
         pos_emb: true,
         dropout,
@@ -82,26 +83,26 @@ fn assert_parity(what: &str, p: &Parity, loss_tol: f64, grad_tol: f64) {
 
 #[test]
 fn emu_backend_gpt_training_steps_match_the_cpu_backend() {
-    let p = training_parity(&gpt(0.1), 3, 3, 11, Box::new(EmuDevice::new())).unwrap();
+    let p = training_parity(&gpt(0.1), 2, 2, 11, Box::new(EmuDevice::new())).unwrap();
     assert_parity("gpt, dropout 0.1", &p, 1e-5, 1e-4);
 }
 
 #[test]
 fn emu_backend_seed_attention_training_steps_match_the_cpu_backend() {
-    let p = training_parity(&seed_style(), 2, 3, 12, Box::new(EmuDevice::new())).unwrap();
+    let p = training_parity(&seed_style(), 2, 2, 12, Box::new(EmuDevice::new())).unwrap();
     assert_parity("seed attention, dropout 0.1", &p, 1e-5, 1e-4);
 }
 
 #[test]
 fn emu_backend_lstm_training_steps_match_the_cpu_backend() {
-    let p = training_parity(&lstm(), 3, 3, 13, Box::new(EmuDevice::new())).unwrap();
+    let p = training_parity(&lstm(), 3, 2, 13, Box::new(EmuDevice::new())).unwrap();
     assert_parity("lstm", &p, 1e-5, 1e-4);
 }
 
 #[test]
 fn emu_backend_is_deterministic() {
-    let a = training_parity(&gpt(0.2), 2, 2, 5, Box::new(EmuDevice::new())).unwrap();
-    let b = training_parity(&gpt(0.2), 2, 2, 5, Box::new(EmuDevice::new())).unwrap();
+    let a = training_parity(&gpt(0.2), 2, 1, 5, Box::new(EmuDevice::new())).unwrap();
+    let b = training_parity(&gpt(0.2), 2, 1, 5, Box::new(EmuDevice::new())).unwrap();
     for (x, y) in a.steps.iter().zip(&b.steps) {
         assert_eq!(
             x.dev_loss.to_bits(),
@@ -116,7 +117,7 @@ fn emu_backend_is_deterministic() {
             x.iter().map(|v| v.to_bits()).collect(),
             y.iter().map(|v| v.to_bits()).collect(),
         );
-        assert_eq!(x, y, "parameters after two steps");
+        assert_eq!(x, y, "parameters after a step");
     }
 }
 
@@ -133,7 +134,7 @@ fn emu_backend_attention_rows_sum_to_one_and_are_causal() {
     let toks: Vec<u32> = (0..b * t).map(|_| rng.below(19) as u32).collect();
     model.set_batch(&mut be, &toks, &toks);
     model.forward(&mut be, None);
-    let probs = be.table().get("blocks.1.attn.probs").unwrap();
+    let probs = be.table().get("blocks.0.attn.probs").unwrap();
     let p = be.read(probs);
     for (r, row) in p.chunks_exact(t).enumerate() {
         let i = r % t;

@@ -289,8 +289,10 @@ fn rows_config(s: AttnShape) -> LaunchConfig {
 }
 
 /// dv (B, T, C) += weightsᵀ · dout per head; dweights (B, NH, T, T) = dout · vᵀ per head for
-/// j <= i and 0 above the diagonal (overwritten, not accumulated). dweights must not alias
-/// weights. kernels/attention.cu.
+/// j <= i and 0 above the diagonal (overwritten, not accumulated). dweights may be the very
+/// buffer of weights (the backward pass with dropout keeps both in one scratch): dv is computed
+/// by an earlier launch on the same stream, and the dweights kernel does not read weights; a
+/// partial overlap is refused. kernels/attention.cu.
 pub fn attention_values_backward(
     dev: &dyn Device,
     dv: DeviceSlice<f32>,
@@ -309,9 +311,11 @@ pub fn attention_values_backward(
     ) {
         return Ok(());
     }
-    assert_disjoint(op, ("dweights", dweights), ("weights", weights));
+    if dweights != weights {
+        assert_disjoint(op, ("dweights", dweights), ("weights", weights));
+    }
     let (nh, t, hs) = (int(op, "NH", s.nh), int(op, "T", s.t), int(op, "HS", s.hs));
-    // dv first: it reads weights, which dweights must not alias anyway.
+    // dv first: it reads weights, which the dweights kernel may overwrite.
     let mut args = KernelArgs::new()
         .slice(dv)
         .slice(weights)
