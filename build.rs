@@ -386,6 +386,8 @@ mod emu {
                 // CUDA code reinterprets freely (float4 loads of float arrays)
                 .flag("-fno-strict-aliasing")
                 .flag("-pthread")
+                // `#pragma unroll` is nvcc's; the host compiler has no use for it
+                .flag("-Wno-unknown-pragmas")
                 .warnings(true)
                 .extra_warnings(true);
             b

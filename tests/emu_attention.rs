@@ -3,7 +3,10 @@
 //! forward/backward of src/ops/attention.rs, at ragged shapes (T and HS not multiples of the
 //! 32-wide tiles), with and without dropout. Dropout masks must match src/philox.rs bit for bit.
 
-use robo_poet::gpu::{kernels, DeviceExt, DeviceSlice, EmuDevice, Schedule};
+#[macro_use]
+mod common;
+
+use robo_poet::gpu::{kernels, Device, DeviceExt, DeviceSlice, EmuDevice, Schedule};
 use robo_poet::ops::attention::{self as att, AttnShape};
 use robo_poet::philox::DropoutKey;
 use robo_poet::rng::Rng;
@@ -119,37 +122,37 @@ fn cpu_weights(probs: &[f32], d: Option<DropoutKey>) -> Vec<f32> {
 // ----------------------------------------------------------------------------------------------
 // attention_scores_forward
 
-#[test]
-fn emu_attention_scores_forward_matches_reference() {
-    let dev = EmuDevice::new();
-    for (n, &s) in SHAPES.iter().enumerate() {
-        let (q, k, _) = qkv(s, 10 + n as u64);
-        let tt = s.b * s.nh * s.t * s.t;
-        let mut want = vec![0.0; tt];
-        att::attention_scores_forward(&mut want, &q, &k, s);
+device_tests! {
+    fn emu_attention_scores_forward_matches_reference / gpu_attention_scores_forward_matches_reference (dev) {
+        for (n, &s) in SHAPES.iter().enumerate() {
+            let (q, k, _) = qkv(s, 10 + n as u64);
+            let tt = s.b * s.nh * s.t * s.t;
+            let mut want = vec![0.0; tt];
+            att::attention_scores_forward(&mut want, &q, &k, s);
 
-        // entries above the diagonal must be left as they were
-        let sentinel = vec![7.5f32; tt];
-        let d_scores = dev.upload(&sentinel).unwrap();
-        let (d_q, d_k) = (dev.upload(&q).unwrap(), dev.upload(&k).unwrap());
-        kernels::attention_scores_forward(&dev, d_scores, d_q, d_k, s).unwrap();
-        let got = dev.download(d_scores).unwrap();
-        let what = format!("attention_scores_forward {s:?}");
-        for (e, (&g, &w)) in got.iter().zip(&want).enumerate() {
-            let (i, j) = ij(e, s.t);
-            if j > i {
-                assert_eq!(
-                    g, 7.5,
-                    "{what}: entry {e} (i={i}, j={j}) above the diagonal was written"
-                );
-            } else {
-                // an f32 sum of HS (<= 40) products of N(0, 1) values against the f64 reference:
-                // error about sqrt(HS)·ε·|typical term| ≈ 1e-6; a wrong tile or index is O(1).
-                let err = (g - w).abs();
-                assert!(
-                    err <= 1e-5 + 1e-5 * w.abs(),
-                    "{what}: entry {e} (i={i}, j={j}): got {g}, want {w}"
-                );
+            // entries above the diagonal must be left as they were
+            let sentinel = vec![7.5f32; tt];
+            let d_scores = dev.upload(&sentinel).unwrap();
+            let (d_q, d_k) = (dev.upload(&q).unwrap(), dev.upload(&k).unwrap());
+            kernels::attention_scores_forward(&dev, d_scores, d_q, d_k, s).unwrap();
+            let got = dev.download(d_scores).unwrap();
+            let what = format!("attention_scores_forward {s:?}");
+            for (e, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                let (i, j) = ij(e, s.t);
+                if j > i {
+                    assert_eq!(
+                        g, 7.5,
+                        "{what}: entry {e} (i={i}, j={j}) above the diagonal was written"
+                    );
+                } else {
+                    // an f32 sum of HS (<= 40) products of N(0, 1) values against the f64 reference:
+                    // error about sqrt(HS)·ε·|typical term| ≈ 1e-6; a wrong tile or index is O(1).
+                    let err = (g - w).abs();
+                    assert!(
+                        err <= 1e-5 + 1e-5 * w.abs(),
+                        "{what}: entry {e} (i={i}, j={j}): got {g}, want {w}"
+                    );
+                }
             }
         }
     }
@@ -169,7 +172,7 @@ fn scores_for_softmax(r: usize, t: usize, seed: u64) -> Vec<f32> {
 }
 
 fn check_softmax_dropout_forward(
-    dev: &EmuDevice,
+    dev: &dyn Device,
     r: usize,
     t: usize,
     d: Option<DropoutKey>,
@@ -227,84 +230,84 @@ fn check_softmax_dropout_forward(
     }
 }
 
-#[test]
-fn emu_causal_softmax_dropout_forward_matches_reference() {
-    let dev = EmuDevice::new();
-    // T = 37: row starts at every offset mod 4 within a Philox group; T = 130: rows longer than
-    // one pass of the warp's 32 lanes × 4 entries (one dropout suffices: the emulator is slow).
-    for (r, t) in [(3, 37), (3, 1), (1, 33)] {
-        for d in dropouts() {
-            check_softmax_dropout_forward(&dev, r, t, d, false);
+device_tests! {
+    fn emu_causal_softmax_dropout_forward_matches_reference / gpu_causal_softmax_dropout_forward_matches_reference (dev) {
+        // T = 37: row starts at every offset mod 4 within a Philox group; T = 130: rows longer than
+        // one pass of the warp's 32 lanes × 4 entries (one dropout suffices: the emulator is slow).
+        for (r, t) in [(3, 37), (3, 1), (1, 33)] {
+            for d in dropouts() {
+                check_softmax_dropout_forward(&dev, r, t, d, false);
+            }
         }
+        check_softmax_dropout_forward(&dev, 1, 130, Some(key(0.5, 4)), false);
     }
-    check_softmax_dropout_forward(&dev, 1, 130, Some(key(0.5, 4)), false);
 }
 
-#[test]
-fn emu_causal_softmax_dropout_forward_in_place() {
-    let dev = EmuDevice::new();
-    for d in dropouts() {
-        check_softmax_dropout_forward(&dev, 3, 37, d, true);
+device_tests! {
+    fn emu_causal_softmax_dropout_forward_in_place / gpu_causal_softmax_dropout_forward_in_place (dev) {
+        for d in dropouts() {
+            check_softmax_dropout_forward(&dev, 3, 37, d, true);
+        }
+        // p = 0 with a key is no dropout: no weights buffer needed
+        check_softmax_dropout_forward(&dev, 2, 33, Some(key(0.0, 3)), true);
     }
-    // p = 0 with a key is no dropout: no weights buffer needed
-    check_softmax_dropout_forward(&dev, 2, 33, Some(key(0.0, 3)), true);
 }
 
 // ----------------------------------------------------------------------------------------------
 // attention_dropout_weights
 
-#[test]
-fn emu_attention_dropout_weights_regenerates_the_forward_mask() {
-    let dev = EmuDevice::new();
-    for (r, t) in [(3, 37), (3, 1), (1, 70)] {
-        for p in [0.1, 0.5] {
-            let d = key(p, 5);
-            let scores = scores_for_softmax(r, t, 30 + t as u64);
-            let d_scores = dev.upload(&scores).unwrap();
-            let d_probs = dev.alloc_slice::<f32>(r * t * t).unwrap();
-            let d_fwd = dev.alloc_slice::<f32>(r * t * t).unwrap();
-            kernels::causal_softmax_dropout_forward(
-                &dev,
-                d_probs,
-                Some(d_fwd),
-                d_scores,
-                r,
-                t,
-                Some(d),
-            )
-            .unwrap();
-            let d_regen = dev.alloc_slice::<f32>(r * t * t).unwrap();
-            kernels::attention_dropout_weights(&dev, d_regen, d_probs, r, t, d).unwrap();
-            let what = format!("attention_dropout_weights R={r} T={t} p={p}");
-            let regen = dev.download(d_regen).unwrap();
-            assert_bits_eq(
-                &format!("{what}: vs the forward's weights"),
-                &regen,
-                &dev.download(d_fwd).unwrap(),
-            );
+device_tests! {
+    fn emu_attention_dropout_weights_regenerates_the_forward_mask / gpu_attention_dropout_weights_regenerates_the_forward_mask (dev) {
+        for (r, t) in [(3, 37), (3, 1), (1, 70)] {
+            for p in [0.1, 0.5] {
+                let d = key(p, 5);
+                let scores = scores_for_softmax(r, t, 30 + t as u64);
+                let d_scores = dev.upload(&scores).unwrap();
+                let d_probs = dev.alloc_slice::<f32>(r * t * t).unwrap();
+                let d_fwd = dev.alloc_slice::<f32>(r * t * t).unwrap();
+                kernels::causal_softmax_dropout_forward(
+                    &dev,
+                    d_probs,
+                    Some(d_fwd),
+                    d_scores,
+                    r,
+                    t,
+                    Some(d),
+                )
+                .unwrap();
+                let d_regen = dev.alloc_slice::<f32>(r * t * t).unwrap();
+                kernels::attention_dropout_weights(&dev, d_regen, d_probs, r, t, d).unwrap();
+                let what = format!("attention_dropout_weights R={r} T={t} p={p}");
+                let regen = dev.download(d_regen).unwrap();
+                assert_bits_eq(
+                    &format!("{what}: vs the forward's weights"),
+                    &regen,
+                    &dev.download(d_fwd).unwrap(),
+                );
 
-            // CPU probs with junk above the diagonal: the kernel must write zeros there anyway
-            let mut probs = cpu_probs(r, t, 31);
-            for (e, x) in probs.iter_mut().enumerate() {
-                let (i, j) = ij(e, t);
-                if j > i {
-                    *x = 0.25;
+                // CPU probs with junk above the diagonal: the kernel must write zeros there anyway
+                let mut probs = cpu_probs(r, t, 31);
+                for (e, x) in probs.iter_mut().enumerate() {
+                    let (i, j) = ij(e, t);
+                    if j > i {
+                        *x = 0.25;
+                    }
                 }
-            }
-            let mut want = cpu_weights(&probs, Some(d));
-            for (e, x) in want.iter_mut().enumerate() {
-                let (i, j) = ij(e, t);
-                if j > i {
-                    *x = 0.0;
+                let mut want = cpu_weights(&probs, Some(d));
+                for (e, x) in want.iter_mut().enumerate() {
+                    let (i, j) = ij(e, t);
+                    if j > i {
+                        *x = 0.0;
+                    }
                 }
+                let d_probs = dev.upload(&probs).unwrap();
+                kernels::attention_dropout_weights(&dev, d_regen, d_probs, r, t, d).unwrap();
+                assert_bits_eq(
+                    &format!("{what}: vs dropout_forward"),
+                    &dev.download(d_regen).unwrap(),
+                    &want,
+                );
             }
-            let d_probs = dev.upload(&probs).unwrap();
-            kernels::attention_dropout_weights(&dev, d_regen, d_probs, r, t, d).unwrap();
-            assert_bits_eq(
-                &format!("{what}: vs dropout_forward"),
-                &dev.download(d_regen).unwrap(),
-                &want,
-            );
         }
     }
 }
@@ -312,72 +315,72 @@ fn emu_attention_dropout_weights_regenerates_the_forward_mask() {
 // ----------------------------------------------------------------------------------------------
 // attention_values_forward / attention_values_backward
 
-#[test]
-fn emu_attention_values_forward_matches_reference() {
-    let dev = EmuDevice::new();
-    for (n, &s) in SHAPES.iter().enumerate() {
-        for d in [None, Some(key(0.5, 1))] {
-            let (_, _, v) = qkv(s, 40 + n as u64);
-            let weights = cpu_weights(&cpu_probs(s.b * s.nh, s.t, 41), d);
-            let mut want = vec![0.0; v.len()];
-            att::attention_values_forward(&mut want, &weights, &v, s);
+device_tests! {
+    fn emu_attention_values_forward_matches_reference / gpu_attention_values_forward_matches_reference (dev) {
+        for (n, &s) in SHAPES.iter().enumerate() {
+            for d in [None, Some(key(0.5, 1))] {
+                let (_, _, v) = qkv(s, 40 + n as u64);
+                let weights = cpu_weights(&cpu_probs(s.b * s.nh, s.t, 41), d);
+                let mut want = vec![0.0; v.len()];
+                att::attention_values_forward(&mut want, &weights, &v, s);
 
-            let d_out = dev.alloc_slice::<f32>(v.len()).unwrap(); // NaN: must be overwritten
-            let (d_w, d_v) = (dev.upload(&weights).unwrap(), dev.upload(&v).unwrap());
-            kernels::attention_values_forward(&dev, d_out, d_w, d_v, s).unwrap();
-            // an f32 sum over <= T terms w·v with Σ|w| <= 2 (dropout scale) against f64:
-            // about T·ε·2 ≈ 1e-5 at worst; a skipped tile or wrong head is O(1).
-            assert_close_all(
-                &format!("attention_values_forward {s:?} dropout={d:?}"),
-                &dev.download(d_out).unwrap(),
-                &want,
-                1e-5,
-                1e-5,
-            );
+                let d_out = dev.alloc_slice::<f32>(v.len()).unwrap(); // NaN: must be overwritten
+                let (d_w, d_v) = (dev.upload(&weights).unwrap(), dev.upload(&v).unwrap());
+                kernels::attention_values_forward(&dev, d_out, d_w, d_v, s).unwrap();
+                // an f32 sum over <= T terms w·v with Σ|w| <= 2 (dropout scale) against f64:
+                // about T·ε·2 ≈ 1e-5 at worst; a skipped tile or wrong head is O(1).
+                assert_close_all(
+                    &format!("attention_values_forward {s:?} dropout={d:?}"),
+                    &dev.download(d_out).unwrap(),
+                    &want,
+                    1e-5,
+                    1e-5,
+                );
+            }
         }
     }
 }
 
-#[test]
-fn emu_attention_values_backward_matches_reference() {
-    let dev = EmuDevice::new();
-    for (n, &s) in SHAPES.iter().enumerate() {
-        let (dout, dv0, v) = qkv(s, 50 + n as u64);
-        let weights = cpu_weights(&cpu_probs(s.b * s.nh, s.t, 51), Some(key(0.1, 1)));
-        let tt = weights.len();
-        let mut want_dw = vec![0.0; tt];
-        let mut want_dv = dv0.clone(); // dv accumulates onto non-zero values
-        att::attention_values_backward(&mut want_dw, &mut want_dv, &dout, &weights, &v, s);
+device_tests! {
+    fn emu_attention_values_backward_matches_reference / gpu_attention_values_backward_matches_reference (dev) {
+        for (n, &s) in SHAPES.iter().enumerate() {
+            let (dout, dv0, v) = qkv(s, 50 + n as u64);
+            let weights = cpu_weights(&cpu_probs(s.b * s.nh, s.t, 51), Some(key(0.1, 1)));
+            let tt = weights.len();
+            let mut want_dw = vec![0.0; tt];
+            let mut want_dv = dv0.clone(); // dv accumulates onto non-zero values
+            att::attention_values_backward(&mut want_dw, &mut want_dv, &dout, &weights, &v, s);
 
-        let d_dv = dev.upload(&dv0).unwrap();
-        let d_dw = dev.upload(&vec![3.0f32; tt]).unwrap(); // junk: dweights is overwritten
-        let (d_dout, d_w, d_v) = (
-            dev.upload(&dout).unwrap(),
-            dev.upload(&weights).unwrap(),
-            dev.upload(&v).unwrap(),
-        );
-        kernels::attention_values_backward(&dev, d_dv, d_dw, d_dout, d_w, d_v, s).unwrap();
-        let what = format!("attention_values_backward {s:?}");
-        // dv: an f32 sum over <= T terms w·dout (Σ|w| <= 1.1) plus the start value: ≈ T·ε.
-        assert_close_all(
-            &format!("{what}: dv"),
-            &dev.download(d_dv).unwrap(),
-            &want_dv,
-            1e-5,
-            1e-5,
-        );
-        // dweights: an f32 sum of HS products of N(0, 1) values, as for the scores; the CPU op
-        // fills the whole matrix, the kernel zeros above the diagonal.
-        let dw = dev.download(d_dw).unwrap();
-        for (e, (&g, &w)) in dw.iter().zip(&want_dw).enumerate() {
-            let (i, j) = ij(e, s.t);
-            if j > i {
-                assert_eq!(g.to_bits(), 0, "{what}: dweights entry {e} (i={i}, j={j}) above the diagonal must be exactly 0");
-            } else {
-                assert!(
-                    (g - w).abs() <= 1e-5 + 1e-5 * w.abs(),
-                    "{what}: dweights entry {e} (i={i}, j={j}): got {g}, want {w}"
-                );
+            let d_dv = dev.upload(&dv0).unwrap();
+            let d_dw = dev.upload(&vec![3.0f32; tt]).unwrap(); // junk: dweights is overwritten
+            let (d_dout, d_w, d_v) = (
+                dev.upload(&dout).unwrap(),
+                dev.upload(&weights).unwrap(),
+                dev.upload(&v).unwrap(),
+            );
+            kernels::attention_values_backward(&dev, d_dv, d_dw, d_dout, d_w, d_v, s).unwrap();
+            let what = format!("attention_values_backward {s:?}");
+            // dv: an f32 sum over <= T terms w·dout (Σ|w| <= 1.1) plus the start value: ≈ T·ε.
+            assert_close_all(
+                &format!("{what}: dv"),
+                &dev.download(d_dv).unwrap(),
+                &want_dv,
+                1e-5,
+                1e-5,
+            );
+            // dweights: an f32 sum of HS products of N(0, 1) values, as for the scores; the CPU op
+            // fills the whole matrix, the kernel zeros above the diagonal.
+            let dw = dev.download(d_dw).unwrap();
+            for (e, (&g, &w)) in dw.iter().zip(&want_dw).enumerate() {
+                let (i, j) = ij(e, s.t);
+                if j > i {
+                    assert_eq!(g.to_bits(), 0, "{what}: dweights entry {e} (i={i}, j={j}) above the diagonal must be exactly 0");
+                } else {
+                    assert!(
+                        (g - w).abs() <= 1e-5 + 1e-5 * w.abs(),
+                        "{what}: dweights entry {e} (i={i}, j={j}): got {g}, want {w}"
+                    );
+                }
             }
         }
     }
@@ -429,7 +432,7 @@ fn emu_attention_values_backward_in_place_over_the_weights() {
 // causal_softmax_dropout_backward
 
 fn check_softmax_dropout_backward(
-    dev: &EmuDevice,
+    dev: &dyn Device,
     r: usize,
     t: usize,
     d: Option<DropoutKey>,
@@ -482,69 +485,69 @@ fn check_softmax_dropout_backward(
     }
 }
 
-#[test]
-fn emu_causal_softmax_dropout_backward_matches_reference() {
-    let dev = EmuDevice::new();
-    for (r, t) in [(3, 37), (3, 1), (1, 33)] {
-        for d in dropouts() {
-            check_softmax_dropout_backward(&dev, r, t, d, false);
+device_tests! {
+    fn emu_causal_softmax_dropout_backward_matches_reference / gpu_causal_softmax_dropout_backward_matches_reference (dev) {
+        for (r, t) in [(3, 37), (3, 1), (1, 33)] {
+            for d in dropouts() {
+                check_softmax_dropout_backward(&dev, r, t, d, false);
+            }
         }
+        check_softmax_dropout_backward(&dev, 1, 130, Some(key(0.5, 4)), false);
     }
-    check_softmax_dropout_backward(&dev, 1, 130, Some(key(0.5, 4)), false);
 }
 
-#[test]
-fn emu_causal_softmax_dropout_backward_in_place() {
-    let dev = EmuDevice::new();
-    for d in dropouts() {
-        check_softmax_dropout_backward(&dev, 3, 37, d, true);
+device_tests! {
+    fn emu_causal_softmax_dropout_backward_in_place / gpu_causal_softmax_dropout_backward_in_place (dev) {
+        for d in dropouts() {
+            check_softmax_dropout_backward(&dev, 3, 37, d, true);
+        }
     }
 }
 
 // ----------------------------------------------------------------------------------------------
 // attention_scores_backward
 
-#[test]
-fn emu_attention_scores_backward_matches_reference() {
-    let dev = EmuDevice::new();
-    for (n, &s) in SHAPES.iter().enumerate() {
-        let (q, k, dq0) = qkv(s, 70 + n as u64);
-        let mut rng = Rng::new(71);
-        let dk0 = randn(&mut rng, q.len(), 1.0);
-        let mut dscores = randn(&mut rng, s.b * s.nh * s.t * s.t, 0.1);
-        for (e, x) in dscores.iter_mut().enumerate() {
-            let (i, j) = ij(e, s.t);
-            if j > i {
-                *x = 0.0;
+device_tests! {
+    fn emu_attention_scores_backward_matches_reference / gpu_attention_scores_backward_matches_reference (dev) {
+        for (n, &s) in SHAPES.iter().enumerate() {
+            let (q, k, dq0) = qkv(s, 70 + n as u64);
+            let mut rng = Rng::new(71);
+            let dk0 = randn(&mut rng, q.len(), 1.0);
+            let mut dscores = randn(&mut rng, s.b * s.nh * s.t * s.t, 0.1);
+            for (e, x) in dscores.iter_mut().enumerate() {
+                let (i, j) = ij(e, s.t);
+                if j > i {
+                    *x = 0.0;
+                }
             }
-        }
-        let (mut want_dq, mut want_dk) = (dq0.clone(), dk0.clone()); // accumulate onto non-zero
-        att::attention_scores_backward(&mut want_dq, &mut want_dk, &dscores, &q, &k, s);
+            let (mut want_dq, mut want_dk) = (dq0.clone(), dk0.clone()); // accumulate onto non-zero
+            att::attention_scores_backward(&mut want_dq, &mut want_dk, &dscores, &q, &k, s);
 
-        let (d_dq, d_dk) = (dev.upload(&dq0).unwrap(), dev.upload(&dk0).unwrap());
-        let (d_ds, d_q, d_k) = (
-            dev.upload(&dscores).unwrap(),
-            dev.upload(&q).unwrap(),
-            dev.upload(&k).unwrap(),
-        );
-        kernels::attention_scores_backward(&dev, d_dq, d_dk, d_ds, d_q, d_k, s).unwrap();
-        let what = format!("attention_scores_backward {s:?}");
-        // f32 sums over <= T terms of 0.1·N(0,1)·N(0,1)·scale in another order than the CPU's
-        // per-term accumulation (which also rounds the start value in each step): ≈ T·ε.
-        assert_close_all(
-            &format!("{what}: dq"),
-            &dev.download(d_dq).unwrap(),
-            &want_dq,
-            1e-5,
-            1e-5,
-        );
-        assert_close_all(
-            &format!("{what}: dk"),
-            &dev.download(d_dk).unwrap(),
-            &want_dk,
-            1e-5,
-            1e-5,
-        );
+            let (d_dq, d_dk) = (dev.upload(&dq0).unwrap(), dev.upload(&dk0).unwrap());
+            let (d_ds, d_q, d_k) = (
+                dev.upload(&dscores).unwrap(),
+                dev.upload(&q).unwrap(),
+                dev.upload(&k).unwrap(),
+            );
+            kernels::attention_scores_backward(&dev, d_dq, d_dk, d_ds, d_q, d_k, s).unwrap();
+            let what = format!("attention_scores_backward {s:?}");
+            // f32 sums over <= T terms of 0.1·N(0,1)·N(0,1)·scale in another order than the CPU's
+            // per-term accumulation (which also rounds the start value in each step): ≈ T·ε.
+            assert_close_all(
+                &format!("{what}: dq"),
+                &dev.download(d_dq).unwrap(),
+                &want_dq,
+                1e-5,
+                1e-5,
+            );
+            assert_close_all(
+                &format!("{what}: dk"),
+                &dev.download(d_dk).unwrap(),
+                &want_dk,
+                1e-5,
+                1e-5,
+            );
+        }
     }
 }
 
@@ -565,7 +568,7 @@ struct ChainResult {
 /// for the weights, regenerated in the backward.
 #[allow(clippy::too_many_arguments)]
 fn run_chain(
-    dev: &EmuDevice,
+    dev: &dyn Device,
     s: AttnShape,
     q: &[f32],
     k: &[f32],
@@ -617,49 +620,49 @@ fn run_chain(
     }
 }
 
-#[test]
-fn emu_attention_chain_matches_composite_forward_and_backward() {
-    let dev = EmuDevice::new();
-    // every dropout at a ragged shape (two batch rows, two heads); T = 1 and the two-channel-tile
-    // shape with one dropout each (the emulator is slow; the single ops cover the rest)
-    let ragged = AttnShape {
-        b: 2,
-        t: 37,
-        nh: 2,
-        hs: 13,
-    };
-    let [none, light, heavy] = dropouts();
-    let cases = [
-        (ragged, none),
-        (ragged, light),
-        (ragged, heavy),
-        (SHAPES[1], heavy),
-        (SHAPES[2], light),
-    ];
-    for (n, &(s, d)) in cases.iter().enumerate() {
-        let (q, k, v) = qkv(s, 80 + n as u64);
-        let mut rng = Rng::new(81);
-        let dout = randn(&mut rng, q.len(), 1.0);
-        let dqkv0 = randn(&mut rng, q.len(), 1.0);
-        let got = run_chain(&dev, s, &q, &k, &v, &dout, &dqkv0, d);
+device_tests! {
+    fn emu_attention_chain_matches_composite_forward_and_backward / gpu_attention_chain_matches_composite_forward_and_backward (dev) {
+        // every dropout at a ragged shape (two batch rows, two heads); T = 1 and the two-channel-tile
+        // shape with one dropout each (the emulator is slow; the single ops cover the rest)
+        let ragged = AttnShape {
+            b: 2,
+            t: 37,
+            nh: 2,
+            hs: 13,
+        };
+        let [none, light, heavy] = dropouts();
+        let cases = [
+            (ragged, none),
+            (ragged, light),
+            (ragged, heavy),
+            (SHAPES[1], heavy),
+            (SHAPES[2], light),
+        ];
+        for (n, &(s, d)) in cases.iter().enumerate() {
+            let (q, k, v) = qkv(s, 80 + n as u64);
+            let mut rng = Rng::new(81);
+            let dout = randn(&mut rng, q.len(), 1.0);
+            let dqkv0 = randn(&mut rng, q.len(), 1.0);
+            let got = run_chain(&dev, s, &q, &k, &v, &dout, &dqkv0, d);
 
-        let mut out = vec![0.0; q.len()];
-        let mut probs = vec![0.0; got.probs.len()];
-        att::attention_forward(&mut out, &mut probs, &q, &k, &v, s, d);
-        let (mut dq, mut dk, mut dv) = (dqkv0.clone(), dqkv0.clone(), dqkv0.clone());
-        att::attention_backward(&mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &probs, s, d);
+            let mut out = vec![0.0; q.len()];
+            let mut probs = vec![0.0; got.probs.len()];
+            att::attention_forward(&mut out, &mut probs, &q, &k, &v, s, d);
+            let (mut dq, mut dk, mut dv) = (dqkv0.clone(), dqkv0.clone(), dqkv0.clone());
+            att::attention_backward(&mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &probs, s, d);
 
-        let what = format!("attention chain {s:?} dropout={d:?}");
-        // probs: __expf and f32 row sums vs expf and f64 (2e-5 relative, as the softmax
-        // alone), on scores that already differ by ~1e-6 (f32 dot products in another order).
-        assert_close_all(&format!("{what}: probs"), &got.probs, &probs, 1e-6, 5e-5);
-        // out and the gradients inherit those relative errors of the probs through sums of
-        // <= T terms with O(1) values (×2 with p = 0.5): a few 1e-5 absolute. A mask or tile
-        // mistake moves them by O(0.1).
-        assert_close_all(&format!("{what}: out"), &got.out, &out, 5e-5, 5e-5);
-        assert_close_all(&format!("{what}: dv"), &got.dv, &dv, 5e-5, 5e-5);
-        assert_close_all(&format!("{what}: dq"), &got.dq, &dq, 1e-4, 1e-4);
-        assert_close_all(&format!("{what}: dk"), &got.dk, &dk, 1e-4, 1e-4);
+            let what = format!("attention chain {s:?} dropout={d:?}");
+            // probs: __expf and f32 row sums vs expf and f64 (2e-5 relative, as the softmax
+            // alone), on scores that already differ by ~1e-6 (f32 dot products in another order).
+            assert_close_all(&format!("{what}: probs"), &got.probs, &probs, 1e-6, 5e-5);
+            // out and the gradients inherit those relative errors of the probs through sums of
+            // <= T terms with O(1) values (×2 with p = 0.5): a few 1e-5 absolute. A mask or tile
+            // mistake moves them by O(0.1).
+            assert_close_all(&format!("{what}: out"), &got.out, &out, 5e-5, 5e-5);
+            assert_close_all(&format!("{what}: dv"), &got.dv, &dv, 5e-5, 5e-5);
+            assert_close_all(&format!("{what}: dq"), &got.dq, &dq, 1e-4, 1e-4);
+            assert_close_all(&format!("{what}: dk"), &got.dk, &dk, 1e-4, 1e-4);
+        }
     }
 }
 
@@ -690,19 +693,19 @@ fn emu_attention_chain_is_deterministic() {
     assert_bits_eq(&format!("{what}: dv"), &again.dv, &first.dv);
 }
 
-#[test]
-fn emu_attention_launchers_check_shapes() {
-    let dev = EmuDevice::new();
-    let s = SHAPES[0];
-    let q: DeviceSlice<f32> = dev.alloc_slice(s.b * s.t * s.c()).unwrap();
-    let short: DeviceSlice<f32> = dev.alloc_slice(s.b * s.nh * s.t * s.t - 1).unwrap();
-    let msg = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        kernels::attention_scores_forward(&dev, short, q, q, s).unwrap();
-    }))
-    .unwrap_err();
-    let msg = msg.downcast_ref::<String>().unwrap();
-    assert!(
-        msg.contains("attention_scores_forward") && msg.contains("scores"),
-        "{msg}"
-    );
+device_tests! {
+    fn emu_attention_launchers_check_shapes / gpu_attention_launchers_check_shapes (dev) {
+        let s = SHAPES[0];
+        let q: DeviceSlice<f32> = dev.alloc_slice(s.b * s.t * s.c()).unwrap();
+        let short: DeviceSlice<f32> = dev.alloc_slice(s.b * s.nh * s.t * s.t - 1).unwrap();
+        let msg = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            kernels::attention_scores_forward(&dev, short, q, q, s).unwrap();
+        }))
+        .unwrap_err();
+        let msg = msg.downcast_ref::<String>().unwrap();
+        assert!(
+            msg.contains("attention_scores_forward") && msg.contains("scores"),
+            "{msg}"
+        );
+    }
 }

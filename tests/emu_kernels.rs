@@ -2,6 +2,9 @@
 //! launchers (src/gpu/kernels.rs), against the CPU reference (src/ops) at ragged shapes; and the
 //! emulated device's memory and launch contract.
 
+#[macro_use]
+mod common;
+
 use robo_poet::gpu::{
     kernels, Device, DeviceExt, DeviceSlice, EmuDevice, GpuError, KernelArgs, LaunchConfig,
 };
@@ -27,7 +30,7 @@ fn assert_close_all(what: &str, got: &[f32], want: &[f32], abs: f32, rel: f32) {
 // ----------------------------------------------------------------------------------------------
 // causal_softmax_forward
 
-fn check_softmax(dev: &EmuDevice, r: usize, t: usize, seed: u64) {
+fn check_softmax(dev: &dyn Device, r: usize, t: usize, seed: u64) {
     let mut rng = Rng::new(seed);
     let mut scores = randn(&mut rng, r * t * t, 3.0);
     // matrix 1 sits at +100: exp without the max subtraction would overflow f32
@@ -57,19 +60,19 @@ fn check_softmax(dev: &EmuDevice, r: usize, t: usize, seed: u64) {
     }
 }
 
-#[test]
-fn emu_causal_softmax_forward_matches_reference() {
-    let dev = EmuDevice::new();
-    check_softmax(&dev, 3, 1, 10);
-    check_softmax(&dev, 3, 37, 11);
-    check_softmax(&dev, 3, 128, 12);
+device_tests! {
+    fn emu_causal_softmax_forward_matches_reference / gpu_causal_softmax_forward_matches_reference (dev) {
+        check_softmax(&dev, 3, 1, 10);
+        check_softmax(&dev, 3, 37, 11);
+        check_softmax(&dev, 3, 128, 12);
+    }
 }
 
 // ----------------------------------------------------------------------------------------------
 // attention_row_sum_check
 
 /// Runs the check kernel on probs (R, T, T) and compares with the direct formula.
-fn check_row_sums(dev: &EmuDevice, probs: &[f32], r: usize, t: usize, tol: f32) -> (f32, u32) {
+fn check_row_sums(dev: &dyn Device, probs: &[f32], r: usize, t: usize, tol: f32) -> (f32, u32) {
     let mut want_max = 0.0f64;
     let mut want_bad = 0u32;
     let mut any_nan = false;
@@ -113,42 +116,42 @@ fn softmax_probs(r: usize, t: usize, seed: u64) -> Vec<f32> {
     probs
 }
 
-#[test]
-fn emu_attention_row_sum_check_finds_perturbed_rows() {
-    let dev = EmuDevice::new();
-    for (r, t, seed) in [(3, 37, 20), (5, 1, 21), (2, 100, 22)] {
-        let mut probs = softmax_probs(r, t, seed);
-        let (max, bad) = check_row_sums(&dev, &probs, r, t, 1e-3);
-        assert_eq!(bad, 0, "R={r} T={t}: clean softmax rows");
-        assert!(
-            max < 1e-5,
-            "R={r} T={t}: clean softmax rows deviate by {max}"
-        );
-        // perturb a few rows: scale one up by 1%, one down by 20%, push one entry by 0.5
-        let rows = r * t;
-        for (row, f) in [(0, 1.01f32), (rows / 2, 0.8), (rows - 1, 1.0)] {
-            for p in &mut probs[row * t..(row + 1) * t] {
-                *p *= f;
+device_tests! {
+    fn emu_attention_row_sum_check_finds_perturbed_rows / gpu_attention_row_sum_check_finds_perturbed_rows (dev) {
+        for (r, t, seed) in [(3, 37, 20), (5, 1, 21), (2, 100, 22)] {
+            let mut probs = softmax_probs(r, t, seed);
+            let (max, bad) = check_row_sums(&dev, &probs, r, t, 1e-3);
+            assert_eq!(bad, 0, "R={r} T={t}: clean softmax rows");
+            assert!(
+                max < 1e-5,
+                "R={r} T={t}: clean softmax rows deviate by {max}"
+            );
+            // perturb a few rows: scale one up by 1%, one down by 20%, push one entry by 0.5
+            let rows = r * t;
+            for (row, f) in [(0, 1.01f32), (rows / 2, 0.8), (rows - 1, 1.0)] {
+                for p in &mut probs[row * t..(row + 1) * t] {
+                    *p *= f;
+                }
             }
+            probs[(rows - 1) * t] += 0.5;
+            let (max, bad) = check_row_sums(&dev, &probs, r, t, 1e-3);
+            assert_eq!(
+                bad,
+                if rows / 2 == 0 || rows / 2 == rows - 1 {
+                    2
+                } else {
+                    3
+                },
+                "R={r} T={t}: perturbed rows"
+            );
+            assert!(
+                (max - 0.5).abs() < 1e-5,
+                "R={r} T={t}: max deviation {max}, want 0.5"
+            );
+            // a NaN row counts as bad and poisons the max
+            probs[t / 2] = f32::NAN;
+            check_row_sums(&dev, &probs, r, t, 1e-3);
         }
-        probs[(rows - 1) * t] += 0.5;
-        let (max, bad) = check_row_sums(&dev, &probs, r, t, 1e-3);
-        assert_eq!(
-            bad,
-            if rows / 2 == 0 || rows / 2 == rows - 1 {
-                2
-            } else {
-                3
-            },
-            "R={r} T={t}: perturbed rows"
-        );
-        assert!(
-            (max - 0.5).abs() < 1e-5,
-            "R={r} T={t}: max deviation {max}, want 0.5"
-        );
-        // a NaN row counts as bad and poisons the max
-        probs[t / 2] = f32::NAN;
-        check_row_sums(&dev, &probs, r, t, 1e-3);
     }
 }
 

@@ -3,7 +3,10 @@
 //! multiple of the 256-thread block), missing c_prev / dc_in / dc_out, strided cell-gradient
 //! views, and dc_in aliasing dgates' i-gate columns as the layer uses it.
 
-use robo_poet::gpu::{kernels, DeviceExt, DeviceSlice, EmuDevice};
+#[macro_use]
+mod common;
+
+use robo_poet::gpu::{kernels, Device, DeviceExt, DeviceSlice, EmuDevice};
 use robo_poet::ops;
 use robo_poet::rng::Rng;
 
@@ -44,7 +47,7 @@ fn pre_activations(rng: &mut Rng, b: usize, hid: usize) -> Vec<f32> {
 // ----------------------------------------------------------------------------------------------
 // lstm_cell_forward
 
-fn check_forward(dev: &EmuDevice, b: usize, hid: usize, with_c_prev: bool, seed: u64) {
+fn check_forward(dev: &dyn Device, b: usize, hid: usize, with_c_prev: bool, seed: u64) {
     let mut rng = Rng::new(seed);
     let pre = pre_activations(&mut rng, b, hid);
     let c_prev = randn(&mut rng, b * hid, 1.0);
@@ -77,14 +80,14 @@ fn check_forward(dev: &EmuDevice, b: usize, hid: usize, with_c_prev: bool, seed:
     );
 }
 
-#[test]
-fn emu_lstm_cell_forward_matches_reference() {
-    let dev = EmuDevice::new();
-    check_forward(&dev, 3, 70, true, 1);
-    check_forward(&dev, 5, 70, true, 2); // 350 elements: two blocks, the second ragged
-    check_forward(&dev, 5, 70, false, 3);
-    check_forward(&dev, 1, 1, true, 4);
-    check_forward(&dev, 1, 1, false, 5);
+device_tests! {
+    fn emu_lstm_cell_forward_matches_reference / gpu_lstm_cell_forward_matches_reference (dev) {
+        check_forward(&dev, 3, 70, true, 1);
+        check_forward(&dev, 5, 70, true, 2); // 350 elements: two blocks, the second ragged
+        check_forward(&dev, 5, 70, false, 3);
+        check_forward(&dev, 1, 1, true, 4);
+        check_forward(&dev, 1, 1, false, 5);
+    }
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -179,7 +182,7 @@ enum DcOut {
 /// Runs the kernel with dc_in in its own buffer with rows `dc_stride` apart (or, `alias`, inside
 /// dgates' columns 0..H with stride 4H) and checks dgates and dc_out against the reference.
 fn check_backward(
-    dev: &EmuDevice,
+    dev: &dyn Device,
     case: &BackwardCase,
     dc_stride: usize,
     alias: bool,
@@ -247,26 +250,26 @@ fn check_backward(
     }
 }
 
-#[test]
-fn emu_lstm_cell_backward_matches_reference() {
-    let dev = EmuDevice::new();
-    for &(b, hid) in &[(3, 70), (5, 70), (1, 1)] {
-        let seed = (b * 100 + hid) as u64;
-        let full = backward_case(b, hid, true, true, seed);
-        check_backward(&dev, &full, hid, false, DcOut::Strided(hid));
-        check_backward(&dev, &full, hid + 3, false, DcOut::Strided(hid + 3));
-        check_backward(&dev, &full, hid, false, DcOut::None);
-        check_backward(&dev, &full, hid, false, DcOut::InPlace);
-        // the first step of the sequence: no c_prev
-        let first = backward_case(b, hid, false, true, seed + 1);
-        check_backward(&dev, &first, hid, false, DcOut::Strided(hid));
-        // the last step: no gradient reaching c from later steps
-        let last = backward_case(b, hid, true, false, seed + 2);
-        check_backward(&dev, &last, hid, false, DcOut::Strided(hid));
-        check_backward(&dev, &last, 2 * hid + 1, false, DcOut::None);
-        // a one-step sequence: neither
-        let only = backward_case(b, hid, false, false, seed + 3);
-        check_backward(&dev, &only, hid, false, DcOut::Strided(hid));
+device_tests! {
+    fn emu_lstm_cell_backward_matches_reference / gpu_lstm_cell_backward_matches_reference (dev) {
+        for &(b, hid) in &[(3, 70), (5, 70), (1, 1)] {
+            let seed = (b * 100 + hid) as u64;
+            let full = backward_case(b, hid, true, true, seed);
+            check_backward(&dev, &full, hid, false, DcOut::Strided(hid));
+            check_backward(&dev, &full, hid + 3, false, DcOut::Strided(hid + 3));
+            check_backward(&dev, &full, hid, false, DcOut::None);
+            check_backward(&dev, &full, hid, false, DcOut::InPlace);
+            // the first step of the sequence: no c_prev
+            let first = backward_case(b, hid, false, true, seed + 1);
+            check_backward(&dev, &first, hid, false, DcOut::Strided(hid));
+            // the last step: no gradient reaching c from later steps
+            let last = backward_case(b, hid, true, false, seed + 2);
+            check_backward(&dev, &last, hid, false, DcOut::Strided(hid));
+            check_backward(&dev, &last, 2 * hid + 1, false, DcOut::None);
+            // a one-step sequence: neither
+            let only = backward_case(b, hid, false, false, seed + 3);
+            check_backward(&dev, &only, hid, false, DcOut::Strided(hid));
+        }
     }
 }
 

@@ -2,9 +2,31 @@
 //! (src/gpu/kernels/matmul.rs), against the CPU reference (src/ops/matmul.rs) at ragged shapes:
 //! sizes that are not multiples of the 64x64x16 tiles, 1x1x1, and sizes just over one tile.
 
-use robo_poet::gpu::{kernels, DeviceExt, EmuDevice, Schedule};
+#[macro_use]
+mod common;
+
+use robo_poet::gpu::{kernels, Device, DeviceExt, EmuDevice, Schedule};
 use robo_poet::ops;
 use robo_poet::rng::Rng;
+
+/// Allocations still live on a device, where the device counts them (the emulator does; the
+/// GPU run of a test skips that check).
+trait Live {
+    fn live(&self) -> Option<usize>;
+}
+impl Live for EmuDevice {
+    fn live(&self) -> Option<usize> {
+        Some(self.live_allocations())
+    }
+}
+impl Live for robo_poet::gpu::CudaDevice {
+    fn live(&self) -> Option<usize> {
+        None
+    }
+}
+fn live(dev: &impl Live) -> Option<usize> {
+    dev.live()
+}
 
 fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32 * scale).collect()
@@ -31,7 +53,7 @@ fn sum_tol(k: usize) -> f32 {
 // ----------------------------------------------------------------------------------------------
 // matmul_forward, matmul_forward_accumulate
 
-fn check_matmul(dev: &EmuDevice, n: usize, ic: usize, oc: usize, with_bias: bool, seed: u64) {
+fn check_matmul(dev: &dyn Device, n: usize, ic: usize, oc: usize, with_bias: bool, seed: u64) {
     let mut rng = Rng::new(seed);
     let inp = randn(&mut rng, n * ic, 1.0);
     let weight = randn(&mut rng, oc * ic, 1.0);
@@ -57,22 +79,22 @@ fn check_matmul(dev: &EmuDevice, n: usize, ic: usize, oc: usize, with_bias: bool
     );
 }
 
-#[test]
-fn emu_matmul_forward_matches_reference_at_ragged_shapes() {
-    let dev = EmuDevice::new();
-    check_matmul(&dev, 70, 45, 33, true, 1);
-    check_matmul(&dev, 1, 1, 1, true, 2);
-    check_matmul(&dev, 33, 32, 31, false, 3);
-    check_matmul(&dev, 65, 17, 65, true, 5); // one past the 64x64 output tile and the 16-deep k step
+device_tests! {
+    fn emu_matmul_forward_matches_reference_at_ragged_shapes / gpu_matmul_forward_matches_reference_at_ragged_shapes (dev) {
+        check_matmul(&dev, 70, 45, 33, true, 1);
+        check_matmul(&dev, 1, 1, 1, true, 2);
+        check_matmul(&dev, 33, 32, 31, false, 3);
+        check_matmul(&dev, 65, 17, 65, true, 5); // one past the 64x64 output tile and the 16-deep k step
+    }
 }
 
-#[test]
-fn emu_matmul_forward_matches_reference_at_a_larger_shape() {
-    let dev = EmuDevice::new();
-    check_matmul(&dev, 128, 256, 384, true, 4);
+device_tests! {
+    fn emu_matmul_forward_matches_reference_at_a_larger_shape / gpu_matmul_forward_matches_reference_at_a_larger_shape (dev) {
+        check_matmul(&dev, 128, 256, 384, true, 4);
+    }
 }
 
-fn check_matmul_accumulate(dev: &EmuDevice, n: usize, ic: usize, oc: usize, seed: u64) {
+fn check_matmul_accumulate(dev: &dyn Device, n: usize, ic: usize, oc: usize, seed: u64) {
     let mut rng = Rng::new(seed);
     let inp = randn(&mut rng, n * ic, 1.0);
     let weight = randn(&mut rng, oc * ic, 1.0);
@@ -96,18 +118,18 @@ fn check_matmul_accumulate(dev: &EmuDevice, n: usize, ic: usize, oc: usize, seed
     );
 }
 
-#[test]
-fn emu_matmul_forward_accumulate_adds_to_the_output() {
-    let dev = EmuDevice::new();
-    check_matmul_accumulate(&dev, 70, 45, 33, 11);
-    check_matmul_accumulate(&dev, 1, 1, 1, 12);
-    check_matmul_accumulate(&dev, 65, 17, 65, 13);
+device_tests! {
+    fn emu_matmul_forward_accumulate_adds_to_the_output / gpu_matmul_forward_accumulate_adds_to_the_output (dev) {
+        check_matmul_accumulate(&dev, 70, 45, 33, 11);
+        check_matmul_accumulate(&dev, 1, 1, 1, 12);
+        check_matmul_accumulate(&dev, 65, 17, 65, 13);
+    }
 }
 
 // ----------------------------------------------------------------------------------------------
 // matmul_backward_input
 
-fn check_backward_input(dev: &EmuDevice, n: usize, ic: usize, oc: usize, seed: u64) {
+fn check_backward_input(dev: &dyn Device, n: usize, ic: usize, oc: usize, seed: u64) {
     let mut rng = Rng::new(seed);
     let dout = randn(&mut rng, n * oc, 1.0);
     let inp = randn(&mut rng, n * ic, 1.0);
@@ -142,13 +164,13 @@ fn check_backward_input(dev: &EmuDevice, n: usize, ic: usize, oc: usize, seed: u
     );
 }
 
-#[test]
-fn emu_matmul_backward_input_matches_reference() {
-    let dev = EmuDevice::new();
-    check_backward_input(&dev, 70, 45, 33, 21);
-    check_backward_input(&dev, 1, 1, 1, 22);
-    check_backward_input(&dev, 65, 65, 17, 23);
-    check_backward_input(&dev, 17, 3, 70, 24);
+device_tests! {
+    fn emu_matmul_backward_input_matches_reference / gpu_matmul_backward_input_matches_reference (dev) {
+        check_backward_input(&dev, 70, 45, 33, 21);
+        check_backward_input(&dev, 1, 1, 1, 22);
+        check_backward_input(&dev, 65, 65, 17, 23);
+        check_backward_input(&dev, 17, 3, 70, 24);
+    }
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -179,7 +201,7 @@ fn backward_weight_case(n: usize, ic: usize, oc: usize, seed: u64) -> [Vec<f32>;
 /// dweight from the GPU: `splits` None runs the plain launcher (its own split choice and
 /// workspace), Some(s) the workspace launcher with s splits.
 fn run_backward_weight(
-    dev: &EmuDevice,
+    dev: &dyn Device,
     case: &[Vec<f32>; 4],
     n: usize,
     ic: usize,
@@ -211,7 +233,7 @@ fn run_backward_weight(
     got
 }
 
-fn check_backward_weight(dev: &EmuDevice, n: usize, ic: usize, oc: usize, splits: Option<usize>) {
+fn check_backward_weight(dev: &dyn Device, n: usize, ic: usize, oc: usize, splits: Option<usize>) {
     let case = backward_weight_case(n, ic, oc, (n * 1000 + ic * 10 + oc) as u64);
     let got = run_backward_weight(dev, &case, n, ic, oc, splits);
     // a sum over N products (sum_tol), split or not, added to the starting values (rel 1e-6)
@@ -224,30 +246,28 @@ fn check_backward_weight(dev: &EmuDevice, n: usize, ic: usize, oc: usize, splits
     );
 }
 
-#[test]
-fn emu_matmul_backward_weight_matches_reference() {
-    let dev = EmuDevice::new();
-    check_backward_weight(&dev, 70, 45, 33, None);
-    check_backward_weight(&dev, 1, 1, 1, None);
-    check_backward_weight(&dev, 17, 65, 65, None);
-    // N long enough that the plain launcher splits it (and allocates its own workspace)
-    assert_eq!(kernels::matmul_backward_weight_splits(300, 45, 33), 2);
-    check_backward_weight(&dev, 300, 45, 33, None);
-    assert_eq!(
-        dev.live_allocations(),
-        0,
-        "the launcher's workspace was freed"
-    );
+device_tests! {
+    fn emu_matmul_backward_weight_matches_reference / gpu_matmul_backward_weight_matches_reference (dev) {
+        check_backward_weight(&dev, 70, 45, 33, None);
+        check_backward_weight(&dev, 1, 1, 1, None);
+        check_backward_weight(&dev, 17, 65, 65, None);
+        // N long enough that the plain launcher splits it (and allocates its own workspace)
+        assert_eq!(kernels::matmul_backward_weight_splits(300, 45, 33), 2);
+        check_backward_weight(&dev, 300, 45, 33, None);
+        if let Some(n) = live(&dev) {
+            assert_eq!(n, 0, "the launcher's workspace was freed");
+        }
+    }
 }
 
-#[test]
-fn emu_matmul_backward_weight_with_workspace_matches_reference_for_any_split() {
-    let dev = EmuDevice::new();
-    for splits in [1, 2, 3, 5] {
-        check_backward_weight(&dev, 70, 45, 33, Some(splits)); // 5 chunks of 16 rows: last has 6
+device_tests! {
+    fn emu_matmul_backward_weight_with_workspace_matches_reference_for_any_split / gpu_matmul_backward_weight_with_workspace_matches_reference_for_any_split (dev) {
+        for splits in [1, 2, 3, 5] {
+            check_backward_weight(&dev, 70, 45, 33, Some(splits)); // 5 chunks of 16 rows: last has 6
+        }
+        check_backward_weight(&dev, 17, 3, 5, Some(4)); // chunks of 16: only 2 are non-empty
+        check_backward_weight(&dev, 1, 1, 1, Some(3));
     }
-    check_backward_weight(&dev, 17, 3, 5, Some(4)); // chunks of 16: only 2 are non-empty
-    check_backward_weight(&dev, 1, 1, 1, Some(3));
 }
 
 #[test]
@@ -313,7 +333,7 @@ fn bias_case(n: usize, oc: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
 }
 
 fn run_bias(
-    dev: &EmuDevice,
+    dev: &dyn Device,
     dout: &[f32],
     db0: &[f32],
     n: usize,
@@ -339,31 +359,33 @@ fn run_bias(
     got
 }
 
-#[test]
-fn emu_bias_backward_matches_reference() {
-    let dev = EmuDevice::new();
-    for &(n, oc, splits) in &[
-        (70, 33, None),
-        (1, 1, None),
-        (17, 65, None),
-        (70, 33, Some(1)),
-        (70, 33, Some(3)),  // chunks of 24 rows: 24, 24, 22
-        (70, 33, Some(64)), // more splits than sensible: chunks of 2 rows
-        (300, 45, Some(2)),
-    ] {
-        let (dout, db0, want) = bias_case(n, oc, (n + oc) as u64);
-        let got = run_bias(&dev, &dout, &db0, n, oc, splits);
-        // both sum in f64 (the GPU rounds each split's partial sum to f32 once): only the final
-        // f32 rounding and one partial rounding differ, a few ε relative to the partial sums
-        assert_close_all(
-            &format!("bias_backward N={n} OC={oc} splits={splits:?}"),
-            &got,
-            &want,
-            1e-5,
-            1e-6,
-        );
+device_tests! {
+    fn emu_bias_backward_matches_reference / gpu_bias_backward_matches_reference (dev) {
+        for &(n, oc, splits) in &[
+            (70, 33, None),
+            (1, 1, None),
+            (17, 65, None),
+            (70, 33, Some(1)),
+            (70, 33, Some(3)),  // chunks of 24 rows: 24, 24, 22
+            (70, 33, Some(64)), // more splits than sensible: chunks of 2 rows
+            (300, 45, Some(2)),
+        ] {
+            let (dout, db0, want) = bias_case(n, oc, (n + oc) as u64);
+            let got = run_bias(&dev, &dout, &db0, n, oc, splits);
+            // both sum in f64 (the GPU rounds each split's partial sum to f32 once): only the final
+            // f32 rounding and one partial rounding differ, a few ε relative to the partial sums
+            assert_close_all(
+                &format!("bias_backward N={n} OC={oc} splits={splits:?}"),
+                &got,
+                &want,
+                1e-5,
+                1e-6,
+            );
+        }
+        if let Some(n) = live(&dev) {
+            assert_eq!(n, 0, "the launcher's workspace was freed");
+        }
     }
-    assert_eq!(dev.live_allocations(), 0);
 }
 
 #[test]
