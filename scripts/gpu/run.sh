@@ -12,6 +12,7 @@ cd "$HERE"
 BIN="$HERE/bin/robo-poet"
 SUMMARY="$OUT/summary.md"
 : > "$OUT/steps.tsv"
+cp "$HERE/COMMIT" "$OUT/COMMIT" 2>/dev/null || true
 
 # step NAME SECONDS LOG COMMAND...: runs COMMAND with a time limit, records pass/fail and time.
 step() {
