@@ -199,6 +199,10 @@ pub enum DeviceChoice {
     Auto,
     Cpu,
     Cuda,
+    /// The CUDA backend on the emulated device (kernels run on the CPU, slowly): for testing the
+    /// CUDA host path end to end without a GPU.
+    #[value(hide = true)]
+    Emu,
 }
 
 /// Builds the backend for a device choice and a tensor table. `--device cuda` without a usable
@@ -218,6 +222,10 @@ pub fn create(
                 .map_err(|e| anyhow::anyhow!("--device cuda: {e}; use --device cpu"))?;
             Ok(Box::new(cuda::CudaBackend::new(Box::new(dev), table)?))
         }
+        DeviceChoice::Emu => Ok(Box::new(cuda::CudaBackend::new(
+            Box::new(crate::gpu::EmuDevice::new()),
+            table,
+        )?)),
         DeviceChoice::Auto => match CudaDevice::open() {
             Ok(dev) => Ok(Box::new(cuda::CudaBackend::new(Box::new(dev), table)?)),
             Err(why) => {
