@@ -6,7 +6,9 @@
 //! of a checkpoint; see README "Checkpoint format").
 
 pub mod attention;
+pub mod flops;
 pub mod lstm;
+pub mod memory;
 
 use crate::backend::Backend;
 use crate::rng::Rng;
