@@ -1,14 +1,16 @@
-//! The command line: `train`, `generate`, `eval`, `kernels`.
+//! The command line: `train`, `generate`, `eval`, `kernels`, `memory`.
 
 mod eval_cmd;
 mod generate_cmd;
 mod kernels_cmd;
+mod memory_cmd;
 pub mod presets;
 pub mod run_files;
 mod train_cmd;
 
 use crate::backend::DeviceChoice;
 use crate::data::tokenizer::TokenizerKind;
+use crate::model::attention::AttentionStyle;
 use crate::model::ModelKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -44,6 +46,23 @@ pub enum Command {
     /// The CUDA kernels built into this binary: registers, shared memory and spills per kernel
     /// (ptxas's report from the NVRTC compile), or why they were not compiled.
     Kernels(KernelsArgs),
+    /// Memory and FLOPs of one training step, attention vs LSTM at the same width: bytes per
+    /// category from each model's tensor table, the attention/LSTM ratio, and a seq_len sweep.
+    #[command(
+        long_about = "Memory and FLOPs of one training step, attention vs LSTM at the same width, computed \
+                      analytically: bytes per category (parameters, gradients, AdamW state, saved activations, \
+                      workspace, inputs) read from each model's tensor table, with the attention T×T tensors and \
+                      the LSTM gates and cell states as rows of their own; FLOPs of the forward and backward pass \
+                      (a multiply-add counts 2). The attention model has --d-model channels; the LSTM has \
+                      embed = hidden = --d-model and the same --layers, vocabulary, batch and seq_len. The default \
+                      is the seed configuration. With a working GPU each configuration is also allocated on the \
+                      CUDA backend and the driver-measured bytes are shown beside the analytic ones; otherwise one \
+                      line says why no measurement was made.",
+        after_help = "Examples:\n  robo-poet memory\n  robo-poet memory --seq-len 64,128,256,512,1024,2048,4096\n  \
+                      robo-poet memory --style gpt --d-model 128 --heads 4 --layers 4 --batch 32 --json\n  \
+                      robo-poet memory --seq-len 128,1024 --csv memory.csv"
+    )]
+    Memory(MemoryArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -189,6 +208,39 @@ pub struct KernelsArgs {
     pub check_spills: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct MemoryArgs {
+    /// Context length T, or a comma-separated list (64,128,256) for a sweep: one table per length,
+    /// then a summary of totals and ratios per length.
+    #[arg(long, value_name = "T[,T...]", default_value = "128")]
+    pub seq_len: String,
+    /// Width: the attention model's d_model, and the LSTM's embedding and hidden size.
+    #[arg(long, value_name = "D", default_value_t = 256)]
+    pub d_model: usize,
+    /// Sequences per batch.
+    #[arg(long, value_name = "B", default_value_t = 4)]
+    pub batch: usize,
+    /// Attention heads (must divide --d-model).
+    #[arg(long, value_name = "NH", default_value_t = 1)]
+    pub heads: usize,
+    /// Layers of both models (attention layers or blocks, LSTM layers).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub layers: usize,
+    /// Vocabulary size (78: the character vocabulary of Alice + Hamlet).
+    #[arg(long, value_name = "V", default_value_t = 78)]
+    pub vocab: usize,
+    /// Attention style: the seed's layer (Q/K/V, softmax, dropout, values; no position
+    /// embeddings) or GPT-style blocks (layernorm, output projection, 4x MLP, position embeddings).
+    #[arg(long, value_enum, default_value_t = AttentionStyle::Seed)]
+    pub style: AttentionStyle,
+    /// Print one JSON object (every row of every configuration, in bytes and MiB) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write every row as CSV (seq_len,model,quantity,name,value,unit) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+}
+
 fn parse_tokenizer(s: &str) -> Result<TokenizerKind, String> {
     s.parse::<TokenizerKind>().map_err(|e| e.to_string())
 }
@@ -207,5 +259,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate_cmd::run(&a),
         Command::Eval(a) => eval_cmd::run(&a),
         Command::Kernels(a) => kernels_cmd::run(&a),
+        Command::Memory(a) => memory_cmd::run(&a),
     }
 }

@@ -1,0 +1,455 @@
+//! `robo-poet memory`: what one training step of the attention model and of the LSTM holds in
+//! memory, and how many FLOPs it does, side by side at the same width, read from the models'
+//! tensor tables (`model::memory`) and counted analytically (`model::flops`). On a working GPU
+//! it also allocates each configuration on the CUDA backend and shows what the driver measured.
+
+use super::MemoryArgs;
+use crate::backend::cuda::{CudaBackend, DeviceMemory};
+use crate::gpu::{CudaDevice, Device};
+use crate::model::attention::{AttentionConfig, AttentionStyle};
+use crate::model::flops::{step_flops, FlopTerm, Flops};
+use crate::model::lstm::LstmConfig;
+use crate::model::memory::{memory_rows, mib, MemoryRow};
+use crate::model::{build, ModelConfig};
+use anyhow::{bail, ensure, Context, Result};
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// One model at one sequence length.
+#[derive(Serialize)]
+struct ModelReport {
+    config: ModelConfig,
+    rows: Vec<RowBytes>,
+    total_bytes: usize,
+    total_mib: f64,
+    flops: Flops,
+    flops_total: u64,
+    flop_terms: Vec<FlopTerm>,
+    /// The CUDA backend's own accounting and the driver's, when a GPU was used.
+    cuda: Option<CudaMemory>,
+}
+
+#[derive(Serialize)]
+struct RowBytes {
+    row: &'static str,
+    label: &'static str,
+    category: &'static str,
+    bytes: usize,
+    mib: f64,
+}
+
+#[derive(Serialize)]
+struct CudaMemory {
+    /// The table plus the backend's `cuda.*` workspace.
+    analytic_bytes: usize,
+    /// Driver free memory before the allocations minus after.
+    measured_bytes: usize,
+}
+
+#[derive(Serialize)]
+struct Pair {
+    seq_len: usize,
+    attention: ModelReport,
+    lstm: ModelReport,
+    /// attention total bytes / LSTM total bytes.
+    memory_ratio: f64,
+    /// attention FLOPs / LSTM FLOPs (forward + backward).
+    flop_ratio: f64,
+}
+
+#[derive(Serialize)]
+struct Gpu {
+    measured: bool,
+    /// The device, when measured; otherwise why not.
+    note: String,
+}
+
+#[derive(Serialize)]
+struct Report {
+    style: AttentionStyle,
+    vocab: usize,
+    batch: usize,
+    d_model: usize,
+    layers: usize,
+    heads: usize,
+    gpu: Gpu,
+    configs: Vec<Pair>,
+    /// Smallest swept seq_len where attention's total bytes exceed the LSTM's.
+    memory_crossover_seq_len: Option<usize>,
+    /// Smallest swept seq_len where attention's FLOPs exceed the LSTM's.
+    flop_crossover_seq_len: Option<usize>,
+}
+
+/// Parses `--seq-len 64,128,256`: positive integers, sorted, duplicates dropped.
+fn parse_lengths(s: &str) -> Result<Vec<usize>> {
+    let mut v = vec![];
+    for part in s.split(',').map(str::trim) {
+        if part.is_empty() {
+            bail!("--seq-len {s:?} has an empty entry; give lengths like 64,128,256");
+        }
+        let n: usize = part.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "--seq-len: {part:?} is not a whole number; give lengths like 64,128,256"
+            )
+        })?;
+        ensure!(n > 0, "--seq-len must be at least 1 (got 0)");
+        v.push(n);
+    }
+    v.sort_unstable();
+    v.dedup();
+    Ok(v)
+}
+
+fn configs(a: &MemoryArgs, t: usize) -> Result<(ModelConfig, ModelConfig)> {
+    let att = AttentionConfig {
+        style: a.style,
+        vocab_size: a.vocab,
+        seq_len: t,
+        d_model: a.d_model,
+        n_layers: a.layers,
+        n_heads: a.heads,
+        // As the presets: the seed has no position embeddings, the GPT style learns them.
+        pos_emb: a.style == AttentionStyle::Gpt,
+        dropout: 0.1,
+    };
+    att.validate()?;
+    let lstm = LstmConfig {
+        vocab_size: a.vocab,
+        seq_len: t,
+        embed: a.d_model,
+        hidden: a.d_model,
+        n_layers: a.layers,
+    };
+    lstm.validate()?;
+    // A rough upper bound, in f64 so it cannot overflow, that keeps every byte and FLOP count
+    // far inside u64.
+    let (b, t, d, v, l, nh) = (
+        a.batch as f64,
+        t as f64,
+        a.d_model as f64,
+        a.vocab as f64,
+        a.layers as f64 + 1.0,
+        a.heads as f64,
+    );
+    let elems = 16.0 * l * (b * nh * t * t + b * t * (16.0 * d + v) + (v + t + 16.0 * d) * d);
+    let flops = 64.0 * l * (b * t * (16.0 * d + v) * d + b * nh * t * t * d);
+    ensure!(
+        elems * 4.0 < 2f64.powi(50) && flops < 2f64.powi(62),
+        "this configuration is too large to account for (more than a PiB of tensors or 2^62 FLOPs); \
+         use a smaller --seq-len, --d-model, --batch, --heads or --layers"
+    );
+    Ok((ModelConfig::Attention(att), ModelConfig::Lstm(lstm)))
+}
+
+fn model_report(cfg: ModelConfig, batch: usize, gpu: bool) -> Result<ModelReport> {
+    let model = build(&cfg, batch);
+    let table = model.table();
+    let rows = memory_rows(table)
+        .into_iter()
+        .map(|(r, bytes)| RowBytes {
+            row: r.key(),
+            label: r.label(),
+            category: r.category().label(),
+            bytes,
+            mib: mib(bytes),
+        })
+        .collect();
+    let terms = step_flops(&cfg, batch);
+    let flops: Flops = terms.iter().map(|t| t.flops).sum();
+    let cuda = if gpu {
+        let m = measure(table.clone())
+            .with_context(|| format!("measuring {} on the GPU", cfg.describe()))?;
+        Some(CudaMemory {
+            analytic_bytes: m.analytic_bytes,
+            measured_bytes: m.measured_bytes,
+        })
+    } else {
+        None
+    };
+    Ok(ModelReport {
+        total_bytes: table.total_bytes(),
+        total_mib: mib(table.total_bytes()),
+        config: cfg,
+        rows,
+        flops,
+        flops_total: flops.total(),
+        flop_terms: terms,
+        cuda,
+    })
+}
+
+/// Allocates the table on a freshly opened GPU (freed again on return) and reads the driver.
+fn measure(table: crate::tensor::TensorTable) -> Result<DeviceMemory> {
+    let dev = CudaDevice::open().map_err(|why| anyhow::anyhow!("{why}"))?;
+    let be = CudaBackend::new(Box::new(dev), table)?;
+    Ok(be.memory())
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::NAN
+    }
+}
+
+pub fn run(a: &MemoryArgs) -> Result<()> {
+    let lengths = parse_lengths(&a.seq_len)?;
+    ensure!(a.batch > 0, "--batch must be at least 1");
+    ensure!(
+        a.vocab > 0,
+        "--vocab must be at least 1 (78 is the character vocabulary of Alice + Hamlet)"
+    );
+    let pairs: Vec<(usize, ModelConfig, ModelConfig)> = lengths
+        .iter()
+        .map(|&t| configs(a, t).map(|(x, y)| (t, x, y)))
+        .collect::<Result<_>>()?;
+    let gpu = match CudaDevice::open() {
+        Ok(dev) => Gpu {
+            measured: true,
+            note: dev.name(),
+        },
+        Err(why) => Gpu {
+            measured: false,
+            note: why.to_string(),
+        },
+    };
+    let mut configs = vec![];
+    for (t, att, lstm) in pairs {
+        let attention = model_report(att, a.batch, gpu.measured)?;
+        let lstm = model_report(lstm, a.batch, gpu.measured)?;
+        configs.push(Pair {
+            seq_len: t,
+            memory_ratio: ratio(attention.total_bytes as f64, lstm.total_bytes as f64),
+            flop_ratio: ratio(attention.flops_total as f64, lstm.flops_total as f64),
+            attention,
+            lstm,
+        });
+    }
+    let crossover = |f: &dyn Fn(&Pair) -> bool| configs.iter().find(|p| f(p)).map(|p| p.seq_len);
+    let report = Report {
+        style: a.style,
+        vocab: a.vocab,
+        batch: a.batch,
+        d_model: a.d_model,
+        layers: a.layers,
+        heads: a.heads,
+        memory_crossover_seq_len: crossover(&|p| p.attention.total_bytes > p.lstm.total_bytes),
+        flop_crossover_seq_len: crossover(&|p| p.attention.flops_total > p.lstm.flops_total),
+        gpu,
+        configs,
+    };
+    if let Some(path) = &a.csv {
+        std::fs::write(path, csv(&report))
+            .with_context(|| format!("writing --csv {}", path.display()))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", text(&report));
+        if let Some(path) = &a.csv {
+            println!("\nwrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn fmt_ratio(r: f64) -> String {
+    if r.is_finite() {
+        format!("{r:.2}x")
+    } else {
+        "-".into()
+    }
+}
+
+fn fmt_mib(bytes: usize) -> String {
+    format!("{:.3} MiB", mib(bytes))
+}
+
+fn gflop(f: u64) -> String {
+    format!("{:.3} GFLOP", f as f64 / 1e9)
+}
+
+fn text(r: &Report) -> String {
+    let mut s = String::new();
+    let style = match r.style {
+        AttentionStyle::Seed => "seed-style attention (no position embeddings)",
+        AttentionStyle::Gpt => "GPT-style attention (learned position embeddings)",
+    };
+    let _ = writeln!(
+        s,
+        "Memory and FLOPs of one training step, analytic (every tensor of each model's table, f32/u32):\n  \
+         {style}: {} layer(s), {} head(s), d_model {}\n  \
+         LSTM: {} layer(s), embed = hidden = {}\n  \
+         vocab {}, batch {}",
+        r.layers, r.heads, r.d_model, r.layers, r.d_model, r.vocab, r.batch
+    );
+    let w = 44;
+    for p in &r.configs {
+        let _ = writeln!(
+            s,
+            "\nseq_len {}\n  {:<w$} {:>14} {:>14} {:>10}",
+            p.seq_len, "memory", "attention", "LSTM", "attn/LSTM"
+        );
+        for (i, row) in MemoryRow::ALL.iter().enumerate() {
+            let (x, y) = (p.attention.rows[i].bytes, p.lstm.rows[i].bytes);
+            let cell = |b: usize| if b == 0 { "-".into() } else { fmt_mib(b) };
+            let _ = writeln!(
+                s,
+                "  {:<w$} {:>14} {:>14} {:>10}",
+                row.label(),
+                cell(x),
+                cell(y),
+                if x > 0 && y > 0 {
+                    fmt_ratio(x as f64 / y as f64)
+                } else {
+                    "-".into()
+                }
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  {:<w$} {:>14} {:>14} {:>10}",
+            "total",
+            fmt_mib(p.attention.total_bytes),
+            fmt_mib(p.lstm.total_bytes),
+            fmt_ratio(p.memory_ratio)
+        );
+        if let (Some(x), Some(y)) = (&p.attention.cuda, &p.lstm.cuda) {
+            for (label, xb, yb) in [
+                (
+                    "CUDA backend: table + cuda.* workspace",
+                    x.analytic_bytes,
+                    y.analytic_bytes,
+                ),
+                (
+                    "CUDA: driver-measured (free before - after)",
+                    x.measured_bytes,
+                    y.measured_bytes,
+                ),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "  {:<w$} {:>14} {:>14} {:>10}",
+                    label,
+                    fmt_mib(xb),
+                    fmt_mib(yb),
+                    fmt_ratio(xb as f64 / yb as f64)
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "  {:<w$} {:>14} {:>14} {:>10}",
+            "FLOPs per step (multiply-add = 2)", "attention", "LSTM", "attn/LSTM"
+        );
+        for (label, x, y) in [
+            ("forward", p.attention.flops.forward, p.lstm.flops.forward),
+            (
+                "backward",
+                p.attention.flops.backward,
+                p.lstm.flops.backward,
+            ),
+            (
+                "forward + backward",
+                p.attention.flops_total,
+                p.lstm.flops_total,
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "  {:<w$} {:>14} {:>14} {:>10}",
+                label,
+                gflop(x),
+                gflop(y),
+                fmt_ratio(x as f64 / y as f64)
+            );
+        }
+    }
+    if r.configs.len() > 1 {
+        let _ = writeln!(
+            s,
+            "\nSummary\n  {:>8} {:>14} {:>14} {:>10} {:>15} {:>15} {:>10}",
+            "seq_len", "attention", "LSTM", "mem ratio", "attention", "LSTM", "FLOP ratio"
+        );
+        for p in &r.configs {
+            let _ = writeln!(
+                s,
+                "  {:>8} {:>14} {:>14} {:>10} {:>15} {:>15} {:>10}",
+                p.seq_len,
+                fmt_mib(p.attention.total_bytes),
+                fmt_mib(p.lstm.total_bytes),
+                fmt_ratio(p.memory_ratio),
+                gflop(p.attention.flops_total),
+                gflop(p.lstm.flops_total),
+                fmt_ratio(p.flop_ratio)
+            );
+        }
+    }
+    let cross = |c: Option<usize>| match c {
+        Some(t) => format!("seq_len {t}"),
+        None => "none in the sweep".into(),
+    };
+    let _ = writeln!(
+        s,
+        "\nMemory crossover (smallest swept seq_len where attention's total exceeds the LSTM's): {}",
+        cross(r.memory_crossover_seq_len)
+    );
+    let _ = writeln!(
+        s,
+        "FLOP crossover (smallest swept seq_len where attention's FLOPs exceed the LSTM's): {}",
+        cross(r.flop_crossover_seq_len)
+    );
+    if r.gpu.measured {
+        let _ = writeln!(
+            s,
+            "GPU: each configuration was allocated on {} and the driver's free memory read before and after.",
+            r.gpu.note
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "GPU: no measurement made ({}); all figures are analytic.",
+            r.gpu.note
+        );
+    }
+    s
+}
+
+fn csv(r: &Report) -> String {
+    let mut s = String::from("seq_len,model,quantity,name,value,unit\n");
+    for p in &r.configs {
+        for (model, m) in [("attention", &p.attention), ("lstm", &p.lstm)] {
+            let mut line = |q: &str, name: &str, v: u64, unit: &str| {
+                let _ = writeln!(s, "{},{model},{q},{name},{v},{unit}", p.seq_len);
+            };
+            for row in &m.rows {
+                line("memory", row.row, row.bytes as u64, "bytes");
+            }
+            line("memory", "total", m.total_bytes as u64, "bytes");
+            if let Some(c) = &m.cuda {
+                line("memory", "cuda_analytic", c.analytic_bytes as u64, "bytes");
+                line("memory", "cuda_measured", c.measured_bytes as u64, "bytes");
+            }
+            line("flops", "forward", m.flops.forward, "flop");
+            line("flops", "backward", m.flops.backward, "flop");
+            line("flops", "total", m.flops_total, "flop");
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_len_lists_parse_or_fail_with_the_flag_named() {
+        assert_eq!(parse_lengths("128").unwrap(), vec![128]);
+        assert_eq!(parse_lengths("256, 64,128,64").unwrap(), vec![64, 128, 256]);
+        for bad in ["", "64,,128", "0", "64,x", "-3"] {
+            let e = parse_lengths(bad).unwrap_err().to_string();
+            assert!(e.contains("--seq-len"), "{bad:?}: {e}");
+        }
+    }
+}
