@@ -82,6 +82,10 @@ struct Report {
 
 /// Parses `--seq-len 64,128,256`: positive integers, sorted, duplicates dropped.
 fn parse_lengths(s: &str) -> Result<Vec<usize>> {
+    ensure!(
+        !s.trim().is_empty(),
+        "--seq-len is empty; give a length or a list like 64,128,256"
+    );
     let mut v = vec![];
     for part in s.split(',').map(str::trim) {
         if part.is_empty() {
@@ -409,7 +413,7 @@ fn text(r: &Report) -> String {
     } else {
         let _ = writeln!(
             s,
-            "GPU: no measurement made ({}); all figures are analytic.",
+            "GPU: no measurement made, all figures are analytic: {}",
             r.gpu.note
         );
     }
