@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the GPU check bundle (../shared/docs/GPU.md): release binary, the GPU test binaries and
-# the train-step bench, with the CUDA kernels compiled by NVRTC 13.0 (required), stripped, plus the
+# the attention-vs-LSTM bench, with the CUDA kernels compiled by NVRTC 13.0 (required), stripped, plus the
 # corpus and the run script, into dist/gpu-check/ (git-ignored). On the GPU machine:
 #     dist/gpu-check/run.sh OUT_DIR
 # Usage: scripts/gpu-bundle.sh [--data DIR]   (DIR: the corpus, default ../shared/corpus or data/)
@@ -44,7 +44,7 @@ cargo bench --no-run --message-format=json 2>/dev/null > "$OUT/.cargo-benches.js
 python3 - "$OUT" <<'PY'
 import json, shutil, sys
 out = sys.argv[1]
-fixed = {"gpu_backend", "train_step"}
+fixed = {"gpu_backend", "attention_vs_lstm"}
 found = set()
 for f in (".cargo-tests.json", ".cargo-benches.json"):
     for line in open(f"{out}/{f}"):
