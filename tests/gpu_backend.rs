@@ -2,14 +2,14 @@
 //! determinism, attention row sums. Without a GPU every test says SKIPPED (on stderr) and
 //! returns: these are run by the GPU check bundle (scripts/gpu-bundle.sh, scripts/gpu/run.sh).
 
+mod common;
+
 use robo_poet::backend::cuda::CudaBackend;
 use robo_poet::backend::parity::training_parity;
-use robo_poet::backend::Backend;
 use robo_poet::gpu::CudaDevice;
 use robo_poet::model::attention::{AttentionConfig, AttentionStyle};
 use robo_poet::model::lstm::LstmConfig;
 use robo_poet::model::{self, ModelConfig};
-use robo_poet::rng::Rng;
 
 fn gpu(test: &str) -> Option<CudaDevice> {
     match CudaDevice::open() {
@@ -97,12 +97,10 @@ fn gpu_backend_lstm_training_matches_cpu_for_100_steps() {
 /// What compute-sanitizer runs: two steps of each model at ragged shapes, with dropout.
 #[test]
 fn gpu_backend_sanitizer_run() {
-    let Some(dev) = gpu("gpu_backend_sanitizer_run") else {
-        return;
-    };
-    drop(dev);
     for cfg in [gpt(37, 36, 0.1), lstm(21)] {
-        let dev = CudaDevice::open().unwrap();
+        let Some(dev) = gpu("gpu_backend_sanitizer_run") else {
+            return;
+        };
         let p = training_parity(&cfg, 3, 2, 3, Box::new(dev)).unwrap();
         assert!(p.max_loss_rel_err() <= 1e-4, "{}", p.max_loss_rel_err());
     }
@@ -141,29 +139,9 @@ fn gpu_backend_attention_rows_sum_to_one() {
     let Some(dev) = gpu("gpu_backend_attention_rows_sum_to_one") else {
         return;
     };
-    let cfg = gpt(128, 128, 0.1);
-    let model = model::build(&cfg, 4);
+    let model = model::build(&gpt(128, 128, 0.1), 4);
     let mut be = CudaBackend::new(Box::new(dev), model.table().clone()).unwrap();
-    let mut rng = Rng::new(3);
-    for (id, v) in model::init_params(model.as_ref(), &mut rng) {
-        be.write(id, &v);
-    }
-    let (b, t) = model.batch_shape();
-    let toks: Vec<u32> = (0..b * t).map(|_| rng.below(78) as u32).collect();
-    model.set_batch(&mut be, &toks, &toks);
-    model.forward(&mut be, None);
-    let mut worst = 0.0f64;
-    for l in 0..2 {
-        let probs = be.table().get(&format!("blocks.{l}.attn.probs")).unwrap();
-        for (r, row) in be.read(probs).chunks_exact(t).enumerate() {
-            let sum: f64 = row.iter().map(|&x| x as f64).sum();
-            worst = worst.max((sum - 1.0).abs());
-            assert!(
-                row[r % t + 1..].iter().all(|&x| x == 0.0),
-                "row {r} attends to the future"
-            );
-        }
-    }
+    let worst = common::attention_row_deviation(&mut be, model.as_ref(), 78, 3);
     eprintln!("gpu_backend_attention_rows_sum_to_one: largest |row sum - 1| = {worst:.2e}");
     assert!(worst <= 1e-5, "a row sums to 1 ± {worst:.2e}");
 }

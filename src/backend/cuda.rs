@@ -198,10 +198,6 @@ impl CudaBackend {
         id.map(|i| self.f(i))
     }
 
-    fn dev(&self) -> &dyn Device {
-        &*self.dev
-    }
-
     /// dweight (OC, IC) += dout (N, OC)ᵀ · inp (N, IC), split over N as far as the workspace
     /// allows (the split count depends only on the shapes, so runs are reproducible).
     fn weight_grad(
@@ -218,7 +214,7 @@ impl CudaBackend {
         let len = k::matmul_backward_weight_workspace_len(n, ic, oc, splits);
         let ws = (len > 0).then(|| self.split_ws.slice(0..len));
         self.ok(k::matmul_backward_weight_with_workspace(
-            self.dev(),
+            self.device(),
             dweight,
             dout,
             inp,
@@ -237,7 +233,7 @@ impl CudaBackend {
         let len = k::bias_backward_workspace_len(n, oc, splits);
         let ws = (len > 0).then(|| self.split_ws.slice(0..len));
         self.ok(k::bias_backward_with_workspace(
-            self.dev(),
+            self.device(),
             dbias,
             dout,
             ws,
@@ -289,11 +285,11 @@ impl Backend for CudaBackend {
             d.len(),
             data.len()
         );
-        self.ok(self.dev().write(d, data));
+        self.ok(self.device().write(d, data));
     }
 
     fn read(&self, id: TensorId) -> Vec<f32> {
-        self.ok(self.dev().download(self.f(id)))
+        self.ok(self.device().download(self.f(id)))
     }
 
     fn write_u32(&mut self, id: TensorId, data: &[u32]) {
@@ -305,16 +301,16 @@ impl Backend for CudaBackend {
             d.len(),
             data.len()
         );
-        self.ok(self.dev().write(d, data));
+        self.ok(self.device().write(d, data));
     }
 
     fn read_u32(&self, id: TensorId) -> Vec<u32> {
-        self.ok(self.dev().download(self.u(id)))
+        self.ok(self.device().download(self.u(id)))
     }
 
     fn zero(&mut self, id: TensorId) {
         let bytes = self.table.spec(id).bytes();
-        self.ok(self.dev().memset_d8(self.ptrs[id.index()], 0, bytes));
+        self.ok(self.device().memset_d8(self.ptrs[id.index()], 0, bytes));
     }
 
     fn embedding_forward(
@@ -326,7 +322,7 @@ impl Backend for CudaBackend {
     ) {
         let (b, t, c, v) = shapes::embedding_forward(&self.table, out, tokens, wte, wpe);
         let r = k::embedding_forward(
-            self.dev(),
+            self.device(),
             self.f(out),
             self.u(tokens),
             self.f(wte),
@@ -348,7 +344,7 @@ impl Backend for CudaBackend {
     ) {
         let (b, t, c, v) = shapes::embedding_backward(&self.table, dwte, dwpe, dout, tokens);
         let r = k::embedding_backward(
-            self.dev(),
+            self.device(),
             self.f(dwte),
             self.fo(dwpe),
             self.f(dout),
@@ -370,7 +366,7 @@ impl Backend for CudaBackend {
     ) {
         let (n, ic, oc) = shapes::linear(&self.table, "matmul_forward", out, inp, weight, bias);
         let r = k::matmul_forward(
-            self.dev(),
+            self.device(),
             self.f(out),
             self.f(inp),
             self.f(weight),
@@ -393,7 +389,7 @@ impl Backend for CudaBackend {
     ) {
         let (n, ic, oc) =
             shapes::matmul_backward(&self.table, dinp, dweight, dbias, dout, inp, weight);
-        let d = self.dev();
+        let d = self.device();
         if let Some(di) = dinp {
             self.ok(k::matmul_backward_input(
                 d,
@@ -422,7 +418,7 @@ impl Backend for CudaBackend {
     ) {
         let (n, c) = shapes::layernorm_forward(&self.table, out, mean, rstd, inp, weight, bias);
         let r = k::layernorm_forward(
-            self.dev(),
+            self.device(),
             self.f(out),
             self.f(mean),
             self.f(rstd),
@@ -458,7 +454,7 @@ impl Backend for CudaBackend {
             rstd,
         );
         let r = k::layernorm_backward(
-            self.dev(),
+            self.device(),
             self.f(dinp),
             self.f(dweight),
             self.f(dbias),
@@ -475,7 +471,7 @@ impl Backend for CudaBackend {
 
     fn gelu_forward(&mut self, out: TensorId, inp: TensorId) {
         shapes::same(&self.table, "gelu_forward", inp, &[("out", out)]);
-        let r = k::gelu_forward(self.dev(), self.f(out), self.f(inp));
+        let r = k::gelu_forward(self.device(), self.f(out), self.f(inp));
         self.ok(r);
     }
 
@@ -486,19 +482,19 @@ impl Backend for CudaBackend {
             inp,
             &[("dinp", dinp), ("dout", dout)],
         );
-        let r = k::gelu_backward(self.dev(), self.f(dinp), self.f(inp), self.f(dout));
+        let r = k::gelu_backward(self.device(), self.f(dinp), self.f(inp), self.f(dout));
         self.ok(r);
     }
 
     fn add(&mut self, out: TensorId, a: TensorId, b: TensorId) {
         shapes::same(&self.table, "add", out, &[("a", a), ("b", b)]);
-        let r = k::add(self.dev(), self.f(out), self.f(a), self.f(b));
+        let r = k::add(self.device(), self.f(out), self.f(a), self.f(b));
         self.ok(r);
     }
 
     fn accumulate(&mut self, dst: TensorId, src: TensorId) {
         shapes::same(&self.table, "accumulate", dst, &[("src", src)]);
-        let r = k::accumulate(self.dev(), self.f(dst), self.f(src));
+        let r = k::accumulate(self.device(), self.f(dst), self.f(src));
         self.ok(r);
     }
 
@@ -515,7 +511,7 @@ impl Backend for CudaBackend {
         let s = shapes::attention_forward(&self.table, out, probs, q, kk, v, scratch);
         let dropout = dropout.filter(|d| d.p > 0.0);
         let (r, t) = (s.b * s.nh, s.t);
-        let d = self.dev();
+        let d = self.device();
         let p = self.f(probs);
         // scores into probs, softmax in place, dropped-out weights into the scratch
         self.ok(k::attention_scores_forward(d, p, self.f(q), self.f(kk), s));
@@ -548,7 +544,7 @@ impl Backend for CudaBackend {
         let s = shapes::attention_backward(&self.table, dq, dk, dv, dout, q, kk, v, probs, scratch);
         let dropout = dropout.filter(|d| d.p > 0.0);
         let (r, t) = (s.b * s.nh, s.t);
-        let d = self.dev();
+        let d = self.device();
         let (p, w) = (self.f(probs), self.f(scratch));
         // With dropout the weights are regenerated into the scratch, which then receives their
         // gradient: dv is computed from them before the score gradient overwrites them.
@@ -596,7 +592,7 @@ impl Backend for CudaBackend {
         if s.t == 0 || s.b == 0 {
             return;
         }
-        let d = self.dev();
+        let d = self.device();
         let (hh, cc, gg, whh) = (self.f(h), self.f(c), self.f(gates), self.f(w_hh));
         let (bh, b4) = (s.b * s.h, s.b * 4 * s.h);
         // input contributions of every timestep at once, then the recurrence step by step
@@ -669,7 +665,7 @@ impl Backend for CudaBackend {
         if s.t == 0 || s.b == 0 {
             return;
         }
-        let d = self.dev();
+        let d = self.device();
         let (hh, cc, gg, dg, ddh) = (
             self.f(h),
             self.f(c),
@@ -738,7 +734,7 @@ impl Backend for CudaBackend {
     fn cross_entropy_forward(&mut self, losses: TensorId, logits: TensorId, targets: TensorId) {
         let (n, v) = shapes::cross_entropy_forward(&self.table, losses, logits, targets);
         let r = k::cross_entropy_forward(
-            self.dev(),
+            self.device(),
             self.f(losses),
             self.f(logits),
             self.u(targets),
@@ -757,7 +753,7 @@ impl Backend for CudaBackend {
     ) {
         let (n, v) = shapes::cross_entropy_backward(&self.table, dlogits, logits, targets);
         let r = k::cross_entropy_backward(
-            self.dev(),
+            self.device(),
             self.f(dlogits),
             self.f(logits),
             self.u(targets),
@@ -779,14 +775,14 @@ impl Backend for CudaBackend {
         for chunk in ids.chunks(REDUCE_BATCH) {
             for (i, &id) in chunk.iter().enumerate() {
                 let r = k::sum_squares(
-                    self.dev(),
+                    self.device(),
                     self.sums.slice(i..i + 1),
                     self.partials,
                     self.f(id),
                 );
                 self.ok(r);
             }
-            let sums = self.ok(self.dev().download(self.sums.slice(0..chunk.len())));
+            let sums = self.ok(self.device().download(self.sums.slice(0..chunk.len())));
             out.extend(sums);
         }
         out
@@ -802,7 +798,7 @@ impl Backend for CudaBackend {
     ) {
         let decay = shapes::adamw_update(&self.table, p);
         let r = k::adamw_update(
-            self.dev(),
+            self.device(),
             self.f(p.param),
             self.f(p.grad),
             self.f(p.m),

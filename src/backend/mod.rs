@@ -213,21 +213,21 @@ pub fn create(
     table: TensorTable,
     quiet: bool,
 ) -> anyhow::Result<Box<dyn Backend>> {
-    use crate::gpu::CudaDevice;
+    use crate::gpu::{CudaDevice, EmuDevice};
     let cpu = |table| -> Box<dyn Backend> { Box::new(cpu::CpuBackend::new(table)) };
+    let on = |dev: Box<dyn crate::gpu::Device>, table| -> anyhow::Result<Box<dyn Backend>> {
+        Ok(Box::new(cuda::CudaBackend::new(dev, table)?))
+    };
     match device {
         DeviceChoice::Cpu => Ok(cpu(table)),
         DeviceChoice::Cuda => {
             let dev = CudaDevice::open()
                 .map_err(|e| anyhow::anyhow!("--device cuda: {e}; use --device cpu"))?;
-            Ok(Box::new(cuda::CudaBackend::new(Box::new(dev), table)?))
+            on(Box::new(dev), table)
         }
-        DeviceChoice::Emu => Ok(Box::new(cuda::CudaBackend::new(
-            Box::new(crate::gpu::EmuDevice::new()),
-            table,
-        )?)),
+        DeviceChoice::Emu => on(Box::<EmuDevice>::default(), table),
         DeviceChoice::Auto => match CudaDevice::open() {
-            Ok(dev) => Ok(Box::new(cuda::CudaBackend::new(Box::new(dev), table)?)),
+            Ok(dev) => on(Box::new(dev), table),
             Err(why) => {
                 if !quiet {
                     eprintln!(

@@ -179,13 +179,24 @@ pub fn embedding_forward(
     wte: TensorId,
     wpe: Option<TensorId>,
 ) -> (usize, usize, usize, usize) {
-    embedding(t, "embedding_forward", out, tokens, wte, wpe)
+    embedding(
+        t,
+        "embedding_forward",
+        ["out", "wte", "wpe"],
+        out,
+        tokens,
+        wte,
+        wpe,
+    )
 }
 
+/// The embedding checks, with the argument names of the op (forward: out, wte, wpe; backward:
+/// dout, dwte, dwpe) so a mismatch names what the caller passed.
 #[track_caller]
 fn embedding(
     t: &TensorTable,
     op: &str,
+    [out_arg, wte_arg, wpe_arg]: [&str; 3],
     out: TensorId,
     tokens: TensorId,
     wte: TensorId,
@@ -202,17 +213,17 @@ fn embedding(
     let ws = t.shape(wte);
     assert!(
         ws.len() == 2,
-        "shape mismatch in {op}: wte ({}) must be (V, C), got {}",
+        "shape mismatch in {op}: {wte_arg} ({}) must be (V, C), got {}",
         t.name(wte),
         Shape(ws)
     );
     let (v, c) = (ws[0], ws[1]);
-    expect(t, op, "out", out, &[ts[0], ts[1], c]);
+    expect(t, op, out_arg, out, &[ts[0], ts[1], c]);
     if let Some(p) = wpe {
         let ps = t.shape(p);
         assert!(
             ps.len() == 2 && ps[0] >= ts[1] && ps[1] == c,
-            "shape mismatch in {op}: wpe ({}) expected at least [{}, {c}], got {}",
+            "shape mismatch in {op}: {wpe_arg} ({}) expected at least [{}, {c}], got {}",
             t.name(p),
             ts[1],
             Shape(ps)
@@ -230,7 +241,15 @@ pub fn embedding_backward(
     dout: TensorId,
     tokens: TensorId,
 ) -> (usize, usize, usize, usize) {
-    embedding(t, "embedding_backward", dout, tokens, dwte, dwpe)
+    embedding(
+        t,
+        "embedding_backward",
+        ["dout", "dwte", "dwpe"],
+        dout,
+        tokens,
+        dwte,
+        dwpe,
+    )
 }
 
 /// matmul_backward: as `linear`, plus dweight (OC, IC) and dinp shaped like inp.

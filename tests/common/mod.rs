@@ -29,3 +29,38 @@ macro_rules! device_tests {
         }
     )* };
 }
+
+/// Runs `model`'s forward pass (no dropout) on `be` from fresh initial parameters and random
+/// tokens, and checks every layer's attention probabilities: exactly zero above the diagonal
+/// (causal). Returns the largest |row sum − 1| over all rows of all layers.
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub fn attention_row_deviation(
+    be: &mut dyn robo_poet::backend::Backend,
+    model: &dyn robo_poet::model::Model,
+    vocab: u64,
+    seed: u64,
+) -> f64 {
+    let mut rng = robo_poet::rng::Rng::new(seed);
+    for (id, v) in robo_poet::model::init_params(model, &mut rng) {
+        be.write(id, &v);
+    }
+    let (b, t) = model.batch_shape();
+    let toks: Vec<u32> = (0..b * t).map(|_| rng.below(vocab) as u32).collect();
+    model.set_batch(be, &toks, &toks);
+    model.forward(be, None);
+    let mut worst = 0.0f64;
+    for l in 0.. {
+        let Some(probs) = be.table().get(&format!("blocks.{l}.attn.probs")) else {
+            break;
+        };
+        for (r, row) in be.read(probs).chunks_exact(t).enumerate() {
+            let sum: f64 = row.iter().map(|&x| x as f64).sum();
+            worst = worst.max((sum - 1.0).abs());
+            assert!(
+                row[r % t + 1..].iter().all(|&x| x == 0.0),
+                "layer {l} row {r} attends to the future"
+            );
+        }
+    }
+    worst
+}

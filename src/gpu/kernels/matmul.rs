@@ -113,6 +113,37 @@ pub fn matmul_forward(
     unsafe { dev.launch(op, &config, &mut args.params()) }
 }
 
+/// Launches a GEMM kernel of matmul.cu whose parameters are (out, a, weight, N, IC, OC) and
+/// whose output has `out_cols` columns (OC or IC), after the shape checks its caller made.
+#[allow(clippy::too_many_arguments)]
+fn launch_gemm(
+    dev: &dyn Device,
+    op: &str,
+    out: DeviceSlice<f32>,
+    a: DeviceSlice<f32>,
+    weight: DeviceSlice<f32>,
+    n: usize,
+    ic: usize,
+    oc: usize,
+    out_cols: usize,
+) -> Result<(), GpuError> {
+    if n == 0 || out_cols == 0 {
+        return Ok(());
+    }
+    let config = gemm_config(n, out_cols, 1);
+    let mut args = KernelArgs::new()
+        .slice(out)
+        .slice(a)
+        .slice(weight)
+        .i32(int(op, "N", n))
+        .i32(int(op, "IC", ic))
+        .i32(int(op, "OC", oc));
+    // SAFETY: the parameters match kernel `op` in kernels/matmul.cu in order and type, and the
+    // caller checked that every slice holds the elements its shape says, which is all the
+    // kernel touches.
+    unsafe { dev.launch(op, &config, &mut args.params()) }
+}
+
 /// out (N, OC) += inp (N, IC) · weight (OC, IC)ᵀ (no bias). kernels/matmul.cu.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_forward_accumulate(
@@ -128,20 +159,7 @@ pub fn matmul_forward_accumulate(
     check_len(op, "out", out.len(), &[n, oc]);
     check_len(op, "inp", inp.len(), &[n, ic]);
     check_len(op, "weight", weight.len(), &[oc, ic]);
-    if n == 0 || oc == 0 {
-        return Ok(());
-    }
-    let config = gemm_config(n, oc, 1);
-    let mut args = KernelArgs::new()
-        .slice(out)
-        .slice(inp)
-        .slice(weight)
-        .i32(int(op, "N", n))
-        .i32(int(op, "IC", ic))
-        .i32(int(op, "OC", oc));
-    // SAFETY: the parameters match `matmul_forward_accumulate` in kernels/matmul.cu in order and
-    // type, and every slice holds the elements its shape says, which is all the kernel touches.
-    unsafe { dev.launch(op, &config, &mut args.params()) }
+    launch_gemm(dev, op, out, inp, weight, n, ic, oc, oc)
 }
 
 /// dinp (N, IC) += dout (N, OC) · weight (OC, IC). kernels/matmul.cu.
@@ -159,20 +177,7 @@ pub fn matmul_backward_input(
     check_len(op, "dinp", dinp.len(), &[n, ic]);
     check_len(op, "dout", dout.len(), &[n, oc]);
     check_len(op, "weight", weight.len(), &[oc, ic]);
-    if n == 0 || ic == 0 {
-        return Ok(());
-    }
-    let config = gemm_config(n, ic, 1);
-    let mut args = KernelArgs::new()
-        .slice(dinp)
-        .slice(dout)
-        .slice(weight)
-        .i32(int(op, "N", n))
-        .i32(int(op, "IC", ic))
-        .i32(int(op, "OC", oc));
-    // SAFETY: the parameters match `matmul_backward_input` in kernels/matmul.cu in order and
-    // type, and every slice holds the elements its shape says, which is all the kernel touches.
-    unsafe { dev.launch(op, &config, &mut args.params()) }
+    launch_gemm(dev, op, dinp, dout, weight, n, ic, oc, ic)
 }
 
 /// The number of splits of N [`matmul_backward_weight`] uses at this shape (1: no workspace).
