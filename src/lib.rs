@@ -9,6 +9,7 @@ pub mod gpu;
 pub mod model;
 pub mod ops;
 pub mod philox;
+pub mod plot;
 pub mod rng;
 pub mod sampler;
 pub mod tensor;

@@ -11,6 +11,7 @@ use crate::model::flops::{step_flops, FlopTerm, Flops};
 use crate::model::lstm::LstmConfig;
 use crate::model::memory::{memory_rows, mib, MemoryRow};
 use crate::model::{build, ModelConfig};
+use crate::plot::memory::{draw_memory, MemorySeries};
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -78,7 +79,21 @@ struct Report {
     memory_crossover_seq_len: Option<usize>,
     /// Smallest swept seq_len where attention's FLOPs exceed the LSTM's.
     flop_crossover_seq_len: Option<usize>,
+    /// With --plot: the file and the numbers drawn in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plot: Option<PlotReport>,
 }
+
+#[derive(Serialize)]
+struct PlotReport {
+    path: std::path::PathBuf,
+    #[serde(flatten)]
+    series: MemorySeries,
+}
+
+/// The seq_len sweep of `--plot` when no --seq-len is given: powers of two over the lengths a
+/// character model is trained on and past them, far enough to show the T^2 term take over.
+pub const PLOT_SWEEP: [usize; 9] = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
 
 /// Parses `--seq-len 64,128,256`: positive integers, sorted, duplicates dropped.
 fn parse_lengths(s: &str) -> Result<Vec<usize>> {
@@ -198,7 +213,16 @@ fn ratio(a: f64, b: f64) -> f64 {
 }
 
 pub fn run(a: &MemoryArgs) -> Result<()> {
-    let lengths = parse_lengths(&a.seq_len)?;
+    let lengths = match (&a.seq_len, &a.plot) {
+        (Some(s), _) => parse_lengths(s)?,
+        (None, Some(_)) => PLOT_SWEEP.to_vec(),
+        (None, None) => vec![128],
+    };
+    ensure!(
+        a.plot.is_none() || lengths.len() >= 2,
+        "--plot draws memory against seq_len, so it needs at least two lengths: give a list like \
+         --seq-len 64,128,256,512, or leave --seq-len out for the sweep 16,32,...,4096"
+    );
     ensure!(a.batch > 0, "--batch must be at least 1");
     ensure!(
         a.vocab > 0,
@@ -231,7 +255,7 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
         });
     }
     let crossover = |f: &dyn Fn(&Pair) -> bool| configs.iter().find(|p| f(p)).map(|p| p.seq_len);
-    let report = Report {
+    let mut report = Report {
         style: a.style,
         vocab: a.vocab,
         batch: a.batch,
@@ -242,7 +266,16 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
         flop_crossover_seq_len: crossover(&|p| p.attention.flops_total > p.lstm.flops_total),
         gpu,
         configs,
+        plot: None,
     };
+    if let Some(path) = &a.plot {
+        let series = plot_series(&report);
+        draw_memory(path, &series)?;
+        report.plot = Some(PlotReport {
+            path: path.clone(),
+            series,
+        });
+    }
     if let Some(path) = &a.csv {
         std::fs::write(path, csv(&report))
             .with_context(|| format!("writing --csv {}", path.display()))?;
@@ -254,8 +287,29 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
         if let Some(path) = &a.csv {
             println!("\nwrote {}", path.display());
         }
+        if let Some(path) = &a.plot {
+            println!("wrote {}", path.display());
+        }
     }
     Ok(())
+}
+
+/// The chart's numbers: each configuration's totals and the crossover, as the report has them.
+fn plot_series(r: &Report) -> MemorySeries {
+    let style = match r.style {
+        AttentionStyle::Seed => "seed-style",
+        AttentionStyle::Gpt => "GPT-style",
+    };
+    MemorySeries {
+        config: format!(
+            "{style} attention vs LSTM, d_model {}, {} layer(s), {} head(s), batch {}, vocab {}",
+            r.d_model, r.layers, r.heads, r.batch, r.vocab
+        ),
+        seq_lens: r.configs.iter().map(|p| p.seq_len).collect(),
+        attention_bytes: r.configs.iter().map(|p| p.attention.total_bytes).collect(),
+        lstm_bytes: r.configs.iter().map(|p| p.lstm.total_bytes).collect(),
+        crossover_seq_len: r.memory_crossover_seq_len,
+    }
 }
 
 fn fmt_ratio(r: f64) -> String {

@@ -1,9 +1,11 @@
-//! The command line: `train`, `generate`, `eval`, `kernels`, `memory`.
+//! The command line: `train`, `generate`, `eval`, `kernels`, `memory`, `plot`, `attention-map`.
 
+mod attention_map_cmd;
 mod eval_cmd;
 mod generate_cmd;
 mod kernels_cmd;
 mod memory_cmd;
+mod plot_cmd;
 pub mod presets;
 pub mod run_files;
 mod train_cmd;
@@ -25,7 +27,9 @@ use std::path::PathBuf;
                   every subcommand has its own --help.",
     after_help = "Examples:\n  robo-poet train\n  robo-poet train --model lstm\n  robo-poet train --preset seed --pos-emb\n  \
                   robo-poet generate --checkpoint runs/<name> --prompt \"To be or not to be\" --temperature 0.9 --length 200\n  \
-                  robo-poet eval --checkpoint runs/<name> --json"
+                  robo-poet eval --checkpoint runs/<name> --json\n  \
+                  robo-poet plot runs/<attention-run> runs/<lstm-run>\n  \
+                  robo-poet attention-map --checkpoint runs/<name> --prompt \"To be or not\""
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -63,6 +67,35 @@ pub enum Command {
                       robo-poet memory --seq-len 128,1024 --csv memory.csv"
     )]
     Memory(MemoryArgs),
+    /// PNG charts of training runs: loss.png (train and validation loss) and grad_flow.png
+    /// (gradient norm per layer), every run on the same chart.
+    #[command(
+        long_about = "Reads each run directory's metrics.jsonl and draws two PNG charts: loss.png, the train \
+                      loss (thin) and validation loss (thick, with markers) per step of every run, the legend \
+                      naming the runs; and grad_flow.png, the gradient L2 norm per step of every (run, layer) on \
+                      a log axis, with the band [0.1, 10] shaded. A run that logged no per-layer norms \
+                      (layer_grad_norms) is drawn with its global grad_norm instead, as the legend says. A step \
+                      logged twice (a resumed run) is read from its later line. A line that is not JSON with a \
+                      \"step\" is skipped with a warning naming its line number; a run with no usable line is an \
+                      error.",
+        after_help = "Examples:\n  robo-poet plot runs/attention-20261128-153000\n  \
+                      robo-poet plot runs/attention-20261128-153000 runs/lstm-20261128-160000 --out charts"
+    )]
+    Plot(PlotArgs),
+    /// Heatmaps of a trained attention model's attention weights over a prompt, one per layer and
+    /// head, to a PNG.
+    #[command(
+        long_about = "Loads an attention checkpoint on the CPU, runs one forward pass over the prompt (no \
+                      dropout) and draws each layer's attention probabilities, one heatmap per (layer, head): \
+                      query positions down, key positions across, both labelled with the prompt's tokens (a \
+                      space shown as ␣, a newline as ⏎), one colour scale for all panels, the causally masked \
+                      cells above the diagonal in grey. A prompt longer than the model's context keeps its \
+                      last seq_len tokens, with a note.",
+        after_help = "Examples:\n  robo-poet attention-map --checkpoint runs/<name> --prompt \"To be or not to be\"\n  \
+                      robo-poet attention-map --checkpoint runs/<name> --prompt \"Alice\" --layer 0 --head 1 --out head.png\n  \
+                      robo-poet attention-map --checkpoint runs/<name> --prompt \"Alice\" --json"
+    )]
+    AttentionMap(AttentionMapArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -211,9 +244,10 @@ pub struct KernelsArgs {
 #[derive(Args, Debug)]
 pub struct MemoryArgs {
     /// Context length T, or a comma-separated list (64,128,256) for a sweep: one table per length,
-    /// then a summary of totals and ratios per length.
-    #[arg(long, value_name = "T[,T...]", default_value = "128")]
-    pub seq_len: String,
+    /// then a summary of totals and ratios per length. [default: 128; with --plot, the sweep
+    /// 16,32,64,...,4096]
+    #[arg(long, value_name = "T[,T...]")]
+    pub seq_len: Option<String>,
     /// Width: the attention model's d_model, and the LSTM's embedding and hidden size.
     #[arg(long, value_name = "D", default_value_t = 256)]
     pub d_model: usize,
@@ -239,6 +273,45 @@ pub struct MemoryArgs {
     /// Also write every row as CSV (seq_len,model,quantity,name,value,unit) to FILE.
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
+    /// Also draw total memory vs seq_len (attention and LSTM, log-log, crossover marked) to this
+    /// PNG. Needs at least two lengths; without --seq-len it sweeps powers of two from 16 to 4096.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// Run directories (made by `robo-poet train`) to draw on the same charts.
+    #[arg(value_name = "RUN", required = true, num_args = 1..)]
+    pub runs: Vec<PathBuf>,
+    /// Folder for loss.png and grad_flow.png (created if missing) [default: the first RUN].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Also print the series read from each run as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AttentionMapArgs {
+    /// Run directory of a trained attention model.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: PathBuf,
+    /// Text whose attention weights to draw.
+    #[arg(long)]
+    pub prompt: String,
+    /// PNG to write [default: <checkpoint>/attention_map.png].
+    #[arg(long, value_name = "FILE.png")]
+    pub out: Option<PathBuf>,
+    /// Only this layer (0-based) [default: all].
+    #[arg(long, value_name = "L")]
+    pub layer: Option<usize>,
+    /// Only this head (0-based) [default: all].
+    #[arg(long, value_name = "H")]
+    pub head: Option<usize>,
+    /// Also print the tokens and every drawn matrix as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_tokenizer(s: &str) -> Result<TokenizerKind, String> {
@@ -260,5 +333,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval_cmd::run(&a),
         Command::Kernels(a) => kernels_cmd::run(&a),
         Command::Memory(a) => memory_cmd::run(&a),
+        Command::Plot(a) => plot_cmd::run(&a),
+        Command::AttentionMap(a) => attention_map_cmd::run(&a),
     }
 }
