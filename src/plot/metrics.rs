@@ -134,7 +134,7 @@ pub fn parse(text: &str, name: &str, file: &str) -> Result<RunMetrics> {
             warnings.first().map(String::as_str).unwrap_or("")
         );
     }
-    layers.sort_by(|a, b| natural_key(&a.0).cmp(&natural_key(&b.0)));
+    layers.sort_by_key(|l| natural_key(&l.0));
     let flat = |m: BTreeMap<u64, f64>| m.into_iter().collect::<Series>();
     Ok(RunMetrics {
         name: name.to_string(),

@@ -148,10 +148,20 @@ pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     }
     let v = decade(&[1.0, 2.0, 5.0]);
     if v.len() >= 3 {
-        v
-    } else {
-        decade(&[1.0, 1.5, 2.0, 3.0, 5.0, 7.0])
+        return v;
     }
+    // Less than a decade or so: five points evenly spaced on the log axis, rounded to two
+    // significant digits.
+    let mut v: Vec<f64> = (0..5)
+        .map(|i| {
+            let x = lo * (hi / lo).powf(i as f64 / 4.0);
+            let scale = 10f64.powf(x.log10().floor() - 1.0);
+            (x / scale).round() * scale
+        })
+        .filter(|&x| x >= lo && x <= hi)
+        .collect();
+    v.dedup();
+    v
 }
 
 /// A number for a tick label: no trailing zeros, three significant digits below 1.
