@@ -64,7 +64,8 @@ pub enum Command {
                       line says why no measurement was made.",
         after_help = "Examples:\n  robo-poet memory\n  robo-poet memory --seq-len 64,128,256,512,1024,2048,4096\n  \
                       robo-poet memory --style gpt --d-model 128 --heads 4 --layers 4 --batch 32 --json\n  \
-                      robo-poet memory --seq-len 128,1024 --csv memory.csv"
+                      robo-poet memory --seq-len 128,1024 --csv memory.csv\n  \
+                      robo-poet memory --plot memory.png"
     )]
     Memory(MemoryArgs),
     /// PNG charts of training runs: loss.png (train and validation loss) and grad_flow.png

@@ -1,6 +1,6 @@
 //! The heatmaps of `robo-poet attention-map`: one panel per (layer, head), query positions down
 //! the y axis and key positions along x, labelled with the prompt's tokens, under one colour
-//! scale. Cells above the diagonal (masked by causality) are drawn light grey.
+//! scale (square-root, shared by all panels). Cells above the diagonal (masked by causality) are drawn light grey.
 
 use super::{render_png, tick_label, Area, DrawResult, FONT};
 use anyhow::{ensure, Result};
@@ -160,7 +160,7 @@ fn draw(
                 let fill = if k > q {
                     RGBColor(236, 236, 236)
                 } else {
-                    viridis(p as f64 / vmax)
+                    viridis(scale(p as f64, vmax))
                 };
                 let (x, y) = (x0 + k as i32 * cell, y0 + q as i32 * cell);
                 root.draw(&Rectangle::new(
@@ -204,6 +204,12 @@ fn draw(
     colorbar(root, lay, vmax)
 }
 
+/// Position of probability `p` on the colour scale: square root of p / vmax, so that the small
+/// weights of long rows stay distinguishable beside the first row's certain 1.
+fn scale(p: f64, vmax: f64) -> f64 {
+    (p / vmax).max(0.0).sqrt()
+}
+
 fn colorbar(root: &Area, lay: &Layout, vmax: f64) -> DrawResult {
     let x = (lay.width - COLORBAR_W) as i32 + 20;
     let top = TITLE_H as i32 + PANEL_TITLE_H as i32;
@@ -223,15 +229,14 @@ fn colorbar(root: &Area, lay: &Layout, vmax: f64) -> DrawResult {
         .into_font()
         .color(&BLACK)
         .pos(Pos::new(HPos::Left, VPos::Center));
-    for i in 0..=4 {
-        let f = i as f64 / 4.0;
-        let y = top + ((1.0 - f) * (h - 1) as f64) as i32;
+    for f in [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0] {
+        let y = top + ((1.0 - scale(f * vmax, vmax)) * (h - 1) as f64) as i32;
         root.draw(&PathElement::new(vec![(x + 18, y), (x + 22, y)], BLACK))?;
         root.draw(&Text::new(tick_label(vmax * f), (x + 25, y), style.clone()))?;
     }
     root.draw(&Text::new(
-        "probability",
-        (x - 12, top - 16),
+        "probability (√ scale)",
+        (x - 40, top - 16),
         (FONT, 12).into_font().color(&BLACK),
     ))?;
     Ok(())
