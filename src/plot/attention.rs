@@ -34,6 +34,8 @@ pub struct Layout {
 const TITLE_H: u32 = 56;
 const PANEL_TITLE_H: u32 = 26;
 const COLORBAR_W: u32 = 110;
+/// The largest picture drawn (its RGB buffer is 3 bytes a pixel): 64 megapixels.
+const MAX_PIXELS: u64 = 64 << 20;
 
 /// The layout for `tokens` (their display labels) in a grid of `rows` layers x `cols` heads.
 pub fn layout(tokens: &[String], rows: usize, cols: usize) -> Layout {
@@ -96,6 +98,14 @@ pub fn draw_attention(path: &Path, title: &str, tokens: &[String], maps: &[HeadM
     }
     let (layers, heads) = grid(maps);
     let lay = layout(tokens, layers.len(), heads.len());
+    ensure!(
+        lay.width as u64 * lay.height as u64 <= MAX_PIXELS,
+        "{} panels of {n} tokens would make a {} x {} pixel picture; draw fewer with --layer and \
+         --head, or use a shorter prompt",
+        maps.len(),
+        lay.width,
+        lay.height
+    );
     render_png(path, (lay.width, lay.height), |root| {
         draw(root, &lay, title, tokens, maps, &layers, &heads)
     })
@@ -252,6 +262,26 @@ mod tests {
         assert_eq!(viridis(1.0), RGBColor(253, 231, 37));
         assert_eq!(viridis(2.0), viridis(1.0));
         assert_eq!(viridis(f64::NAN), viridis(0.0));
+    }
+
+    #[test]
+    fn oversized_grids_are_refused_before_drawing() {
+        let n = 256;
+        let toks: Vec<String> = (0..n).map(|i| format!("{}", i % 10)).collect();
+        let maps: Vec<HeadMap> = (0..64)
+            .map(|i| HeadMap {
+                layer: i / 8,
+                head: i % 8,
+                probs: vec![vec![0.0; n]; n],
+            })
+            .collect();
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("big.png");
+        let e = draw_attention(&path, "t", &toks, &maps)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--layer") && e.contains("pixel"), "{e}");
+        assert!(!path.exists());
     }
 
     #[test]
