@@ -453,6 +453,35 @@ fn attention_map_draws_causal_probabilities() {
         (lay.width, lay.height)
     );
 
+    // Causality: the map of a prefix of the prompt is the top-left block of the prompt's map
+    // (the padding after the shorter prompt changes nothing).
+    let short = json_of(&run(
+        &[
+            "attention-map",
+            "--checkpoint",
+            "att",
+            "--prompt",
+            "to be",
+            "--json",
+            "--out",
+            "s.png",
+        ],
+        p,
+    ));
+    for (a, b) in short["maps"].as_array().unwrap().iter().zip(maps) {
+        for (q, row) in a["probs"].as_array().unwrap().iter().enumerate() {
+            for (k, x) in row.as_array().unwrap().iter().enumerate() {
+                let (x, y) = (x.as_f64().unwrap(), b["probs"][q][k].as_f64().unwrap());
+                assert!(
+                    (x - y).abs() < 1e-6,
+                    "layer {} head {} ({q}, {k}): prefix {x} vs full prompt {y}",
+                    a["layer"],
+                    a["head"]
+                );
+            }
+        }
+    }
+
     // One layer and head, to a chosen file; a prompt longer than seq_len keeps its last 16.
     let long = "the queen said alice to be or not";
     let o = run(
