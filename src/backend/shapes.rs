@@ -332,6 +332,22 @@ pub fn attention_forward(
     s
 }
 
+/// attention_row_check: probs (B,NH,T,T) f32. Returns (rows B·NH·T, T).
+#[track_caller]
+pub fn attention_row_check(t: &TensorTable, probs: TensorId) -> (usize, usize) {
+    let op = "attention_row_check";
+    expect_dtype(t, op, "probs", probs, DType::F32);
+    let s = t.shape(probs);
+    if s.len() != 4 || s[2] != s[3] {
+        panic!(
+            "shape mismatch in {op}: probs ({}) expected (B, NH, T, T), got {}",
+            t.name(probs),
+            Shape(s)
+        );
+    }
+    (s[0] * s[1] * s[2], s[3])
+}
+
 /// attention_backward: every (B,T,C) tensor like q, probs and scratch (B,NH,T,T).
 #[track_caller]
 pub fn attention_backward(
