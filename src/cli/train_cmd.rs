@@ -320,7 +320,7 @@ fn resume_checks(dir: &Path, a: &TrainArgs) -> Result<RunMeta> {
     ];
     let given: Vec<&str> = fixed.iter().filter(|f| f.1).map(|f| f.0).collect();
     if !given.is_empty() {
-        bail!("{} cannot change when resuming: the run continues with the configuration saved in {} (only --steps, --eval-every, --data and --device may be given)", given.join(", "), dir.display());
+        bail!("{} cannot change when resuming: the run continues with the configuration saved in {} (only --steps, --eval-every, --check-every, --data and --device may be given)", given.join(", "), dir.display());
     }
     Ok(m)
 }
