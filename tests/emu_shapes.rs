@@ -74,7 +74,6 @@ fn cases(t: &mut TensorTable) -> Vec<Case> {
     let bad_c = act(t, "bad_c", &[2, 3, 5]);
     let w = t.add_param("w", &[6, 4], true);
     let bias = t.add_param("b", &[6], false);
-    let out6 = act(t, "out6", &[2, 3, 6]);
     let bad_oc = act(t, "bad_oc", &[2, 3, 7]);
     let ln_w = t.add_param("ln.w", &[4], false);
     let ln_b = t.add_param("ln.b", &[4], false);
@@ -94,7 +93,6 @@ fn cases(t: &mut TensorTable) -> Vec<Case> {
     let bad_w_hh = t.add_param("bad_w_hh", &[12, 4], true);
     let lb = t.add_param("lstm.b", &[12], false);
     let logits = act(t, "logits", &[2, 3, 5]);
-    let losses = act(t, "losses", &[2, 3]);
     let bad_logits = act(t, "bad_logits", &[2, 4, 5]);
     let bad_losses = act(t, "bad_losses", &[2, 4]);
     let p = t.add_param("p", &[4], true);
