@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod dataset;
+pub mod diagnostics;
 pub mod gpu;
 pub mod model;
 pub mod ops;

@@ -44,11 +44,13 @@ impl TrainConfig {
 }
 
 /// What one training step measured.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StepStats {
     pub loss: f64,
     pub grad_norm: f64,
     pub lr: f32,
+    /// Σ g² of each parameter's gradient, in `model.params()` order (before clipping).
+    pub grad_sq: Vec<f64>,
 }
 
 /// Ids of all parameter gradients, in parameter order.
@@ -77,7 +79,8 @@ pub fn train_step(
     be.zero_category(Category::Gradient);
     be.zero_category(Category::Workspace);
     model.backward(be, 1.0 / scored(targets).max(1) as f32, d);
-    let grad_norm = be.sum_squares(&grad_ids(model)).iter().sum::<f64>().sqrt();
+    let grad_sq = be.sum_squares(&grad_ids(model));
+    let grad_norm = grad_sq.iter().sum::<f64>().sqrt();
     let lr = cfg.lr_at(step);
     if loss.is_finite() && grad_norm.is_finite() {
         let scale = clip_scale(grad_norm, cfg.clip);
@@ -89,6 +92,7 @@ pub fn train_step(
         loss,
         grad_norm,
         lr,
+        grad_sq,
     }
 }
 

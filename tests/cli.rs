@@ -322,6 +322,8 @@ fn emu_cli_train_resumes_bit_exact_and_matches_the_cpu() {
             "3",
             "--eval-every",
             "3",
+            "--check-every",
+            "1",
             "--no-progress",
             "--device",
             device,
@@ -356,6 +358,30 @@ fn emu_cli_train_resumes_bit_exact_and_matches_the_cpu() {
         "interrupted + resumed differs from straight"
     );
     let cpu = losses(&metric_lines(p, "runs/cpu"));
+    // The gradient-flow hooks on the CUDA path: the row check ran as a kernel every step, and the
+    // gradient norms agree with the CPU backend's.
+    let hooks = |run: &str| -> Vec<serde_json::Value> {
+        metric_lines(p, run)
+            .into_iter()
+            .filter(|l| l.get("layer_grad_norms").is_some())
+            .collect()
+    };
+    let (emu_hooks, cpu_hooks) = (hooks("runs/emu"), hooks("runs/cpu"));
+    assert_eq!(emu_hooks.len(), 3);
+    for (e, c) in emu_hooks.iter().zip(&cpu_hooks) {
+        assert_eq!(e["attn_bad_rows"], 0, "{e}");
+        assert!(e["attn_row_max_dev"].as_f64().unwrap() <= 1e-5, "{e}");
+        for (layer, x) in c["layer_grad_norms"].as_object().unwrap() {
+            let (x, y) = (
+                x.as_f64().unwrap(),
+                e["layer_grad_norms"][layer].as_f64().unwrap(),
+            );
+            assert!(
+                (x - y).abs() <= 1e-4 * x,
+                "{layer}: cpu {x} vs emulated cuda {y}"
+            );
+        }
+    }
     assert_eq!(cpu.len(), emu.len(), "metrics lines");
     assert!(emu.len() >= 4, "{emu:?}");
     // f32 kernel sums against the CPU's f64 sums, carried over 3 AdamW steps: 1e-5 relative.
@@ -368,6 +394,67 @@ fn emu_cli_train_resumes_bit_exact_and_matches_the_cpu() {
             x.0,
             x.1
         );
+    }
+}
+
+/// Gradient-flow hooks: every --check-every steps a metrics line with every layer's and
+/// parameter's gradient norm (layers partition the parameters, so their squares add up to the
+/// global one) and, for attention, the device's attention row check; a warning line when a norm
+/// leaves [0.1, 10], no more than once per tensor between evaluations.
+#[test]
+fn train_logs_gradient_flow_and_attention_row_checks() {
+    let (d, f) = workdir();
+    let p = d.path();
+    let extra = ["--steps", "6", "--eval-every", "3", "--check-every", "2"];
+    let att = ok(&train(p, &f, "runs/att", TINY_ATT, &extra));
+    let lstm = ok(&train(p, &f, "runs/lstm", TINY_LSTM, &extra));
+    for (run, log, layers) in [
+        (
+            "runs/att",
+            &att,
+            &["embedding", "blocks.0", "blocks.1", "ln_f", "lm_head"][..],
+        ),
+        ("runs/lstm", &lstm, &["embedding", "lstm.0", "lm_head"][..]),
+    ] {
+        let lines: Vec<serde_json::Value> = metric_lines(p, run)
+            .into_iter()
+            .filter(|l| l.get("layer_grad_norms").is_some())
+            .collect();
+        let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, [2, 4, 6], "{run}");
+        let mut out_of_range = 0;
+        for l in &lines {
+            let ln = l["layer_grad_norms"].as_object().unwrap();
+            let mut names: Vec<&str> = ln.keys().map(|k| k.as_str()).collect();
+            names.sort();
+            let mut want = layers.to_vec();
+            want.sort();
+            assert_eq!(names, want, "{run}: {l}");
+            let global = l["grad_norm"].as_f64().unwrap();
+            let sq: f64 = ln.values().map(|x| x.as_f64().unwrap().powi(2)).sum();
+            assert!((sq.sqrt() - global).abs() <= 1e-9 * global, "{run}: {l}");
+            let params = l["param_grad_norms"].as_object().unwrap();
+            let psq: f64 = params.values().map(|x| x.as_f64().unwrap().powi(2)).sum();
+            assert!((psq.sqrt() - global).abs() <= 1e-9 * global, "{run}: {l}");
+            out_of_range += ln
+                .values()
+                .chain(params.values())
+                .filter(|x| !(0.1..=10.0).contains(&x.as_f64().unwrap()))
+                .count();
+            if run == "runs/att" {
+                assert_eq!(l["attn_bad_rows"], 0, "{l}");
+                assert!(l["attn_row_max_dev"].as_f64().unwrap() <= 1e-5, "{l}");
+            } else {
+                assert!(l.get("attn_row_max_dev").is_none(), "{l}");
+            }
+        }
+        let warnings = log
+            .lines()
+            .filter(|l| l.starts_with("warning: step"))
+            .count();
+        // At most one warning line per check, and one as soon as anything is out of range.
+        assert!(warnings <= lines.len(), "{log}");
+        assert_eq!(warnings > 0, out_of_range > 0, "{run}: {log}");
     }
 }
 

@@ -1,7 +1,7 @@
 //! The CPU backend: the reference ops of `crate::ops` over buffers allocated from the table.
 
 use super::shapes;
-use super::Backend;
+use super::{Backend, RowCheck};
 use crate::ops::{self, adamw::AdamWConfig};
 use crate::philox::DropoutKey;
 use crate::tensor::{DType, ParamIds, TensorId, TensorTable};
@@ -484,6 +484,26 @@ impl Backend for CpuBackend {
 
     fn loss_sum(&self, losses: TensorId, targets: TensorId) -> (f64, usize) {
         ops::loss::loss_sum(self.f(losses), self.u(targets))
+    }
+
+    fn attention_row_check(&mut self, probs: TensorId, tol: f32) -> RowCheck {
+        let (rows, t) = shapes::attention_row_check(&self.table, probs);
+        let mut check = RowCheck {
+            max_dev: 0.0,
+            bad_rows: 0,
+            rows,
+        };
+        for row in self.f(probs).chunks_exact(t.max(1)) {
+            let dev = (row.iter().map(|&x| x as f64).sum::<f64>() - 1.0).abs() as f32;
+            // NaN propagates into the maximum, as the GPU kernel's bit-pattern max does.
+            if dev.is_nan() || dev > check.max_dev {
+                check.max_dev = dev;
+            }
+            if dev.is_nan() || dev > tol {
+                check.bad_rows += 1;
+            }
+        }
+        check
     }
 
     fn sum_squares(&mut self, ids: &[TensorId]) -> Vec<f64> {

@@ -4,7 +4,7 @@
 //!
 //! Every buffer comes from the tensor table and is allocated once, in [`CudaBackend::new`]; the
 //! backend adds its own small workspace to its copy of the table ("cuda.reduce", the partial sums
-//! of the gradient norm), so the table's total is exactly what it allocates. Device memory is
+//! of the gradient norm and the attention row check's result), so the table's total is exactly what it allocates. Device memory is
 //! also measured through the driver (free before and after) and reported beside it.
 //!
 //! Each op checks its tensors' shapes with the same checks as the CPU backend (`shapes.rs`)
@@ -13,7 +13,7 @@
 //! broken device state is not something a training loop can continue from.
 
 use super::shapes;
-use super::Backend;
+use super::{Backend, RowCheck};
 use crate::gpu::kernels::{self as k, SUM_SQUARES_PARTIALS};
 use crate::gpu::{Device, DeviceExt, DevicePtr, DeviceSlice, GpuError};
 use crate::ops::adamw::AdamWConfig;
@@ -22,6 +22,8 @@ use crate::tensor::{Category, DType, ParamIds, TensorId, TensorTable};
 
 /// How many tensors' sums of squares are reduced before one copy back to the host.
 const REDUCE_BATCH: usize = 64;
+/// u32 results of the attention row check.
+const ROW_CHECK_RESULT: usize = 2;
 /// Upper bound on the split-N partial sums of weight and bias gradients, in floats (128 MiB).
 const MAX_SPLIT_WORKSPACE: usize = 32 << 20;
 
@@ -75,6 +77,8 @@ pub struct CudaBackend {
     ptrs: Vec<DevicePtr>,
     partials: DeviceSlice<f64>,
     sums: DeviceSlice<f64>,
+    /// attention_row_check's two results (largest deviation as f32 bits, rows over tolerance).
+    row_check: DeviceSlice<u32>,
     /// Partial sums of the split-N weight and bias gradients (one buffer, reused in stream order).
     split_ws: DeviceSlice<f32>,
     memory: DeviceMemory,
@@ -92,7 +96,7 @@ impl CudaBackend {
         let reduce = table.add(
             "cuda.reduce",
             Category::Workspace,
-            &[2 * (SUM_SQUARES_PARTIALS + REDUCE_BATCH)],
+            &[2 * (SUM_SQUARES_PARTIALS + REDUCE_BATCH) + ROW_CHECK_RESULT],
         );
         let split_len = split_workspace_len(&table).max(1);
         let split = table.add("cuda.split_partials", Category::Workspace, &[split_len]);
@@ -106,6 +110,7 @@ impl CudaBackend {
             ptrs: Vec::new(),
             partials: DeviceSlice::new(0, 0),
             sums: DeviceSlice::new(0, 0),
+            row_check: DeviceSlice::new(0, 0),
             split_ws: DeviceSlice::new(0, 0),
             memory: DeviceMemory {
                 analytic_bytes,
@@ -149,6 +154,10 @@ impl CudaBackend {
         let r = be.ptrs[reduce.index()];
         be.partials = DeviceSlice::new(r, SUM_SQUARES_PARTIALS);
         be.sums = DeviceSlice::new(r + (SUM_SQUARES_PARTIALS * 8) as u64, REDUCE_BATCH);
+        be.row_check = DeviceSlice::new(
+            r + ((SUM_SQUARES_PARTIALS + REDUCE_BATCH) * 8) as u64,
+            ROW_CHECK_RESULT,
+        );
         be.split_ws = DeviceSlice::new(be.ptrs[split.index()], split_len);
         let (free_after, _) = be
             .dev
@@ -768,6 +777,25 @@ impl Backend for CudaBackend {
         // The per-row losses come back to the host and are summed there in index order, in f64,
         // exactly as the CPU backend sums them.
         crate::ops::loss::loss_sum(&self.read(losses), &self.read_u32(targets))
+    }
+
+    fn attention_row_check(&mut self, probs: TensorId, tol: f32) -> RowCheck {
+        let (rows, t) = shapes::attention_row_check(&self.table, probs);
+        let r = k::attention_row_sum_check(
+            self.device(),
+            self.row_check,
+            self.f(probs),
+            rows / t.max(1),
+            t,
+            tol,
+        );
+        self.ok(r);
+        let (max_dev, bad_rows) = self.ok(k::read_row_sum_check(self.device(), self.row_check));
+        RowCheck {
+            max_dev,
+            bad_rows: bad_rows as usize,
+            rows,
+        }
     }
 
     fn sum_squares(&mut self, ids: &[TensorId]) -> Vec<f64> {

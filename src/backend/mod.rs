@@ -183,10 +183,26 @@ pub trait Backend {
     /// (Σ loss over counted targets, count), summed in f64 on the host in index order.
     fn loss_sum(&self, losses: TensorId, targets: TensorId) -> (f64, usize);
 
+    /// Row sums of attention probabilities (B,NH,T,T): the largest |Σ_j p − 1| over all rows
+    /// and how many rows exceed `tol` (a NaN row counts). On the GPU a reduction kernel: only
+    /// the two results cross to the host.
+    fn attention_row_check(&mut self, probs: TensorId, tol: f32) -> RowCheck;
+
     /// Σ x² of each tensor, in f64, deterministic.
     fn sum_squares(&mut self, ids: &[TensorId]) -> Vec<f64>;
     /// One AdamW step of one parameter (its gradient first multiplied by `grad_scale`).
     fn adamw_update(&mut self, p: ParamIds, cfg: &AdamWConfig, lr: f32, step: u64, grad_scale: f32);
+}
+
+/// What [`Backend::attention_row_check`] found.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowCheck {
+    /// Largest |Σ_j p − 1| over the rows (NaN if any row is NaN).
+    pub max_dev: f32,
+    /// Rows whose deviation exceeds the tolerance or is NaN.
+    pub bad_rows: usize,
+    /// Rows checked (B·NH·T).
+    pub rows: usize,
 }
 
 /// Which backend to run on.

@@ -55,7 +55,7 @@ pub fn linear(
     let w = t.shape(weight);
     assert!(
         w.len() == 2,
-        "shape mismatch in {op}: weight ({}) must be 2-D (OC, IC), got {}",
+        "shape mismatch in {op}: weight ({}) expected 2-D (OC, IC), got {}",
         t.name(weight),
         Shape(w)
     );
@@ -114,7 +114,7 @@ pub fn attention(
     let qs = t.shape(q);
     assert!(
         qs.len() == 3,
-        "shape mismatch in {op}: q ({}) must be (B, T, C), got {}",
+        "shape mismatch in {op}: q ({}) expected (B, T, C), got {}",
         t.name(q),
         Shape(qs)
     );
@@ -122,7 +122,7 @@ pub fn attention(
     let ps = t.shape(probs);
     assert!(
         ps.len() == 4 && ps[1] > 0 && c % ps[1] == 0,
-        "shape mismatch in {op}: probs ({}) must be (B, NH, T, T) with NH dividing C = {c}, got {}",
+        "shape mismatch in {op}: probs ({}) expected (B, NH, T, T) with NH dividing C = {c}, got {}",
         t.name(probs),
         Shape(ps)
     );
@@ -145,14 +145,14 @@ pub fn lstm(t: &TensorTable, op: &str, x: TensorId, w_ih: TensorId, w_hh: Tensor
     let xs = t.shape(x);
     assert!(
         xs.len() == 3,
-        "shape mismatch in {op}: x ({}) must be (T, B, E), got {}",
+        "shape mismatch in {op}: x ({}) expected (T, B, E), got {}",
         t.name(x),
         Shape(xs)
     );
     let wh = t.shape(w_hh);
     assert!(
         wh.len() == 2 && wh[0] == 4 * wh[1],
-        "shape mismatch in {op}: w_hh ({}) must be (4H, H), got {}",
+        "shape mismatch in {op}: w_hh ({}) expected (4H, H), got {}",
         t.name(w_hh),
         Shape(wh)
     );
@@ -206,14 +206,14 @@ fn embedding(
     let ts = t.shape(tokens).to_vec();
     assert!(
         ts.len() == 2,
-        "shape mismatch in {op}: tokens ({}) must be (B, T), got {}",
+        "shape mismatch in {op}: tokens ({}) expected (B, T), got {}",
         t.name(tokens),
         Shape(&ts)
     );
     let ws = t.shape(wte);
     assert!(
         ws.len() == 2,
-        "shape mismatch in {op}: {wte_arg} ({}) must be (V, C), got {}",
+        "shape mismatch in {op}: {wte_arg} ({}) expected (V, C), got {}",
         t.name(wte),
         Shape(ws)
     );
@@ -330,6 +330,22 @@ pub fn attention_forward(
     let tt = t.shape(probs).to_vec();
     expect(t, op, "scratch", scratch, &tt);
     s
+}
+
+/// attention_row_check: probs (B,NH,T,T) f32. Returns (rows B·NH·T, T).
+#[track_caller]
+pub fn attention_row_check(t: &TensorTable, probs: TensorId) -> (usize, usize) {
+    let op = "attention_row_check";
+    expect_dtype(t, op, "probs", probs, DType::F32);
+    let s = t.shape(probs);
+    if s.len() != 4 || s[2] != s[3] {
+        panic!(
+            "shape mismatch in {op}: probs ({}) expected (B, NH, T, T), got {}",
+            t.name(probs),
+            Shape(s)
+        );
+    }
+    (s[0] * s[1] * s[2], s[3])
 }
 
 /// attention_backward: every (B,T,C) tensor like q, probs and scratch (B,NH,T,T).

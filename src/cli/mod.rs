@@ -1,6 +1,8 @@
-//! The command line: `train`, `generate`, `eval`, `kernels`, `memory`, `plot`, `attention-map`.
+//! The command line: `train`, `generate`, `eval`, `check`, `kernels`, `memory`, `plot`,
+//! `attention-map`.
 
 mod attention_map_cmd;
+mod check_cmd;
 mod eval_cmd;
 mod generate_cmd;
 mod kernels_cmd;
@@ -47,6 +49,27 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Validation loss and perplexity of a checkpoint on its validation split.
     Eval(EvalArgs),
+    /// The seed's validation suite as measurements: attention rows, causality, dropout after
+    /// softmax, gradient norms in [0.1, 10], finite differences, GPU vs CPU parity.
+    #[command(
+        long_about = "Runs the seed's validations on the seed configuration (seq_len 128, d_model 256, batch 4; \
+                      flags change it) and prints a table: what was measured, what is expected, PASS or FAIL. \
+                      On the CPU, and on the GPU when there is one (--device cpu: the CPU only):\n\
+                      - attention weights: every row sums to 1 (the backend's own reduction, a kernel on the GPU), \
+                      and no weight above the diagonal;\n\
+                      - causal leakage: changing every token after the middle of the window changes no earlier logit;\n\
+                      - dropout after softmax: the keep rate and the 1/(1-p) scaling, measured on the weights;\n\
+                      - gradient norms after one backward pass on real data, at initialisation and after --steps \
+                      steps of training: the global norm and each layer's against the seed's [0.1, 10]; every \
+                      parameter's and every op input gradient's norm is listed below the table, out-of-range ones \
+                      as warnings.\n\
+                      Once: a finite-difference check of every gradient of a tiny model of the same kind (CPU), and \
+                      one training step on the GPU against the CPU (skipped, visibly, without a GPU). Exits with 1 if \
+                      any line fails.",
+        after_help = "Examples:\n  robo-poet check\n  robo-poet check --model lstm --steps 100\n  \
+                      robo-poet check --preset default --json > check.json"
+    )]
+    Check(Box<CheckArgs>),
     /// The CUDA kernels built into this binary: registers, shared memory and spills per kernel
     /// (ptxas's report from the NVRTC compile), or why they were not compiled.
     Kernels(KernelsArgs),
@@ -176,6 +199,11 @@ pub struct TrainArgs {
     /// Evaluate on the whole validation split and checkpoint every N steps (and at the end).
     #[arg(long, value_name = "N")]
     pub eval_every: Option<u64>,
+    /// Every N steps, write every parameter's and layer's gradient norm to metrics.jsonl (with a
+    /// warning when one leaves [0.1, 10]) and check the attention rows sum to 1 on the device.
+    /// [default: the log interval, eval-every / 5, at most 50]
+    #[arg(long, value_name = "N")]
+    pub check_every: Option<u64>,
     /// Seed for initialisation, batch order and dropout.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
@@ -233,6 +261,68 @@ pub struct EvalArgs {
     pub json: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Which model to check [default: attention].
+    #[arg(long, value_enum)]
+    pub model: Option<ModelKind>,
+    /// Starting configuration [default: seed for attention, default for the LSTM]; the flags below
+    /// override it, as in `train`.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Character- or word-level tokens. [default: char]
+    #[arg(long, value_parser = parse_tokenizer)]
+    pub tokenizer: Option<TokenizerKind>,
+    /// Folder holding the corpus (else $ROBO_POET_DATA, then data/; downloaded if nowhere).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Use these UTF-8 text files instead of the two books.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "data")]
+    pub text: Vec<PathBuf>,
+    /// Training steps before the second gradient-norm measurement.
+    #[arg(long, value_name = "N", default_value_t = 300)]
+    pub steps: u64,
+    /// Sequences per batch.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Context length T.
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Model width (attention).
+    #[arg(long)]
+    pub d_model: Option<usize>,
+    /// Layers (attention blocks or LSTM layers).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Attention heads.
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// LSTM hidden size.
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// LSTM embedding size.
+    #[arg(long)]
+    pub embed: Option<usize>,
+    /// Dropout on the attention weights, after softmax.
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    /// Learned position embeddings.
+    #[arg(long)]
+    pub pos_emb: bool,
+    /// Seed for initialisation, batches and dropout.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// cpu: the CPU only; auto: the CPU, and the GPU when one works; cuda: both, the GPU required.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Print one JSON object (every line and every norm) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar (also off when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Args, Debug)]
@@ -332,6 +422,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train_cmd::run(&a),
         Command::Generate(a) => generate_cmd::run(&a),
         Command::Eval(a) => eval_cmd::run(&a),
+        Command::Check(a) => check_cmd::run(&a),
         Command::Kernels(a) => kernels_cmd::run(&a),
         Command::Memory(a) => memory_cmd::run(&a),
         Command::Plot(a) => plot_cmd::run(&a),

@@ -6,6 +6,7 @@ use super::run_files::{self, Metrics, RunMeta};
 use super::TrainArgs;
 use crate::backend::{self, Backend};
 use crate::dataset::{self, DataRequest, Dataset};
+use crate::diagnostics::{self, GradNorms, NormWarnings};
 use crate::model::{self, Model};
 use crate::rng::Rng;
 use crate::sampler::Sampler;
@@ -174,6 +175,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let mut train_secs = 0.0f64;
     let mut window = (0.0f64, 0usize, 0.0f64); // (loss sum, steps, seconds) since last log line
     let log_every = (tcfg.eval_every / 5).clamp(1, 50);
+    let check_every = a.check_every.unwrap_or(log_every).max(1);
+    let mut warnings = NormWarnings::default();
     let mut step = start_step;
     while step < tcfg.steps {
         let t0 = Instant::now();
@@ -183,8 +186,13 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         let dt = t0.elapsed().as_secs_f64();
         if !st.loss.is_finite() || !st.grad_norm.is_finite() {
             pb.abandon();
+            let norms = GradNorms::from_sums(model.as_ref(), &st.grad_sq);
+            let first = norms
+                .first_non_finite()
+                .map(|p| format!(" (first non-finite gradient: {p})"))
+                .unwrap_or_default();
             bail!(
-                "step {step}: the loss ({}) or gradient norm ({}) is not finite, so training stopped; the last good checkpoint in {} is intact. Try a lower --lr (now {}) or a smaller --clip",
+                "step {step}: the loss ({}) or gradient norm ({}{first}) is not finite, so training stopped; the last good checkpoint in {} is intact. Try a lower --lr (now {}) or a smaller --clip",
                 st.loss, st.grad_norm, run_dir.display(), tcfg.lr
             );
         }
@@ -203,6 +211,31 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             }))?;
             window = (0.0, 0, 0.0);
         }
+        if step % check_every == 0 {
+            let norms = GradNorms::from_sums(model.as_ref(), &st.grad_sq);
+            if let Some(w) = warnings.check(step, &norms) {
+                say(&pb, w);
+            }
+            let mut line = norms.to_json();
+            let rows = diagnostics::attention_row_checks(model.as_ref(), be.as_mut());
+            if !rows.is_empty() {
+                let worst = rows.iter().map(|r| r.1.max_dev).fold(0.0f32, |m, d| {
+                    if d.is_nan() || d > m {
+                        d
+                    } else {
+                        m
+                    }
+                });
+                let bad: usize = rows.iter().map(|r| r.1.bad_rows).sum();
+                line["attn_row_max_dev"] = json!(worst);
+                line["attn_bad_rows"] = json!(bad);
+                if bad > 0 && warnings.first_in_period("attention rows") {
+                    say(&pb, format!("warning: step {step}: {bad} attention row(s) do not sum to 1 within {} (largest deviation {worst:.3e}); this is a bug, please report it", diagnostics::ROW_SUM_TOL));
+                }
+            }
+            line["step"] = json!(step);
+            metrics.write(&line)?;
+        }
         let halted = a.halt_at == Some(step);
         if halted {
             STOP.store(true, Ordering::SeqCst);
@@ -214,6 +247,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             if meta.best_val_loss.is_none_or(|b| val < b.0) {
                 meta.best_val_loss = Some((val, step));
             }
+            warnings.reset();
             metrics.write(&json!({ "step": step, "val_loss": val, "val_tokens": n, "elapsed_s": elapsed0 + t_start.elapsed().as_secs_f64() }))?;
             say(&pb, format!(
                 "step {step:>6}/{} | train {:.4} | val {val:.4} (ppl {:.2}) | grad norm {:.3} | lr {:.2e} | {:.1}k tok/s | {}",
@@ -286,7 +320,7 @@ fn resume_checks(dir: &Path, a: &TrainArgs) -> Result<RunMeta> {
     ];
     let given: Vec<&str> = fixed.iter().filter(|f| f.1).map(|f| f.0).collect();
     if !given.is_empty() {
-        bail!("{} cannot change when resuming: the run continues with the configuration saved in {} (only --steps, --eval-every, --data and --device may be given)", given.join(", "), dir.display());
+        bail!("{} cannot change when resuming: the run continues with the configuration saved in {} (only --steps, --eval-every, --check-every, --data and --device may be given)", given.join(", "), dir.display());
     }
     Ok(m)
 }

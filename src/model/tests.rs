@@ -5,8 +5,6 @@ use super::attention::{AttentionConfig, AttentionStyle};
 use super::lstm::LstmConfig;
 use super::*;
 use crate::backend::cpu::CpuBackend;
-use crate::ops::testutil::grad_check;
-use crate::tensor::Category;
 
 fn tiny_configs() -> Vec<ModelConfig> {
     let att = |style, pos_emb, n_layers, n_heads, dropout| {
@@ -59,46 +57,27 @@ fn setup(
     (model, be, inputs, targets)
 }
 
-fn mean_loss(model: &dyn Model, be: &mut CpuBackend, d: Option<DropoutCtx>) -> f64 {
-    model.forward(be, d);
-    let (s, n) = be.loss_sum(model.losses(), model.targets());
-    s / n as f64
-}
-
 #[test]
 fn whole_model_gradients_match_finite_differences() {
     for cfg in tiny_configs() {
-        let (model, mut be, _, targets) = setup(&cfg, 3, 1);
-        let d = Some(DropoutCtx { seed: 5, step: 2 });
-        mean_loss(model.as_ref(), &mut be, d);
-        be.zero_category(Category::Gradient);
-        be.zero_category(Category::Workspace);
-        model.backward(&mut be, 1.0 / scored(&targets) as f32, d);
-        for p in model.params() {
-            let x = be.read(p.ids.param);
-            let g = be.read(p.ids.grad);
+        for p in crate::diagnostics::gradcheck::whole_model_fd(&cfg, 3, 1) {
             assert!(
-                g.iter().any(|&v| v != 0.0) || x.is_empty(),
+                p.nonzero,
                 "{}: {} has an all-zero gradient",
                 cfg.describe(),
                 p.name
             );
-            let id = p.ids.param;
-            let mut probe = CpuBackend::new(model.table().clone());
-            for q in model.params() {
-                probe.write(q.ids.param, &be.read(q.ids.param));
-            }
-            probe.write_u32(
-                model.table().get("tokens").unwrap(),
-                &be.read_u32(model.table().get("tokens").unwrap()),
+            let w = p.worst;
+            assert!(
+                w.ratio <= 1.0,
+                "{} / {}[{}]: analytic {:.6e}, finite difference {:.6e} (tolerance {:.1e})",
+                cfg.describe(),
+                p.name,
+                w.index,
+                w.analytic,
+                w.finite_difference,
+                w.tolerance
             );
-            probe.write_u32(model.targets(), &be.read_u32(model.targets()));
-            let probe = std::cell::RefCell::new(probe);
-            grad_check(&format!("{} / {}", cfg.describe(), p.name), &x, &g, |v| {
-                let mut pb = probe.borrow_mut();
-                pb.write(id, v);
-                mean_loss(model.as_ref(), &mut pb, d)
-            });
         }
     }
 }

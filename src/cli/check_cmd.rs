@@ -1,0 +1,264 @@
+//! `robo-poet check`: the seed's validation suite (diagnostics::checks) as a table.
+
+use super::presets::{self, Length};
+use super::{CheckArgs, Preset, TrainArgs};
+use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend, DeviceChoice};
+use crate::dataset::{self, DataRequest};
+use crate::diagnostics::checks::{self, Report, Setup, Status};
+use crate::diagnostics::NORM_RANGE;
+use crate::gpu::{CudaDevice, Device, EmuDevice};
+use crate::model::ModelKind;
+use crate::sampler::Sampler;
+use crate::tensor::TensorTable;
+use anyhow::Result;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+
+/// The train command's flags with their defaults, for `presets::plan`.
+#[derive(Parser)]
+struct DefaultTrainArgs {
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+fn train_args(a: &CheckArgs) -> TrainArgs {
+    let mut t = DefaultTrainArgs::parse_from(["robo-poet"]).train;
+    t.model = a.model;
+    t.preset = a.preset.unwrap_or(match a.model {
+        Some(ModelKind::Lstm) => Preset::Default,
+        _ => Preset::Seed,
+    });
+    t.tokenizer = a.tokenizer;
+    t.data = a.data.clone();
+    t.text = a.text.clone();
+    t.batch = a.batch;
+    t.seq_len = a.seq_len;
+    t.d_model = a.d_model;
+    t.layers = a.layers;
+    t.heads = a.heads;
+    t.hidden = a.hidden;
+    t.embed = a.embed;
+    t.dropout = a.dropout;
+    t.pos_emb = a.pos_emb;
+    t.seed = a.seed;
+    t
+}
+
+/// The second device, if any: how to open it again (each backend and the parity run own one).
+enum Gpu {
+    None(String),
+    Cuda,
+    Emu,
+}
+
+impl Gpu {
+    fn open(&self) -> Result<Box<dyn Device>> {
+        Ok(match self {
+            Gpu::None(why) => anyhow::bail!("no GPU: {why}"),
+            Gpu::Cuda => Box::new(CudaDevice::open().map_err(|e| anyhow::anyhow!("{e}"))?),
+            Gpu::Emu => Box::<EmuDevice>::default(),
+        })
+    }
+    fn label(&self) -> &'static str {
+        match self {
+            Gpu::Emu => "emu",
+            _ => "gpu",
+        }
+    }
+}
+
+pub fn run(a: &CheckArgs) -> Result<()> {
+    let progress = !a.no_progress && !a.json && std::io::stderr().is_terminal();
+    let gpu = match a.device {
+        DeviceChoice::Cpu => Gpu::None("--device cpu".into()),
+        DeviceChoice::Emu => Gpu::Emu,
+        DeviceChoice::Cuda => {
+            CudaDevice::open()
+                .map_err(|e| anyhow::anyhow!("--device cuda: {e}; use --device cpu"))?;
+            Gpu::Cuda
+        }
+        DeviceChoice::Auto => match CudaDevice::open() {
+            Ok(_) => Gpu::Cuda,
+            Err(e) => Gpu::None(e.to_string()),
+        },
+    };
+
+    let ta = train_args(a);
+    let plan = presets::plan(&ta)?;
+    let (source, corpus) = dataset::locate(&DataRequest {
+        text_files: &ta.text,
+        data_dir: ta.data.as_deref(),
+        allow_download: true,
+        show_progress: progress,
+    })?;
+    let ds = dataset::tokenize(
+        source,
+        &corpus,
+        ta.tokenizer
+            .unwrap_or(crate::data::tokenizer::TokenizerKind::Char),
+        ta.min_count,
+        None,
+    )?;
+    let model_cfg = presets::with_vocab(&plan.model, ds.tokenizer.vocab_size());
+    model_cfg.validate()?;
+    let mut tcfg = plan.train;
+    // The learning-rate schedule of the run this configuration would make.
+    let sampler = Sampler::new(tcfg.seed, ds.train.len(), tcfg.batch, model_cfg.seq_len())?;
+    tcfg.steps = match plan.length {
+        Length::Steps(s) => s,
+        Length::Epochs(e) => ((e * sampler.steps_per_epoch() as f64).round() as u64).max(1),
+    };
+    let setup = Setup {
+        model: model_cfg.clone(),
+        train: tcfg.clone(),
+        tokens: &ds.train,
+        train_steps: a.steps,
+    };
+    if !a.json {
+        println!("robo-poet check: {}", model_cfg.describe());
+        println!(
+            "  batch {}, seed {}, lr {:.1e} (schedule of a {}-step run), data: {}",
+            tcfg.batch,
+            tcfg.seed,
+            tcfg.lr,
+            tcfg.steps,
+            ds.source.describe()
+        );
+    }
+
+    let mut report = Report::default();
+    let mut devices: Vec<&str> = vec!["cpu"];
+    if !matches!(gpu, Gpu::None(_)) {
+        devices.push(gpu.label());
+    }
+    for device in devices {
+        let pb = bar(progress, a.steps, device);
+        let mut make = |table: TensorTable| -> Result<Box<dyn Backend>> {
+            Ok(match device {
+                "cpu" => Box::new(CpuBackend::new(table)),
+                _ => Box::new(CudaBackend::new(gpu.open()?, table)?),
+            })
+        };
+        checks::device_checks(
+            &setup,
+            device,
+            &mut make,
+            &mut |s| pb.set_position(s),
+            &mut report,
+        )?;
+        pb.finish_and_clear();
+    }
+    checks::finite_differences(&model_cfg, tcfg.seed, &mut report);
+    match &gpu {
+        Gpu::None(why) => checks::parity_skipped(why, &mut report),
+        g => checks::gpu_parity(
+            &model_cfg,
+            tcfg.batch,
+            tcfg.seed,
+            g.label(),
+            g.open()?,
+            &mut report,
+        )?,
+    }
+
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "config": model_cfg, "batch": tcfg.batch, "seed": tcfg.seed, "train_steps": a.steps,
+                "passed": report.passed(), "lines": report.lines, "gradient_norms": report.norms,
+            })
+        );
+    } else {
+        print_report(&report);
+    }
+    if !report.passed() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn bar(show: bool, steps: u64, device: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(steps);
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{device}: training {{bar:30.cyan/blue}} {{pos}}/{{len}} steps [{{elapsed_precise}} < {{eta_precise}}]"
+        ))
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+fn print_report(r: &Report) {
+    let w = |f: &dyn Fn(&checks::Line) -> usize| r.lines.iter().map(f).max().unwrap_or(0);
+    let wc = w(&|l| l.check.chars().count());
+    let wd = w(&|l| l.device.len()).max(6);
+    let we = w(&|l| l.expected.chars().count()).max(8);
+    println!();
+    println!(
+        "{:wc$}  {:wd$}  result   {:we$}  measured",
+        "check", "device", "expected"
+    );
+    for l in &r.lines {
+        println!(
+            "{:wc$}  {:wd$}  {:7}  {:we$}  {}",
+            l.check,
+            l.device,
+            l.status.label(),
+            l.expected,
+            l.measured
+        );
+    }
+    for n in &r.norms {
+        println!();
+        println!(
+            "gradient norms {} ({}): global {:.4}; outside [{}, {}] marked with !",
+            n.when, n.device, n.global, NORM_RANGE.0, NORM_RANGE.1
+        );
+        let mark = |x: f64| {
+            if crate::diagnostics::in_range(x) {
+                ' '
+            } else {
+                '!'
+            }
+        };
+        println!("  layers:");
+        for (name, x) in &n.layers {
+            println!("  {} {name:40} {x:.4e}", mark(*x));
+        }
+        println!("  parameters:");
+        for (name, x) in &n.params {
+            println!("  {} {name:40} {x:.4e}", mark(*x));
+        }
+        println!("  op input gradients (d.*):");
+        for (name, x) in &n.activations {
+            println!("  {} {name:40} {x:.4e}", mark(*x));
+        }
+        let warn = n.warnings();
+        if !warn.is_empty() {
+            println!(
+                "  warning: {} tensor norm(s) outside [{}, {}] (not a failure; the pass/fail lines are the global and per-layer norms)",
+                warn.len(),
+                NORM_RANGE.0,
+                NORM_RANGE.1
+            );
+        }
+    }
+    let failed = r.lines.iter().filter(|l| l.status == Status::Fail).count();
+    let skipped = r
+        .lines
+        .iter()
+        .filter(|l| l.status == Status::Skipped)
+        .count();
+    println!();
+    println!(
+        "{} of {} lines passed, {failed} failed, {skipped} skipped",
+        r.lines.iter().filter(|l| l.status == Status::Pass).count(),
+        r.lines.len()
+    );
+}
