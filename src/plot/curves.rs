@@ -114,6 +114,7 @@ fn loss(root: &Area, runs: &[RunMetrics]) -> DrawResult {
                 label: format!("{} train", r.name),
                 color: c,
                 thin: true,
+                dashed: false,
                 marker: false,
             });
         }
@@ -125,6 +126,7 @@ fn loss(root: &Area, runs: &[RunMetrics]) -> DrawResult {
                 label: format!("{} val", r.name),
                 color: c,
                 thin: false,
+                dashed: false,
                 marker: true,
             });
         }
@@ -190,11 +192,22 @@ fn grad_flow(root: &Area, lines: &[GradLine]) -> DrawResult {
         [(0.0, GRAD_BAND.0), (xmax * 1.02, GRAD_BAND.1)],
         RGBColor(44, 160, 44).mix(0.10).filled(),
     )))?;
+    // Colours tell the lines apart; every other run is dashed as well, so runs stay apart when
+    // the palette repeats.
+    let mut runs: Vec<&str> = vec![];
     let mut entries = vec![];
     for (i, l) in lines.iter().enumerate() {
         let c = color(i);
         let pts = positive(l);
-        chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?;
+        if !runs.contains(&l.run.as_str()) {
+            runs.push(&l.run);
+        }
+        let dashed = runs.len() % 2 == 0;
+        if dashed {
+            chart.draw_series(DashedLineSeries::new(pts.clone(), 9, 5, c.stroke_width(2)))?;
+        } else {
+            chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?;
+        }
         if pts.len() <= 30 {
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
         }
@@ -205,6 +218,7 @@ fn grad_flow(root: &Area, lines: &[GradLine]) -> DrawResult {
             },
             color: c,
             thin: false,
+            dashed,
             marker: false,
         });
     }

@@ -112,6 +112,7 @@ fn draw(root: &Area, s: &MemorySeries) -> DrawResult {
             label: format!("{label} (total)"),
             color: c,
             thin: false,
+            dashed: false,
             marker: true,
         });
     }

@@ -198,11 +198,13 @@ pub fn shorten(s: &str, max: usize) -> String {
     format!("{a}…{b}")
 }
 
-/// One legend entry: a label, its colour, and whether the line is thin (a secondary series).
+/// One legend entry: a label, its colour, and how its line is drawn: thin (a secondary series),
+/// dashed (a second run), with a marker.
 pub struct LegendEntry {
     pub label: String,
     pub color: RGBColor,
     pub thin: bool,
+    pub dashed: bool,
     pub marker: bool,
 }
 
@@ -227,10 +229,17 @@ pub fn draw_legend(area: &Area, heading: &str, entries: &[LegendEntry]) -> DrawR
     for (i, e) in entries.iter().take(shown).enumerate() {
         let y = 36 + i as i32 * line_h;
         let stroke = if e.thin { 1 } else { 3 };
-        area.draw(&PathElement::new(
-            vec![(8, y + 7), (36, y + 7)],
-            e.color.stroke_width(stroke),
-        ))?;
+        let segments: &[(i32, i32)] = if e.dashed {
+            &[(8, 15), (19, 26), (30, 36)]
+        } else {
+            &[(8, 36)]
+        };
+        for &(a, b) in segments {
+            area.draw(&PathElement::new(
+                vec![(a, y + 7), (b, y + 7)],
+                e.color.stroke_width(stroke),
+            ))?;
+        }
         if e.marker {
             area.draw(&Circle::new((22, y + 7), 4, e.color.filled()))?;
         }
