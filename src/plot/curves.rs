@@ -202,7 +202,7 @@ fn grad_flow(root: &Area, lines: &[GradLine]) -> DrawResult {
         if !runs.contains(&l.run.as_str()) {
             runs.push(&l.run);
         }
-        let dashed = runs.len() % 2 == 0;
+        let dashed = runs.len().is_multiple_of(2);
         if dashed {
             chart.draw_series(DashedLineSeries::new(pts.clone(), 9, 5, c.stroke_width(2)))?;
         } else {
