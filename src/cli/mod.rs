@@ -1,10 +1,11 @@
-//! The command line: `train`, `generate`, `eval`, `kernels`, `memory`.
+//! The command line: `train`, `generate`, `eval`, `kernels`, `memory`, `profile-step`.
 
 mod eval_cmd;
 mod generate_cmd;
 mod kernels_cmd;
 mod memory_cmd;
 pub mod presets;
+mod profile_cmd;
 pub mod run_files;
 mod train_cmd;
 
@@ -63,6 +64,22 @@ pub enum Command {
                       robo-poet memory --seq-len 128,1024 --csv memory.csv"
     )]
     Memory(MemoryArgs),
+    /// One training step on random tokens, timed, inside the NVTX range "profile-step" and (on
+    /// the GPU) the profiler's capture window: what scripts/profile-nsys.sh and profile-ncu.sh run.
+    #[command(
+        name = "profile-step",
+        long_about = "Builds a model from the same presets and flags as `train`, initialises it, runs --warmup \
+                      training steps, then exactly one more step inside the NVTX range \"profile-step\" and, \
+                      on the CUDA backend, between cuProfilerStart and cuProfilerStop, waits for the device and \
+                      prints that step's wall time, tokens/s and the device. The batches are random tokens \
+                      (no corpus needed): the step's cost does not depend on the text. Profile it with \
+                      `nsys profile --capture-range=cudaProfilerApi` or `ncu --profile-from-start off` \
+                      (scripts/profile-nsys.sh, scripts/profile-ncu.sh). On the CPU it is one timed step.",
+        after_help = "Examples:\n  robo-poet profile-step\n  robo-poet profile-step --model lstm --batch 64\n  \
+                      robo-poet profile-step --preset seed --device cuda --warmup 5\n  \
+                      nsys profile --trace=cuda,nvtx --capture-range=cudaProfilerApi robo-poet profile-step --device cuda"
+    )]
+    ProfileStep(ProfileStepArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -202,6 +219,55 @@ pub struct EvalArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ProfileStepArgs {
+    /// Which model [default: attention].
+    #[arg(long, value_enum)]
+    pub model: Option<ModelKind>,
+    /// Starting configuration, as for `train`; the flags below override it.
+    #[arg(long, value_enum, default_value_t = Preset::Default)]
+    pub preset: Preset,
+    /// Sequences per batch.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Context length T.
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Model width (attention).
+    #[arg(long)]
+    pub d_model: Option<usize>,
+    /// Layers (attention blocks or LSTM layers).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Attention heads.
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// LSTM hidden size.
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// LSTM embedding size.
+    #[arg(long)]
+    pub embed: Option<usize>,
+    /// Dropout on the attention weights, after softmax.
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    /// Learned position embeddings.
+    #[arg(long)]
+    pub pos_emb: bool,
+    /// Vocabulary size of the random tokens (78: the character vocabulary of the two books).
+    #[arg(long, default_value_t = 78)]
+    pub vocab: usize,
+    /// Training steps before the profiled one (kernel JIT, caches and clocks settle).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub warmup: u64,
+    /// Seed for initialisation, the random tokens and dropout.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+#[derive(Args, Debug)]
 pub struct KernelsArgs {
     /// Exit with an error if any kernel spills registers (or if no kernels were compiled).
     #[arg(long)]
@@ -260,5 +326,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval_cmd::run(&a),
         Command::Kernels(a) => kernels_cmd::run(&a),
         Command::Memory(a) => memory_cmd::run(&a),
+        Command::ProfileStep(a) => profile_cmd::run(&a),
     }
 }
