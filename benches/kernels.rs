@@ -198,8 +198,13 @@ fn cpu_ops(s: Shape) -> Vec<(&'static str, Cost, Timed<'static>)> {
     ops
 }
 
-/// The CUDA kernels at shape `s`, timed with CUDA events.
-fn gpu_ops<'a>(dev: &'a CudaDevice, s: Shape) -> Vec<(&'static str, Cost, Timed<'a>)> {
+/// The CUDA kernels at shape `s` on `dev`, timed with CUDA events (the host clock on the
+/// emulator, which has none).
+fn gpu_ops<'a>(
+    dev: &'a dyn Device,
+    emulated: bool,
+    s: Shape,
+) -> Vec<(&'static str, Cost, Timed<'a>)> {
     let mut rng = Rng::new(7);
     let (n, c, a, r, t, b) = (s.n(), s.c, s.attn(), s.r(), s.t, s.b);
     let up = |v: Vec<f32>| -> DeviceSlice<f32> { dev.upload(&v).expect("upload") };
@@ -219,17 +224,27 @@ fn gpu_ops<'a>(dev: &'a CudaDevice, s: Shape) -> Vec<(&'static str, Cost, Timed<
     let (dq, dk, dv) = (zeros(n * c), zeros(n * c), zeros(n * c));
     let (gates, c_prev) = (up(randn(&mut rng, b * 4 * c)), up(randn(&mut rng, b * c)));
     let (cc, h) = (zeros(b * c), zeros(b * c));
-    let timer = std::rc::Rc::new(CudaTimer::new().expect("CUDA events"));
+    // The split-N workspace allocated once, as the CUDA backend does (not inside the timing).
+    let splits = k::matmul_backward_weight_splits(n, c, c);
+    let ws_len = k::matmul_backward_weight_workspace_len(n, c, c, splits);
+    let split_ws = (ws_len > 0).then(|| zeros(ws_len));
+    let timer = (!emulated).then(|| std::rc::Rc::new(CudaTimer::new().expect("CUDA events")));
     let events = |mut f: Box<dyn FnMut() + 'a>| -> Timed<'a> {
         let timer = timer.clone();
         Box::new(move |iters| {
-            timer
-                .time(|| {
-                    for _ in 0..iters {
-                        f();
-                    }
-                })
-                .expect("CUDA event timing")
+            let mut all = || {
+                for _ in 0..iters {
+                    f();
+                }
+            };
+            match &timer {
+                Some(t) => t.time(all).expect("CUDA event timing"),
+                None => {
+                    let t0 = Instant::now();
+                    all();
+                    t0.elapsed()
+                }
+            }
         })
     };
     let ok = |r: Result<(), robo_poet::gpu::GpuError>| r.expect("kernel launch");
@@ -260,7 +275,9 @@ fn gpu_ops<'a>(dev: &'a CudaDevice, s: Shape) -> Vec<(&'static str, Cost, Timed<
             costs::matmul_backward(n, c, c),
             events(Box::new(move || {
                 ok(k::matmul_backward_input(dev, dx, out, w, n, c, c));
-                ok(k::matmul_backward_weight(dev, dw, out, x, n, c, c));
+                ok(k::matmul_backward_weight_with_workspace(
+                    dev, dw, out, x, split_ws, splits, n, c, c,
+                ));
             })),
         ),
         (
@@ -318,7 +335,7 @@ type Totals = RefCell<BTreeMap<(usize, usize), (String, Cost, Duration, u64)>>;
 fn run(c: &mut Criterion, gpu: Option<&CudaDevice>, totals: &Totals) {
     for (si, s) in SHAPES.iter().enumerate() {
         let ops = match gpu {
-            Some(dev) => gpu_ops(dev, *s),
+            Some(dev) => gpu_ops(dev, false, *s),
             None => cpu_ops(*s),
         };
         let mut g = c.benchmark_group(format!("kernels {}", s.name));
@@ -348,7 +365,30 @@ fn run(c: &mut Criterion, gpu: Option<&CudaDevice>, totals: &Totals) {
     }
 }
 
+/// `ROBO_POET_BENCH_EMU=1`: runs every GPU op once on the emulated device at a tiny shape, a
+/// check of the GPU path's launches (shapes, argument order) on a machine without a GPU.
+fn emulated_dry_run() {
+    let dev = robo_poet::gpu::EmuDevice::default();
+    let tiny = Shape {
+        name: "tiny B2 T8 C16 NH2",
+        b: 2,
+        t: 8,
+        c: 16,
+        nh: 2,
+    };
+    for (name, cost, mut timed) in gpu_ops(&dev, true, tiny) {
+        let d = timed(1);
+        println!(
+            "emulated {name} @ {}: ran once in {d:?} ({} FLOP, {} B)",
+            tiny.name, cost.flops, cost.bytes
+        );
+    }
+}
+
 fn main() {
+    if std::env::var_os("ROBO_POET_BENCH_EMU").is_some() {
+        return emulated_dry_run();
+    }
     let (gpu, on) = match CudaDevice::open() {
         Ok(d) => {
             let on = format!("the CUDA kernels on {} (CUDA-event timing)", d.name());
