@@ -64,7 +64,9 @@ fn open(name: &str) -> Result<Nvtx, String> {
 fn load() -> Result<Nvtx, String> {
     if let Some(path) = std::env::var_os(LIBRARY_ENV) {
         let path = path.to_string_lossy().into_owned();
-        return open(&path).map_err(|e| format!("{LIBRARY_ENV}={path}: {e}"));
+        return open(&path).map_err(|e| {
+            format!("{LIBRARY_ENV}={path}: {e} (point it at libnvtx3interop.so.1, or unset it)")
+        });
     }
     let mut why = Vec::new();
     for name in LIBRARY_NAMES {
@@ -146,6 +148,7 @@ mod tests {
         }
         match status() {
             Some(Ok(lib)) => assert!(!lib.is_empty()),
+            // (with $ROBO_POET_NVTX_LIBRARY set to a bad path, the message names that variable)
             Some(Err(why)) => assert!(why.contains("libnvtx3interop"), "{why}"),
             None => panic!("push was called, so the library was looked for"),
         }
