@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the GPU check bundle (../shared/docs/GPU.md): release binary, the GPU test binaries and
-# the attention-vs-LSTM bench, with the CUDA kernels compiled by NVRTC 13.0 (required), stripped, plus the
-# corpus and the run script, into dist/gpu-check/ (git-ignored). On the GPU machine:
+# the attention-vs-LSTM and per-kernel benches, with the CUDA kernels compiled by NVRTC 13.0
+# (required), stripped, plus the corpus, the run script, the profiling scripts and the NVTX interop
+# library (for named ranges under nsys / ncu), into dist/gpu-check/ (git-ignored). On the GPU machine:
 #     dist/gpu-check/run.sh OUT_DIR
 # Usage: scripts/gpu-bundle.sh [--data DIR]   (DIR: the corpus, default ../shared/corpus or data/)
 set -euo pipefail
@@ -28,11 +29,18 @@ if [ ! -e "$NVRTC_DIR/nvidia/cu13/lib/libnvrtc.so.13" ]; then
   PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --target "$NVRTC_DIR" "$NVRTC_WHEEL"
 fi
 export LD_LIBRARY_PATH="$NVRTC_DIR/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The NVTX 3 interop library (40 KB) for src/gpu/nvtx.rs; the bundle works without it (no ranges).
+NVTX_WHEEL=nvidia-nvtx==13.0.85
+NVTX_DIR="${NVTX_DIR:-$PWD/.ci/cache/${NVTX_WHEEL/==/-}}"
+if [ ! -e "$NVTX_DIR/nvidia/cu13/lib/libnvtx3interop.so.1" ]; then
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$NVTX_DIR" "$NVTX_WHEEL" \
+    || echo "warning: could not install $NVTX_WHEEL; the bundle will profile without NVTX ranges" >&2
+fi
 export ROBO_POET_REQUIRE_NVRTC=1
 
 OUT=dist/gpu-check
 rm -rf "$OUT"
-mkdir -p "$OUT/bin" "$OUT/tests" "$OUT/data"
+mkdir -p "$OUT/bin" "$OUT/tests" "$OUT/data" "$OUT/lib"
 
 echo "== release binary"
 cargo build --release --quiet
@@ -44,7 +52,7 @@ cargo bench --no-run --message-format=json 2>/dev/null > "$OUT/.cargo-benches.js
 python3 - "$OUT" <<'PY'
 import json, shutil, sys
 out = sys.argv[1]
-fixed = {"gpu_backend", "attention_vs_lstm"}
+fixed = {"gpu_backend", "attention_vs_lstm", "kernels"}
 found = set()
 for f in (".cargo-tests.json", ".cargo-benches.json"):
     for line in open(f"{out}/{f}"):
@@ -69,7 +77,9 @@ echo "== corpus, scripts"
 cp "$DATA"/alice_wonderland.txt "$DATA"/hamlet_shakespeare.txt "$OUT/data/"
 for f in alice_raw.txt hamlet_raw.txt; do [ -e "$DATA/$f" ] && cp "$DATA/$f" "$OUT/data/"; done
 cp scripts/gpu/run.sh scripts/gpu/compare_runs.py scripts/gpu/peer_pytorch.py "$OUT/"
-chmod +x "$OUT/run.sh"
+cp scripts/profile-nsys.sh scripts/profile-ncu.sh scripts/profile-common.sh scripts/ncu_summary.py "$OUT/"
+cp "$NVTX_DIR/nvidia/cu13/lib/libnvtx3interop.so.1" "$OUT/lib/" 2>/dev/null || true
+chmod +x "$OUT/run.sh" "$OUT"/profile-*.sh
 git rev-parse --short HEAD > "$OUT/COMMIT" 2>/dev/null || true
 du -sh "$OUT"
 "$OUT/bin/robo-poet" kernels --check-spills > /dev/null

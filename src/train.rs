@@ -73,20 +73,26 @@ pub fn train_step(
         seed: cfg.seed,
         step,
     });
+    be.range_push("forward");
     model.forward(be, d);
+    be.range_pop();
     let (sum, n) = be.loss_sum(model.losses(), model.targets());
     let loss = sum / n.max(1) as f64;
     be.zero_category(Category::Gradient);
     be.zero_category(Category::Workspace);
+    be.range_push("backward");
     model.backward(be, 1.0 / scored(targets).max(1) as f32, d);
+    be.range_pop();
     let grad_sq = be.sum_squares(&grad_ids(model));
     let grad_norm = grad_sq.iter().sum::<f64>().sqrt();
     let lr = cfg.lr_at(step);
     if loss.is_finite() && grad_norm.is_finite() {
+        be.range_push("optimizer");
         let scale = clip_scale(grad_norm, cfg.clip);
         for p in model.params() {
             be.adamw_update(p.ids, &cfg.adamw, lr, step, scale);
         }
+        be.range_pop();
     }
     StepStats {
         loss,

@@ -67,3 +67,22 @@ for model in ["attention", "lstm"]:
     print(f"| {model} | {len(common)} | {f(rel[0], 6) if rel else 'n/a'} | {f(rel[-1], 6) if rel else 'n/a'} | {f(gt, 0)} | {f(ct, 0)} | {f(gt / ct, 1)}x | {f(measured)} | {f(analytic)} | {f(pt, 0)} | {f(gt / pt, 2)} | {f(pm)} | {f(measured / pm, 2)} |")
 if peer.get("note"):
     print(f"\nPyTorch peer: {peer['note']}")
+
+print("\n## Kernels and one profiled step\n")
+bench = read("bench_kernels.log").splitlines()
+head = next((l for l in bench if l.startswith("kernels: measuring")), "")
+rows = [l for l in bench if l.startswith("|")]
+if rows:
+    print(f"{head} (benches/kernels.rs, per-call means over criterion's runs)\n")
+    print("\n".join(rows))
+else:
+    print("- kernel bench: no table (see bench_kernels.log)")
+step_line = next((l for l in read("profile_step.log").splitlines() if l.startswith("profiled step")), "")
+print(f"\n- profile-step (seed preset, cuda): {step_line or 'no result (see profile_step.log)'}")
+for tool, table in [("ncu", "ncu/kernels.md"), ("nsys", "nsys/kernels.txt")]:
+    text = read(table)
+    if text.strip():
+        print(f"\n{tool} ({table}):\n")
+        print(text if tool == "ncu" else "```\n" + text.strip() + "\n```")
+    else:
+        print(f"- {tool}: no table (see profile_{tool}.log)")

@@ -2,7 +2,7 @@
 # The GPU check (../shared/docs/GPU.md), run on the GPU machine from the bundle that
 # scripts/gpu-bundle.sh builds:   ./run.sh OUT_DIR
 # Every step is time-bounded and a failing step does not stop the next; everything lands in
-# OUT_DIR (logs + summary.md), and the short summary table is printed last. About 7 minutes.
+# OUT_DIR (logs + summary.md), and the short summary table is printed last. About 8 minutes.
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${1:?usage: run.sh OUT_DIR}"
@@ -59,6 +59,22 @@ done
 step "PyTorch peer" 150 "$OUT/peer_pytorch.log" python3 "$HERE/peer_pytorch.py" --json "$OUT/peer_pytorch.json"
 # Attention vs LSTM at the same width over seq_len, on the GPU: the training step (criterion).
 step "attention_vs_lstm bench (GPU)" 180 "$OUT/bench_attention_vs_lstm.log" "$HERE/tests/attention_vs_lstm" --bench "train step"
+# Per-kernel GFLOP/s and GB/s, CUDA-event timed (matmul, softmax, attention, LSTM cell): ~30 s.
+step "kernel bench (GPU)" 90 "$OUT/bench_kernels.log" "$HERE/tests/kernels" --bench
+# One training step of the seed model, timed, with NVTX ranges when the interop library is there;
+# then the same step under Nsight Systems and Nsight Compute where the machine has them.
+NVTX_LIB="$HERE/lib/libnvtx3interop.so.1"
+step "profile-step (seed, cuda)" 45 "$OUT/profile_step.log" \
+  env ROBO_POET_NVTX_LIBRARY="$NVTX_LIB" "$BIN" profile-step --device cuda --preset seed
+for tool in nsys ncu; do
+  if command -v "$tool" > /dev/null; then
+    step "profile-$tool (seed step)" 120 "$OUT/profile_$tool.log" \
+      env ROBO_POET_NVTX_LIBRARY="$NVTX_LIB" "$HERE/profile-$tool.sh" --bin "$BIN" --out "$OUT/$tool" -- --preset seed
+  else
+    echo "$tool not found on PATH" > "$OUT/profile_$tool.log"
+    printf 'profile-%s\tSKIPPED (not found)\t0\tprofile_%s.log\n' "$tool" "$tool" >> "$OUT/steps.tsv"
+  fi
+done
 
 python3 "$HERE/compare_runs.py" "$OUT" > "$SUMMARY" 2> "$OUT/compare_runs.err"
 {

@@ -839,4 +839,23 @@ impl Backend for CudaBackend {
         );
         self.ok(r);
     }
+
+    fn range_push(&mut self, name: &str) {
+        self.dev.range_push(name);
+    }
+
+    fn range_pop(&mut self) {
+        self.dev.range_pop();
+    }
+
+    fn profiler_capture(&mut self, on: bool) -> anyhow::Result<()> {
+        self.dev
+            .profiler_capture(on)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.dev.name()))
+    }
+
+    fn synchronize(&mut self) {
+        let r = self.dev.synchronize();
+        self.ok(r);
+    }
 }

@@ -192,6 +192,20 @@ pub trait Backend {
     fn sum_squares(&mut self, ids: &[TensorId]) -> Vec<f64>;
     /// One AdamW step of one parameter (its gradient first multiplied by `grad_scale`).
     fn adamw_update(&mut self, p: ParamIds, cfg: &AdamWConfig, lr: f32, step: u64, grad_scale: f32);
+
+    // Profiling hooks: NVTX ranges and the profiler's capture window on the CUDA backend, no-ops
+    // elsewhere. Ranges nest; each push is closed by one pop.
+    /// Opens a named range on the profiler's timeline.
+    fn range_push(&mut self, _name: &str) {}
+    /// Closes the innermost open range.
+    fn range_pop(&mut self) {}
+    /// Starts (`on`) or stops what `nsys --capture-range=cudaProfilerApi` / `ncu
+    /// --profile-from-start off` record (cuProfilerStart / cuProfilerStop).
+    fn profiler_capture(&mut self, _on: bool) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Waits until all queued device work has finished (for timing).
+    fn synchronize(&mut self) {}
 }
 
 /// What [`Backend::attention_row_check`] found.

@@ -11,19 +11,11 @@ use crate::model::ModelKind;
 use crate::sampler::Sampler;
 use crate::tensor::TensorTable;
 use anyhow::Result;
-use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 
-/// The train command's flags with their defaults, for `presets::plan`.
-#[derive(Parser)]
-struct DefaultTrainArgs {
-    #[command(flatten)]
-    train: TrainArgs,
-}
-
 fn train_args(a: &CheckArgs) -> TrainArgs {
-    let mut t = DefaultTrainArgs::parse_from(["robo-poet"]).train;
+    let mut t = TrainArgs::defaults();
     t.model = a.model;
     t.preset = a.preset.unwrap_or(match a.model {
         Some(ModelKind::Lstm) => Preset::Default,
@@ -32,15 +24,7 @@ fn train_args(a: &CheckArgs) -> TrainArgs {
     t.tokenizer = a.tokenizer;
     t.data = a.data.clone();
     t.text = a.text.clone();
-    t.batch = a.batch;
-    t.seq_len = a.seq_len;
-    t.d_model = a.d_model;
-    t.layers = a.layers;
-    t.heads = a.heads;
-    t.hidden = a.hidden;
-    t.embed = a.embed;
-    t.dropout = a.dropout;
-    t.pos_emb = a.pos_emb;
+    t.shape = a.shape.clone();
     t.seed = a.seed;
     t
 }

@@ -1,5 +1,5 @@
 //! The command line: `train`, `generate`, `eval`, `check`, `kernels`, `memory`, `plot`,
-//! `attention-map`.
+//! `attention-map`, `profile-step`.
 
 mod attention_map_cmd;
 mod check_cmd;
@@ -9,6 +9,7 @@ mod kernels_cmd;
 mod memory_cmd;
 mod plot_cmd;
 pub mod presets;
+mod profile_cmd;
 pub mod run_files;
 mod train_cmd;
 
@@ -120,6 +121,22 @@ pub enum Command {
                       robo-poet attention-map --checkpoint runs/<name> --prompt \"Alice\" --json"
     )]
     AttentionMap(AttentionMapArgs),
+    /// One training step on random tokens, timed, inside the NVTX range "profile-step" and (on
+    /// the GPU) the profiler's capture window: what scripts/profile-nsys.sh and profile-ncu.sh run.
+    #[command(
+        name = "profile-step",
+        long_about = "Builds a model from the same presets and flags as `train`, initialises it, runs --warmup \
+                      training steps, then exactly one more step inside the NVTX range \"profile-step\" and, \
+                      on the CUDA backend, between cuProfilerStart and cuProfilerStop, waits for the device and \
+                      prints that step's wall time, tokens/s and the device. The batches are random tokens \
+                      (no corpus needed): the step's cost does not depend on the text. Profile it with \
+                      `nsys profile --capture-range=cudaProfilerApi` or `ncu --profile-from-start off` \
+                      (scripts/profile-nsys.sh, scripts/profile-ncu.sh). On the CPU it is one timed step.",
+        after_help = "Examples:\n  robo-poet profile-step\n  robo-poet profile-step --model lstm --batch 64\n  \
+                      robo-poet profile-step --preset seed --device cuda --warmup 5\n  \
+                      nsys profile --trace=cuda,nvtx --capture-range=cudaProfilerApi robo-poet profile-step --device cuda"
+    )]
+    ProfileStep(ProfileStepArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -130,30 +147,11 @@ pub enum Preset {
     Seed,
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct TrainArgs {
-    /// Which model to train [default: attention].
-    #[arg(long, value_enum)]
-    pub model: Option<ModelKind>,
-    /// Starting configuration; the flags below override it.
-    #[arg(long, value_enum, default_value_t = Preset::Default)]
-    pub preset: Preset,
-    /// Character- or word-level tokens (word: lower-cased words and punctuation marks).
-    /// [default: char]
-    #[arg(long, value_parser = parse_tokenizer)]
-    pub tokenizer: Option<TokenizerKind>,
-    /// Folder holding the corpus (else $ROBO_POET_DATA, then data/; downloaded if nowhere).
-    #[arg(long, value_name = "DIR")]
-    pub data: Option<PathBuf>,
-    /// Train on these UTF-8 text files instead of the two books.
-    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "data")]
-    pub text: Vec<PathBuf>,
-    /// Passes over the training tokens (instead of --steps).
-    #[arg(long, conflicts_with = "steps")]
-    pub epochs: Option<f64>,
-    /// Optimizer steps.
-    #[arg(long)]
-    pub steps: Option<u64>,
+/// The flags that size a model and its batch, shared by `train`, `check` and `profile-step`
+/// (each overrides the preset's value when given).
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Model and batch shape (override the preset)")]
+pub struct ShapeArgs {
     /// Sequences per batch.
     #[arg(long)]
     pub batch: Option<usize>,
@@ -181,6 +179,32 @@ pub struct TrainArgs {
     /// Learned position embeddings (the seed preset has none by default).
     #[arg(long)]
     pub pos_emb: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Which model to train [default: attention].
+    #[arg(long, value_enum)]
+    pub model: Option<ModelKind>,
+    /// Starting configuration; the flags below override it.
+    #[arg(long, value_enum, default_value_t = Preset::Default)]
+    pub preset: Preset,
+    /// Character- or word-level tokens (word: lower-cased words and punctuation marks).
+    /// [default: char]
+    #[arg(long, value_parser = parse_tokenizer)]
+    pub tokenizer: Option<TokenizerKind>,
+    /// Folder holding the corpus (else $ROBO_POET_DATA, then data/; downloaded if nowhere).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Train on these UTF-8 text files instead of the two books.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "data")]
+    pub text: Vec<PathBuf>,
+    /// Passes over the training tokens (instead of --steps).
+    #[arg(long, conflicts_with = "steps")]
+    pub epochs: Option<f64>,
+    /// Optimizer steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
     /// Peak learning rate.
     #[arg(long)]
     pub lr: Option<f32>,
@@ -222,6 +246,20 @@ pub struct TrainArgs {
     /// Testing aid: stop as if interrupted (Ctrl-C) after this step.
     #[arg(long, hide = true)]
     pub halt_at: Option<u64>,
+    #[command(flatten)]
+    pub shape: ShapeArgs,
+}
+
+impl TrainArgs {
+    /// Every flag at its default: what `robo-poet train` alone means.
+    pub fn defaults() -> TrainArgs {
+        #[derive(Parser)]
+        struct Alone {
+            #[command(flatten)]
+            train: TrainArgs,
+        }
+        Alone::parse_from(["robo-poet"]).train
+    }
 }
 
 #[derive(Args, Debug)]
@@ -284,33 +322,6 @@ pub struct CheckArgs {
     /// Training steps before the second gradient-norm measurement.
     #[arg(long, value_name = "N", default_value_t = 300)]
     pub steps: u64,
-    /// Sequences per batch.
-    #[arg(long)]
-    pub batch: Option<usize>,
-    /// Context length T.
-    #[arg(long)]
-    pub seq_len: Option<usize>,
-    /// Model width (attention).
-    #[arg(long)]
-    pub d_model: Option<usize>,
-    /// Layers (attention blocks or LSTM layers).
-    #[arg(long)]
-    pub layers: Option<usize>,
-    /// Attention heads.
-    #[arg(long)]
-    pub heads: Option<usize>,
-    /// LSTM hidden size.
-    #[arg(long)]
-    pub hidden: Option<usize>,
-    /// LSTM embedding size.
-    #[arg(long)]
-    pub embed: Option<usize>,
-    /// Dropout on the attention weights, after softmax.
-    #[arg(long)]
-    pub dropout: Option<f32>,
-    /// Learned position embeddings.
-    #[arg(long)]
-    pub pos_emb: bool,
     /// Seed for initialisation, batches and dropout.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
@@ -323,6 +334,32 @@ pub struct CheckArgs {
     /// No progress bar (also off when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    #[command(flatten)]
+    pub shape: ShapeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ProfileStepArgs {
+    /// Which model [default: attention].
+    #[arg(long, value_enum)]
+    pub model: Option<ModelKind>,
+    /// Starting configuration, as for `train`; the flags below override it.
+    #[arg(long, value_enum, default_value_t = Preset::Default)]
+    pub preset: Preset,
+    /// Vocabulary size of the random tokens (78: the character vocabulary of the two books).
+    #[arg(long, default_value_t = 78)]
+    pub vocab: usize,
+    /// Training steps before the profiled one (kernel JIT, caches and clocks settle).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub warmup: u64,
+    /// Seed for initialisation, the random tokens and dropout.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub shape: ShapeArgs,
 }
 
 #[derive(Args, Debug)]
@@ -427,5 +464,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Memory(a) => memory_cmd::run(&a),
         Command::Plot(a) => plot_cmd::run(&a),
         Command::AttentionMap(a) => attention_map_cmd::run(&a),
+        Command::ProfileStep(a) => profile_cmd::run(&a),
     }
 }

@@ -68,30 +68,30 @@ pub fn plan(a: &TrainArgs) -> Result<Plan> {
     let mut model = model;
     match &mut model {
         ModelConfig::Attention(c) => {
-            set(&mut c.seq_len, a.seq_len);
-            set(&mut c.d_model, a.d_model);
-            set(&mut c.n_layers, a.layers);
-            set(&mut c.n_heads, a.heads);
-            set(&mut c.dropout, a.dropout);
-            c.pos_emb |= a.pos_emb;
+            set(&mut c.seq_len, a.shape.seq_len);
+            set(&mut c.d_model, a.shape.d_model);
+            set(&mut c.n_layers, a.shape.layers);
+            set(&mut c.n_heads, a.shape.heads);
+            set(&mut c.dropout, a.shape.dropout);
+            c.pos_emb |= a.shape.pos_emb;
             ensure!(
-                a.hidden.is_none() && a.embed.is_none(),
+                a.shape.hidden.is_none() && a.shape.embed.is_none(),
                 "--hidden and --embed are LSTM flags; the attention model's width is --d-model"
             );
         }
         ModelConfig::Lstm(c) => {
-            set(&mut c.seq_len, a.seq_len);
-            set(&mut c.hidden, a.hidden);
-            set(&mut c.embed, a.embed);
-            set(&mut c.n_layers, a.layers);
-            ensure!(a.d_model.is_none() && a.heads.is_none(), "--d-model and --heads are attention flags; the LSTM's sizes are --hidden and --embed");
+            set(&mut c.seq_len, a.shape.seq_len);
+            set(&mut c.hidden, a.shape.hidden);
+            set(&mut c.embed, a.shape.embed);
+            set(&mut c.n_layers, a.shape.layers);
+            ensure!(a.shape.d_model.is_none() && a.shape.heads.is_none(), "--d-model and --heads are attention flags; the LSTM's sizes are --hidden and --embed");
             ensure!(
-                a.dropout.is_none() && !a.pos_emb,
+                a.shape.dropout.is_none() && !a.shape.pos_emb,
                 "--dropout and --pos-emb apply to the attention model only"
             );
         }
     }
-    set(&mut train.batch, a.batch);
+    set(&mut train.batch, a.shape.batch);
     set(&mut train.lr, a.lr);
     set(&mut train.warmup, a.warmup);
     set(&mut train.adamw.weight_decay, a.weight_decay);

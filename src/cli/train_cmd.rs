@@ -303,14 +303,14 @@ fn resume_checks(dir: &Path, a: &TrainArgs) -> Result<RunMeta> {
         );
     }
     let fixed = [
-        ("--batch", a.batch.is_some()),
-        ("--seq-len", a.seq_len.is_some()),
-        ("--d-model", a.d_model.is_some()),
-        ("--layers", a.layers.is_some()),
-        ("--heads", a.heads.is_some()),
-        ("--hidden", a.hidden.is_some()),
-        ("--embed", a.embed.is_some()),
-        ("--dropout", a.dropout.is_some()),
+        ("--batch", a.shape.batch.is_some()),
+        ("--seq-len", a.shape.seq_len.is_some()),
+        ("--d-model", a.shape.d_model.is_some()),
+        ("--layers", a.shape.layers.is_some()),
+        ("--heads", a.shape.heads.is_some()),
+        ("--hidden", a.shape.hidden.is_some()),
+        ("--embed", a.shape.embed.is_some()),
+        ("--dropout", a.shape.dropout.is_some()),
         ("--lr", a.lr.is_some()),
         ("--warmup", a.warmup.is_some()),
         ("--weight-decay", a.weight_decay.is_some()),

@@ -11,6 +11,7 @@
 
 use super::device::{Device, DevicePtr, GpuError, LaunchConfig};
 use super::nvrtc;
+use super::nvtx;
 use cudarc::driver::{result, sys};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -318,6 +319,8 @@ impl Device for CudaDevice {
         }
         *self.last_launch.borrow_mut() = Some((kernel.to_string(), *config));
         let (g, b) = (config.grid, config.block);
+        // One NVTX range per launch, named by the kernel (a no-op without the NVTX library).
+        let _range = nvtx::range(kernel);
         // SAFETY: the caller guarantees the parameter list matches the kernel (trait contract).
         unsafe {
             result::launch_kernel(
@@ -333,6 +336,35 @@ impl Device for CudaDevice {
             kernel: kernel.to_string(),
             config: *config,
             reason: driver_message(e),
+        })
+    }
+
+    fn range_push(&self, name: &str) {
+        nvtx::push(name);
+    }
+
+    fn range_pop(&self) {
+        nvtx::pop();
+    }
+
+    fn profiler_capture(&self, on: bool) -> Result<(), GpuError> {
+        // SAFETY: no arguments; acts on the current context, which `open` made current.
+        let r = unsafe {
+            if on {
+                sys::cuProfilerStart()
+            } else {
+                sys::cuProfilerStop()
+            }
+        };
+        r.result().map_err(|e| {
+            driver(
+                if on {
+                    "cuProfilerStart"
+                } else {
+                    "cuProfilerStop"
+                },
+                e,
+            )
         })
     }
 }

@@ -62,6 +62,18 @@ pub trait Device {
         config: &LaunchConfig,
         params: &mut [*mut c_void],
     ) -> Result<(), GpuError>;
+
+    /// Opens a named range on the profiler's timeline (NVTX on a GPU; nothing by default).
+    fn range_push(&self, _name: &str) {}
+
+    /// Closes the innermost range opened by [`Device::range_push`].
+    fn range_pop(&self) {}
+
+    /// `cuProfilerStart` (`on`) / `cuProfilerStop`: the window that `nsys --capture-range=cudaProfilerApi`
+    /// and `ncu --profile-from-start off` record. Nothing by default.
+    fn profiler_capture(&self, _on: bool) -> Result<(), GpuError> {
+        Ok(())
+    }
 }
 
 /// What can go wrong on a device. Every launch error names the kernel and its launch shape.

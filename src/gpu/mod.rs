@@ -9,6 +9,7 @@
 //! * [`nvrtc`]: the same kernels compiled for the GPU by NVRTC in build.rs (CUBIN + PTX), and
 //!   ptxas's register and spill report.
 //!
+//! * [`nvtx`]: NVTX ranges for Nsight, through the NVTX interop library when it is there.
 //! * [`cuda`]: [`CudaDevice`], the real GPU through cudarc's driver API, running those kernels.
 
 pub mod cuda;
@@ -16,6 +17,7 @@ pub mod device;
 pub mod emu;
 pub mod kernels;
 pub mod nvrtc;
+pub mod nvtx;
 
 pub use cuda::{CudaDevice, Unavailable};
 pub use device::{

@@ -373,6 +373,7 @@ impl Model for AttentionModel {
         );
         let mut x = self.emb;
         for (l, ly) in self.layers.iter().enumerate() {
+            be.range_push(&format!("layer {l} forward"));
             let inp = match &ly.ln1 {
                 Some(n) => {
                     be.layernorm_forward(n.out, n.mean, n.rstd, x, n.w.param, n.b.param);
@@ -412,6 +413,7 @@ impl Model for AttentionModel {
                 be.add(res2, res1, fcproj);
             }
             x = ly.output().0;
+            be.range_pop();
         }
         if let Some(n) = &self.ln_f {
             be.layernorm_forward(n.out, n.mean, n.rstd, x, n.w.param, n.b.param);
@@ -436,6 +438,7 @@ impl Model for AttentionModel {
         }
         for l in (0..self.layers.len()).rev() {
             let ly = &self.layers[l];
+            be.range_push(&format!("layer {l} backward"));
             let (x_in, dx_in) = if l == 0 {
                 (self.emb, self.demb)
             } else {
@@ -494,6 +497,7 @@ impl Model for AttentionModel {
                 );
                 be.accumulate(dx_in, some(&ly.dres1));
             }
+            be.range_pop();
         }
         be.embedding_backward(
             self.wte.grad,

@@ -202,7 +202,8 @@ impl Model for LstmModel {
     fn forward(&self, be: &mut dyn Backend, _dropout: Option<DropoutCtx>) {
         be.embedding_forward(self.emb, self.tokens, self.wte.param, None);
         let mut x = self.emb;
-        for ly in &self.layers {
+        for (l, ly) in self.layers.iter().enumerate() {
+            be.range_push(&format!("layer {l} forward"));
             be.lstm_forward(
                 ly.h,
                 ly.c,
@@ -213,6 +214,7 @@ impl Model for LstmModel {
                 ly.bias.param,
             );
             x = ly.h;
+            be.range_pop();
         }
         be.matmul_forward(self.logits, x, self.head_w.param, Some(self.head_b.param));
         be.cross_entropy_forward(self.losses, self.logits, self.targets);
@@ -231,6 +233,7 @@ impl Model for LstmModel {
         );
         for l in (0..self.layers.len()).rev() {
             let ly = &self.layers[l];
+            be.range_push(&format!("layer {l} backward"));
             let (x, dx) = if l == 0 {
                 (self.emb, self.demb)
             } else {
@@ -250,6 +253,7 @@ impl Model for LstmModel {
                 ly.w_ih.param,
                 ly.w_hh.param,
             );
+            be.range_pop();
         }
         be.embedding_backward(self.wte.grad, None, self.demb, self.tokens);
     }

@@ -1,0 +1,428 @@
+//! Per-kernel benchmarks: matmul forward and backward, causal softmax + dropout forward,
+//! attention forward (scores, softmax + dropout, values) and backward, one LSTM cell step, at
+//! the seed configuration's shapes (batch 4, seq 128, d_model 256, 1 head) and one bigger one.
+//! Each reports achieved GFLOP/s and GB/s from the counts of `robo_poet::ops::costs`.
+//!
+//! `cargo bench --bench kernels` (about a minute on a 2-core CPU); a name filter works as usual
+//! (`cargo bench --bench kernels -- attention`). With a working GPU the CUDA kernels are timed
+//! with CUDA events around the launches (cuEventRecord / cuEventElapsedTime, no host sync inside
+//! the timed loop); otherwise the CPU reference ops of src/ops, at the same shapes and with the
+//! same counts. The first line printed says which device was measured; criterion's "elem/s" is
+//! FLOP/s, and a table of ms, GFLOP/s and GB/s per op closes the run.
+
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use robo_poet::gpu::kernels as k;
+use robo_poet::gpu::{CudaDevice, Device, DeviceExt, DeviceSlice};
+use robo_poet::ops;
+use robo_poet::ops::attention::AttnShape;
+use robo_poet::ops::costs::{self, Cost};
+use robo_poet::philox::DropoutKey;
+use robo_poet::rng::Rng;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+#[path = "common/cuda_timer.rs"]
+mod cuda_timer;
+use cuda_timer::CudaTimer;
+
+/// One benchmark configuration: batch, sequence, width, heads.
+#[derive(Clone, Copy)]
+struct Shape {
+    name: &'static str,
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+}
+
+const SHAPES: [Shape; 2] = [
+    Shape {
+        name: "seed B4 T128 C256 NH1",
+        b: 4,
+        t: 128,
+        c: 256,
+        nh: 1,
+    },
+    Shape {
+        name: "big B8 T256 C512 NH4",
+        b: 8,
+        t: 256,
+        c: 512,
+        nh: 4,
+    },
+];
+
+const DROPOUT_P: f32 = 0.1;
+
+impl Shape {
+    fn attn(&self) -> AttnShape {
+        AttnShape {
+            b: self.b,
+            t: self.t,
+            nh: self.nh,
+            hs: self.c / self.nh,
+        }
+    }
+    fn n(&self) -> usize {
+        self.b * self.t
+    }
+    fn r(&self) -> usize {
+        self.b * self.nh
+    }
+}
+
+fn key() -> DropoutKey {
+    DropoutKey {
+        p: DROPOUT_P,
+        seed: 1,
+        step: 1,
+        tensor: 0,
+    }
+}
+
+fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() as f32 * 0.5).collect()
+}
+
+/// Every op of the benchmark, per shape: its name, its count and a closure timing `iters` calls.
+type Timed<'a> = Box<dyn FnMut(u64) -> Duration + 'a>;
+
+/// The CPU reference ops (src/ops) at shape `s`, timed with the host clock.
+fn cpu_ops(s: Shape) -> Vec<(&'static str, Cost, Timed<'static>)> {
+    let mut rng = Rng::new(7);
+    let (n, c, a, r, t) = (s.n(), s.c, s.attn(), s.r(), s.t);
+    let x = randn(&mut rng, n * c);
+    let w = randn(&mut rng, c * c);
+    let bias = randn(&mut rng, c);
+    let (q, kk, v) = (
+        randn(&mut rng, n * c),
+        randn(&mut rng, n * c),
+        randn(&mut rng, n * c),
+    );
+    let scores = randn(&mut rng, r * t * t);
+    let gates = randn(&mut rng, s.b * 4 * c);
+    let c_prev = randn(&mut rng, s.b * c);
+    let host = |mut f: Box<dyn FnMut()>| -> Timed<'static> {
+        Box::new(move |iters| {
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            t0.elapsed()
+        })
+    };
+    let mut ops: Vec<(&'static str, Cost, Timed<'static>)> = Vec::new();
+    {
+        let (x, w, bias) = (x.clone(), w.clone(), bias.clone());
+        let mut out = vec![0.0; n * c];
+        ops.push((
+            "matmul forward",
+            costs::matmul_forward(n, c, c, true),
+            host(Box::new(move || {
+                ops::matmul::matmul_forward(&mut out, &x, &w, Some(&bias), n, c, c)
+            })),
+        ));
+    }
+    {
+        let (x, w, dout) = (x.clone(), w.clone(), q.clone());
+        let (mut dx, mut dw) = (vec![0.0; n * c], vec![0.0; c * c]);
+        ops.push((
+            "matmul backward",
+            costs::matmul_backward(n, c, c),
+            host(Box::new(move || {
+                ops::matmul::matmul_backward(Some(&mut dx), &mut dw, None, &dout, &x, &w, n, c, c)
+            })),
+        ));
+    }
+    {
+        let scores = scores.clone();
+        let (mut probs, mut weights) = (vec![0.0; r * t * t], vec![0.0; r * t * t]);
+        ops.push((
+            "causal softmax+dropout forward",
+            costs::causal_softmax_dropout_forward(r, t, true),
+            host(Box::new(move || {
+                ops::attention::causal_softmax_forward(&mut probs, &scores, r, t);
+                ops::attention::dropout_forward(&mut weights, &probs, key(), 0);
+            })),
+        ));
+    }
+    {
+        let (q, kk, v) = (q.clone(), kk.clone(), v.clone());
+        let (mut out, mut probs) = (vec![0.0; n * c], vec![0.0; r * t * t]);
+        ops.push((
+            "attention forward",
+            costs::attention_forward(s.b, t, s.nh, a.hs, true),
+            host(Box::new(move || {
+                ops::attention::attention_forward(&mut out, &mut probs, &q, &kk, &v, a, Some(key()))
+            })),
+        ));
+    }
+    {
+        let (q, kk, v, dout) = (q.clone(), kk.clone(), v.clone(), x.clone());
+        let mut probs = vec![0.0; r * t * t];
+        let mut out = vec![0.0; n * c];
+        ops::attention::attention_forward(&mut out, &mut probs, &q, &kk, &v, a, Some(key()));
+        let (mut dq, mut dk, mut dv) = (vec![0.0; n * c], vec![0.0; n * c], vec![0.0; n * c]);
+        ops.push((
+            "attention backward",
+            costs::attention_backward(s.b, t, s.nh, a.hs, true),
+            host(Box::new(move || {
+                ops::attention::attention_backward(
+                    &mut dq,
+                    &mut dk,
+                    &mut dv,
+                    &dout,
+                    &q,
+                    &kk,
+                    &v,
+                    &probs,
+                    a,
+                    Some(key()),
+                )
+            })),
+        ));
+    }
+    {
+        let (b, gates0) = (s.b, gates.clone());
+        let mut g = gates0.clone();
+        let (mut cc, mut h) = (vec![0.0; b * c], vec![0.0; b * c]);
+        ops.push((
+            "lstm cell forward",
+            costs::lstm_cell_forward(b, c),
+            host(Box::new(move || {
+                ops::lstm::lstm_cell_forward(&mut g, Some(&c_prev), &mut cc, &mut h, b, c)
+            })),
+        ));
+    }
+    ops
+}
+
+/// The CUDA kernels at shape `s` on `dev`, timed with CUDA events (the host clock on the
+/// emulator, which has none).
+fn gpu_ops<'a>(
+    dev: &'a dyn Device,
+    emulated: bool,
+    s: Shape,
+) -> Vec<(&'static str, Cost, Timed<'a>)> {
+    let mut rng = Rng::new(7);
+    let (n, c, a, r, t, b) = (s.n(), s.c, s.attn(), s.r(), s.t, s.b);
+    let up = |v: Vec<f32>| -> DeviceSlice<f32> { dev.upload(&v).expect("upload") };
+    let zeros = |len: usize| up(vec![0.0; len]);
+    let x = up(randn(&mut rng, n * c));
+    let w = up(randn(&mut rng, c * c));
+    let bias = up(randn(&mut rng, c));
+    let (q, kk, v) = (
+        up(randn(&mut rng, n * c)),
+        up(randn(&mut rng, n * c)),
+        up(randn(&mut rng, n * c)),
+    );
+    let scores = up(randn(&mut rng, r * t * t));
+    let (probs, weights) = (zeros(r * t * t), zeros(r * t * t));
+    let (dweights, dscores) = (zeros(r * t * t), zeros(r * t * t));
+    let (out, dx, dw) = (zeros(n * c), zeros(n * c), zeros(c * c));
+    let (dq, dk, dv) = (zeros(n * c), zeros(n * c), zeros(n * c));
+    let (gates, c_prev) = (up(randn(&mut rng, b * 4 * c)), up(randn(&mut rng, b * c)));
+    let (cc, h) = (zeros(b * c), zeros(b * c));
+    // The split-N workspace allocated once, as the CUDA backend does (not inside the timing).
+    let splits = k::matmul_backward_weight_splits(n, c, c);
+    let ws_len = k::matmul_backward_weight_workspace_len(n, c, c, splits);
+    let split_ws = (ws_len > 0).then(|| zeros(ws_len));
+    let timer = (!emulated).then(|| std::rc::Rc::new(CudaTimer::new().expect("CUDA events")));
+    let events = |mut f: Box<dyn FnMut() + 'a>| -> Timed<'a> {
+        let timer = timer.clone();
+        Box::new(move |iters| {
+            let mut all = || {
+                for _ in 0..iters {
+                    f();
+                }
+            };
+            match &timer {
+                Some(t) => t.time(all).expect("CUDA event timing"),
+                None => {
+                    let t0 = Instant::now();
+                    all();
+                    t0.elapsed()
+                }
+            }
+        })
+    };
+    let ok = |r: Result<(), robo_poet::gpu::GpuError>| r.expect("kernel launch");
+    let attn_fwd = move || {
+        ok(k::attention_scores_forward(dev, scores, q, kk, a));
+        ok(k::causal_softmax_dropout_forward(
+            dev,
+            probs,
+            Some(weights),
+            scores,
+            r,
+            t,
+            Some(key()),
+        ));
+        ok(k::attention_values_forward(dev, out, weights, v, a));
+    };
+    attn_fwd();
+    vec![
+        (
+            "matmul forward",
+            costs::matmul_forward(n, c, c, true),
+            events(Box::new(move || {
+                ok(k::matmul_forward(dev, out, x, w, Some(bias), n, c, c))
+            })),
+        ),
+        (
+            "matmul backward",
+            costs::matmul_backward(n, c, c),
+            events(Box::new(move || {
+                ok(k::matmul_backward_input(dev, dx, out, w, n, c, c));
+                ok(k::matmul_backward_weight_with_workspace(
+                    dev, dw, out, x, split_ws, splits, n, c, c,
+                ));
+            })),
+        ),
+        (
+            "causal softmax+dropout forward",
+            costs::causal_softmax_dropout_forward(r, t, true),
+            events(Box::new(move || {
+                ok(k::causal_softmax_dropout_forward(
+                    dev,
+                    probs,
+                    Some(weights),
+                    scores,
+                    r,
+                    t,
+                    Some(key()),
+                ))
+            })),
+        ),
+        (
+            "attention forward",
+            costs::attention_forward(b, t, s.nh, a.hs, true),
+            events(Box::new(attn_fwd)),
+        ),
+        (
+            "attention backward",
+            costs::attention_backward(b, t, s.nh, a.hs, true),
+            events(Box::new(move || {
+                ok(k::attention_values_backward(
+                    dev, dv, dweights, x, weights, v, a,
+                ));
+                ok(k::causal_softmax_dropout_backward(
+                    dev,
+                    dscores,
+                    dweights,
+                    probs,
+                    r,
+                    t,
+                    Some(key()),
+                ));
+                ok(k::attention_scores_backward(dev, dq, dk, dscores, q, kk, a));
+            })),
+        ),
+        (
+            "lstm cell forward",
+            costs::lstm_cell_forward(b, c),
+            events(Box::new(move || {
+                ok(k::lstm_cell_forward(dev, gates, Some(c_prev), cc, h, b, c))
+            })),
+        ),
+    ]
+}
+
+/// Total time and calls per (op, shape), over everything criterion ran (warm-up included).
+type Totals = RefCell<BTreeMap<(usize, usize), (String, Cost, Duration, u64)>>;
+
+fn run(c: &mut Criterion, gpu: Option<&CudaDevice>, totals: &Totals) {
+    for (si, s) in SHAPES.iter().enumerate() {
+        let ops = match gpu {
+            Some(dev) => gpu_ops(dev, false, *s),
+            None => cpu_ops(*s),
+        };
+        let mut g = c.benchmark_group(format!("kernels {}", s.name));
+        g.sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_millis(1500));
+        for (oi, (name, cost, mut timed)) in ops.into_iter().enumerate() {
+            g.throughput(Throughput::Elements(cost.flops));
+            g.bench_function(BenchmarkId::from_parameter(name), |bench| {
+                bench.iter_custom(|iters| {
+                    let d = timed(iters);
+                    let mut t = totals.borrow_mut();
+                    let e = t.entry((si, oi)).or_insert((
+                        format!("{name} @ {}", s.name),
+                        cost,
+                        Duration::ZERO,
+                        0,
+                    ));
+                    e.2 += d;
+                    e.3 += iters;
+                    d
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+/// `ROBO_POET_BENCH_EMU=1`: runs every GPU op once on the emulated device at a tiny shape, a
+/// check of the GPU path's launches (shapes, argument order) on a machine without a GPU.
+fn emulated_dry_run() {
+    let dev = robo_poet::gpu::EmuDevice::default();
+    let tiny = Shape {
+        name: "tiny B2 T8 C16 NH2",
+        b: 2,
+        t: 8,
+        c: 16,
+        nh: 2,
+    };
+    for (name, cost, mut timed) in gpu_ops(&dev, true, tiny) {
+        let d = timed(1);
+        println!(
+            "emulated {name} @ {}: ran once in {d:?} ({} FLOP, {} B)",
+            tiny.name, cost.flops, cost.bytes
+        );
+    }
+}
+
+fn main() {
+    if std::env::var_os("ROBO_POET_BENCH_EMU").is_some() {
+        return emulated_dry_run();
+    }
+    let (gpu, on) = match CudaDevice::open() {
+        Ok(d) => {
+            let on = format!("the CUDA kernels on {} (CUDA-event timing)", d.name());
+            (Some(d), on)
+        }
+        Err(why) => (
+            None,
+            format!(
+                "the CPU reference ops (src/ops) on {} threads, host timing; no GPU: {why}",
+                rayon::current_num_threads()
+            ),
+        ),
+    };
+    println!("kernels: measuring {on}");
+    let mut c = Criterion::default().configure_from_args();
+    let totals = Totals::default();
+    run(&mut c, gpu.as_ref(), &totals);
+    c.final_summary();
+    let t = totals.borrow();
+    if t.is_empty() {
+        return;
+    }
+    println!("\nkernels: {on}");
+    println!("| op @ shape | mean ms | GFLOP/s | GB/s | MFLOP per call | MB per call |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, cost, d, calls) in t.values() {
+        let secs = d.as_secs_f64() / (*calls).max(1) as f64;
+        println!(
+            "| {name} | {:.3} | {:.1} | {:.1} | {:.3} | {:.3} |",
+            1e3 * secs,
+            cost.flops as f64 / secs / 1e9,
+            cost.bytes as f64 / secs / 1e9,
+            cost.flops as f64 / 1e6,
+            cost.bytes as f64 / 1e6
+        );
+    }
+}
