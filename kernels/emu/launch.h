@@ -392,8 +392,8 @@ inline int report(LaunchDesc* d, int code, const std::string& msg) {
     return code;
 }
 
-// Launches are serialised process-wide: blocks already use every core, and this bounds the
-// number of OS threads when tests run in parallel.
+// Launches are serialised process-wide: this bounds the number of OS threads when tests run in
+// parallel, and fiber mode's stack pool and watchdog rely on one launch at a time.
 inline std::mutex& launch_mutex() {
     static std::mutex m;
     return m;
