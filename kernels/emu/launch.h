@@ -321,7 +321,13 @@ inline std::string run_grid_fibers(Launch& L, bool* started) {
     tl_launch = &L;
     blockDim = L.block;
     gridDim = L.grid;
-    watch(&L);
+    struct Watching {  // until this function returns, by any path
+        explicit Watching(Launch* L) { watch(L); }
+        ~Watching() {
+            watch(nullptr);
+            tl_launch = nullptr;
+        }
+    } watching(&L);
     std::string error = for_each_block(L, [&](uint3 idx) {
         {
             std::lock_guard<std::mutex> lk(L.m);
@@ -350,8 +356,6 @@ inline std::string run_grid_fibers(Launch& L, bool* started) {
         std::lock_guard<std::mutex> lk(L.m);
         return finish_block(L);
     });
-    watch(nullptr);
-    tl_launch = nullptr;
     return error;
 }
 #endif
