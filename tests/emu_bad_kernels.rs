@@ -573,3 +573,28 @@ fn emu_child_neighbour_read() {
         neighbour_read(Schedule::Forward);
     }
 }
+
+/// The OS-thread scheduler (`ROBO_POET_EMU_THREADS=os`; always under ThreadSanitizer and off
+/// x86-64) must catch the same bugs with the same reports as the fibers: this file's tests again,
+/// in a child process in that mode. (Skipped where the mode is already chosen, and under TSan,
+/// which runs it anyway.)
+#[test]
+fn emu_os_threads_catch_the_same_bugs() {
+    if std::env::var_os("ROBO_POET_EMU_THREADS").is_some() || SANITIZER == Some("thread") {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["emu_", "--skip", "emu_os_threads"])
+        .env("ROBO_POET_EMU_THREADS", "os")
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.contains("test result: ok. 23 passed"),
+        "the bad-kernel tests under ROBO_POET_EMU_THREADS=os:\n{report}"
+    );
+}

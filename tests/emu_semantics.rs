@@ -230,3 +230,29 @@ fn emu_warp_synchronous_code_with_syncwarp() {
     );
     assert_eq!(dev.download(out).unwrap(), [input.iter().sum::<f32>()]);
 }
+
+/// The OS-thread scheduler (`ROBO_POET_EMU_THREADS=os`; always under ThreadSanitizer and off
+/// x86-64) must keep the semantics the fibers have: this file's tests again, in a child process in
+/// that mode. (Skipped where the mode is already chosen, and under TSan, which runs it anyway.)
+#[test]
+fn emu_os_threads_give_the_same_semantics() {
+    if std::env::var_os("ROBO_POET_EMU_THREADS").is_some()
+        || robo_poet::gpu::emu::SANITIZER == Some("thread")
+    {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["emu_", "--skip", "emu_os_threads"])
+        .env("ROBO_POET_EMU_THREADS", "os")
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.contains("test result: ok. 7 passed"),
+        "the semantics tests under ROBO_POET_EMU_THREADS=os:\n{report}"
+    );
+}

@@ -1,6 +1,9 @@
-// Running one launch: worker threads, blocks in order, the watchdog, and the launcher that
-// build.rs exports for every kernel (the emulated cuLaunchKernel). Included by cuda_emu.h.
+// Running one launch: blocks in order, their CUDA threads as fibers or OS threads, the watchdog,
+// and the launcher that build.rs exports for every kernel (the emulated cuLaunchKernel). Included
+// by cuda_emu.h.
 #pragma once
+
+#include <thread>
 
 #include "runtime.h"
 
@@ -49,6 +52,20 @@ struct WorkerArg {
     int tid;
 };
 
+// Runs the kernel body as the current CUDA thread, which holds the token, and unwinds it if the
+// block is abandoned meanwhile.
+inline void run_body(Launch& L) {
+    name_thread();
+    try {
+        L.body(L.ctx);
+    } catch (Abort&) {
+    } catch (std::exception& e) {
+        fail_thread(L, std::string("C++ exception escaped the kernel: ") + e.what());
+    } catch (...) {
+        fail_thread(L, "C++ exception escaped the kernel");
+    }
+}
+
 inline void* worker_main(void* p) {
     WorkerArg a = *static_cast<WorkerArg*>(p);
     Launch& L = *a.L;
@@ -76,15 +93,7 @@ inline void* worker_main(void* p) {
             tl_bar_gen = 0;
             tl_sync = L.sync;
         }
-        name_thread();
-        try {
-            L.body(L.ctx);
-        } catch (Abort&) {
-        } catch (std::exception& e) {
-            fail_thread(L, std::string("C++ exception escaped the kernel: ") + e.what());
-        } catch (...) {
-            fail_thread(L, "C++ exception escaped the kernel");
-        }
+        run_body(L);
         Quiet q;
         std::lock_guard<std::mutex> lk(L.m);
         exit_thread(L);
@@ -132,8 +141,46 @@ inline void free_block_memory(Launch& L) {
     L.sync = nullptr;
 }
 
-// Runs every block of the launch; returns the first error ("" on success).
-inline std::string run_grid(Launch& L, bool* started) {
+// Caller holds the lock. Resets the scheduler for block `idx` and gives the token to the first
+// thread of the schedule.
+inline void start_block(Launch& L, uint3 idx) {
+    L.block_idx = idx;
+    L.live = L.nthreads;
+    for (int t = 0; t < L.nthreads; t++) L.th[t].state = State::ready;
+    L.bar_arrived = L.bar_true = 0;
+    L.bar_mixed = false;
+    L.bar_gen = 0;
+    L.static_shared_bytes = 0;
+    L.dyn_shared = alloc_shared(L.dyn_bytes);
+    L.sync = new BarrierSync{};
+    L.block_gen++;
+    L.current = L.reverse ? L.nthreads - 1 : 0;
+}
+
+// Caller holds the lock; every thread of the block has exited. Returns the block's error, if any.
+inline std::string finish_block(Launch& L) {
+    std::string error;
+    if (L.aborted) error = L.error;
+    else if (L.static_shared_bytes + L.dyn_bytes > kMaxSharedBytes)
+        error = block_name(L) + ": uses " + std::to_string(L.static_shared_bytes) + " bytes of static and " +
+                std::to_string(L.dyn_bytes) + " bytes of dynamic shared memory, more than the " +
+                std::to_string(kMaxSharedBytes) + " a block gets without cuFuncSetAttribute";
+    free_block_memory(L);
+    return error;
+}
+
+// Calls f(block index) for every block in CUDA's order until f returns an error.
+template <class F>
+std::string for_each_block(const Launch& L, F f) {
+    std::string error;
+    for (unsigned z = 0; z < L.grid.z && error.empty(); z++)
+        for (unsigned y = 0; y < L.grid.y && error.empty(); y++)
+            for (unsigned x = 0; x < L.grid.x && error.empty(); x++) error = f(uint3{x, y, z});
+    return error;
+}
+
+// OS-thread mode: runs every block of the launch; returns the first error ("" on success).
+inline std::string run_grid_threads(Launch& L, bool* started) {
     L.th.reset(new Thread[L.nthreads]);
     L.colls.resize(L.nwarps);
     std::vector<pthread_t> handles;
@@ -157,31 +204,15 @@ inline std::string run_grid(Launch& L, bool* started) {
     }
     pthread_attr_destroy(&attr);
     *started = error.empty();
-    for (unsigned z = 0; z < L.grid.z && error.empty(); z++)
-        for (unsigned y = 0; y < L.grid.y && error.empty(); y++)
-            for (unsigned x = 0; x < L.grid.x && error.empty(); x++) {
-                Quiet q;
-                std::unique_lock<std::mutex> lk(L.m);
-                L.block_idx = {x, y, z};
-                L.live = L.nthreads;
-                for (int t = 0; t < L.nthreads; t++) L.th[t].state = State::ready;
-                L.bar_arrived = L.bar_true = 0;
-                L.bar_mixed = false;
-                L.bar_gen = 0;
-                L.static_shared_bytes = 0;
-                L.dyn_shared = alloc_shared(L.dyn_bytes);
-                L.sync = new BarrierSync{};
-                L.block_gen++;
-                L.current = L.reverse ? L.nthreads - 1 : 0;
-                L.th[L.current].cv.notify_one();
-                wait_block(L, lk);
-                if (L.aborted) error = L.error;
-                else if (L.static_shared_bytes + L.dyn_bytes > kMaxSharedBytes)
-                    error = block_name(L) + ": uses " + std::to_string(L.static_shared_bytes) + " bytes of static and " +
-                            std::to_string(L.dyn_bytes) + " bytes of dynamic shared memory, more than the " +
-                            std::to_string(kMaxSharedBytes) + " a block gets without cuFuncSetAttribute";
-                free_block_memory(L);
-            }
+    if (error.empty())
+        error = for_each_block(L, [&](uint3 idx) {
+            Quiet q;
+            std::unique_lock<std::mutex> lk(L.m);
+            start_block(L, idx);
+            L.th[L.current].cv.notify_one();
+            wait_block(L, lk);
+            return finish_block(L);
+        });
     {
         Quiet q;
         std::lock_guard<std::mutex> lk(L.m);
@@ -190,6 +221,165 @@ inline std::string run_grid(Launch& L, bool* started) {
     }
     for (pthread_t h : handles) pthread_join(h, nullptr);
     return error;
+}
+
+#if ROBO_POET_EMU_HAVE_FIBERS
+// Fiber mode's watchdog: the launching thread runs the fibers, so a fiber that never yields can
+// only be noticed from another thread. One thread serves the process (launches are serialised).
+struct Watchdog {
+    std::mutex m;
+    std::condition_variable cv;
+    Launch* launch = nullptr;
+    unsigned long long generation = 0;  // a new launch may reuse the last one's address
+    bool started = false;
+};
+
+// Never destroyed: its thread waits on it until the process ends.
+inline Watchdog& watchdog() {
+    static Watchdog* w = new Watchdog;
+    return *w;
+}
+
+[[noreturn]] inline void watchdog_main() {
+    Watchdog& w = watchdog();
+    const double limit = watchdog_seconds();
+    std::unique_lock<std::mutex> lk(w.m);
+    for (;;) {
+        w.cv.wait(lk, [&] { return w.launch != nullptr; });
+        Launch* L = w.launch;
+        const unsigned long long gen = w.generation;
+        unsigned long long seen = L->handoffs.load(std::memory_order_relaxed);
+        auto last = std::chrono::steady_clock::now();
+        while (w.launch == L && w.generation == gen) {
+            w.cv.wait_for(lk, std::chrono::milliseconds(200));
+            if (w.launch != L || w.generation != gen) break;
+            auto now = std::chrono::steady_clock::now();
+            unsigned long long h = L->handoffs.load(std::memory_order_relaxed);
+            if (h != seen) {
+                seen = h;
+                last = now;
+            } else if (limit > 0 && std::chrono::duration<double>(now - last).count() > limit) {
+                // The fiber is stuck: L->current and the block index are not changing under us.
+                std::fprintf(stderr,
+                             "robo-poet kernel emulator: kernel %s, %s: %s has run for %.0f s without reaching a "
+                             "barrier, a warp collective or its end (an endless loop?). A running CUDA thread "
+                             "cannot be stopped; aborting the process. (ROBO_POET_EMU_WATCHDOG_SECS sets the "
+                             "limit.)\n",
+                             L->kernel, block_name(*L).c_str(), thread_name(*L, L->current).c_str(), limit);
+                std::abort();
+            }
+        }
+    }
+}
+
+// Starts (L) or stops (nullptr) watching a launch.
+inline void watch(Launch* L) {
+    Watchdog& w = watchdog();
+    std::lock_guard<std::mutex> lk(w.m);
+    w.launch = L;
+    w.generation++;
+    if (L && !w.started) {
+        std::thread(watchdog_main).detach();
+        w.started = true;
+    }
+    w.cv.notify_one();
+}
+
+// The first code a fiber runs: the kernel body for its CUDA thread, then the token to the next.
+[[noreturn]] inline void fiber_main() {
+    Launch& L = *tl_launch;
+#if defined(__SANITIZE_ADDRESS__)
+    asan_switched(L, nullptr);
+#endif
+    bool run;
+    {
+        std::lock_guard<std::mutex> lk(L.m);
+        run = !L.aborted;
+        if (run) L.th[tl_tid].state = State::running;
+    }
+    if (run) run_body(L);
+    {
+        std::lock_guard<std::mutex> lk(L.m);
+        exit_thread(L);
+    }
+    transfer(L, tl_tid, L.aborted ? -1 : L.current, true);
+    fatal("an exited fiber was resumed", std::source_location::current());
+}
+
+// Fiber mode: runs every block of the launch on this OS thread; returns the first error.
+inline std::string run_grid_fibers(Launch& L, bool* started) {
+    L.th.reset(new Thread[L.nthreads]);
+    L.colls.resize(L.nwarps);
+    if (!fiber::reserve_stacks(L.nthreads)) {
+        *started = false;
+        return "could not map " + std::to_string(L.nthreads) + " fiber stacks for one block";
+    }
+    *started = true;
+    const unsigned bx = L.block.x, by = L.block.y;
+    for (int t = 0; t < L.nthreads; t++) L.th[t].idx = {t % bx, (t / bx) % by, t / (bx * by)};
+    // The per-launch and per-block built-ins are this OS thread's; transfer() swaps the rest.
+    tl_launch = &L;
+    blockDim = L.block;
+    gridDim = L.grid;
+    struct Watching {  // until this function returns, by any path
+        explicit Watching(Launch* L) { watch(L); }
+        ~Watching() {
+            watch(nullptr);
+            tl_launch = nullptr;
+        }
+    } watching(&L);
+    std::string error = for_each_block(L, [&](uint3 idx) {
+        {
+            std::lock_guard<std::mutex> lk(L.m);
+            start_block(L, idx);
+        }
+        blockIdx = idx;
+        tl_sync = L.sync;
+        const auto& stacks = fiber::stack_pool();
+        for (int t = 0; t < L.nthreads; t++) {
+            L.th[t].sp = fiber::prepare(stacks[t], fiber_main);
+            L.th[t].bar_gen = 0;
+        }
+        transfer(L, -1, L.current, false);
+        // Back here when no fiber can run: the block has finished, or it failed and the threads
+        // still waiting must unwind (or, never started, exit).
+        while (L.live > 0) {
+            if (!L.aborted) {
+                std::lock_guard<std::mutex> lk(L.m);
+                abort_locked(L, block_name(L) + ": the fiber scheduler lost the token (emulator bug)");
+            }
+            int t = 0;
+            while (L.th[t].state == State::exited) t++;
+            L.current = t;
+            transfer(L, -1, t, false);
+        }
+        std::lock_guard<std::mutex> lk(L.m);
+        return finish_block(L);
+    });
+    return error;
+}
+#endif
+
+// Which scheduler runs CUDA threads: fibers where they exist, unless ROBO_POET_EMU_THREADS=os.
+// Returns an error for a value it does not know.
+inline std::string choose_threads(bool* fibers) {
+    const char* v = std::getenv("ROBO_POET_EMU_THREADS");
+    std::string s = v ? v : "";
+    *fibers = ROBO_POET_EMU_HAVE_FIBERS && s != "os";
+    if (s.empty() || s == "os") return "";
+    if (s == "fiber") {
+        if (ROBO_POET_EMU_HAVE_FIBERS) return "";
+        return "ROBO_POET_EMU_THREADS=fiber: fibers are not available in this build (ThreadSanitizer, or not "
+               "x86-64); unset it or use `os`";
+    }
+    return "ROBO_POET_EMU_THREADS=" + s + ": expected `fiber` (the default where available) or `os`";
+}
+
+inline std::string run_grid(Launch& L, bool* started) {
+#if ROBO_POET_EMU_HAVE_FIBERS
+    if (L.fibers) return run_grid_fibers(L, started);
+#endif
+    return run_grid_threads(L, started);
 }
 
 // Launch results, as src/gpu/emu.rs reads them.
@@ -206,8 +396,8 @@ inline int report(LaunchDesc* d, int code, const std::string& msg) {
     return code;
 }
 
-// Launches are serialised process-wide: blocks already use every core, and this bounds the
-// number of OS threads when tests run in parallel.
+// Launches are serialised process-wide: this bounds the number of OS threads when tests run in
+// parallel, and fiber mode's stack pool and watchdog rely on one launch at a time.
 inline std::mutex& launch_mutex() {
     static std::mutex m;
     return m;
@@ -248,6 +438,8 @@ int launch(void (*kernel)(Args...), const char* name, LaunchDesc* d) noexcept {
         L.block = dim3(d->block[0], d->block[1], d->block[2]);
         L.dyn_bytes = d->shared_bytes;
         L.reverse = d->reverse != 0;
+        std::string bad_env = choose_threads(&L.fibers);
+        if (!bad_env.empty()) return report(d, kLaunchRejected, bad_env);
         L.body = &KernelCall<Args...>::run;
         L.ctx = &call;
         L.nthreads = (int)(L.block.x * L.block.y * L.block.z);

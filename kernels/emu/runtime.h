@@ -1,10 +1,17 @@
 // The scheduler behind the kernel test bench: runs one CUDA launch on the CPU.
 //
 // Included by cuda_emu.h (never by kernels). See docs/KERNEL_BENCH.md for the model:
-//   * every CUDA thread of a block is an OS thread, but exactly one of them runs at a time. It runs
-//     until it blocks (__syncthreads, a warp collective) or exits, then hands a token to the next
-//     runnable thread in thread order (or in reverse order). The schedule is deterministic, and
-//     hostile to missing barriers: thread 0 runs its whole phase before thread 1 starts it.
+//   * exactly one CUDA thread of a block runs at a time. It runs until it blocks (__syncthreads, a
+//     warp collective) or exits, then hands a token to the next runnable thread in thread order
+//     (or in reverse order). The schedule is deterministic, and hostile to missing barriers:
+//     thread 0 runs its whole phase before thread 1 starts it.
+//   * a CUDA thread is a fiber (fiber.h: its own mmap'd stack and a hand-written x86-64 context
+//     switch of a few nanoseconds), and the launching OS thread runs all of them: handing the token
+//     over is a switch to the next fiber, which gets its threadIdx and barrier generation from the
+//     switch. Under ThreadSanitizer (which must see CUDA threads as OS threads to find races
+//     between them), off x86-64, or with ROBO_POET_EMU_THREADS=os, every CUDA thread is an OS
+//     thread instead and the token is passed with condition variables. Both modes share all of the
+//     logic below but wait_turn, and give the same schedule.
 //   * blocks run one after another; each block gets fresh shared memory filled with 0xFF bytes
 //     (NaN as f32/f16/bf16, -1 as an integer), so reading shared memory nobody wrote shows up.
 //   * when the running thread blocks and no thread can run, the block is deadlocked: the launch
@@ -13,11 +20,14 @@
 //   * under ThreadSanitizer the scheduler's own locking is hidden and CUDA's synchronisation is
 //     announced instead (a barrier orders every thread of the block; a warp collective orders its
 //     lanes), so TSan reports exactly the races a GPU would have.
+//   * under AddressSanitizer fiber switches are announced (__sanitizer_start_switch_fiber), so it
+//     knows which stack is live and reports overflows on fiber stacks like any other.
 #pragma once
 
 #include <pthread.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -34,6 +44,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include "fiber.h"
 
 #if defined(__SANITIZE_THREAD__)
 extern "C" {
@@ -139,10 +151,14 @@ struct Collective {
 
 struct Thread {
     State state = State::ready;
-    std::condition_variable cv;
-    const char* op = nullptr;  // where it waits, for deadlock reports
+    std::condition_variable cv;  // OS-thread mode: woken when it gets the token
+    const char* op = nullptr;    // where it waits, for deadlock reports
     std::source_location loc;
     unsigned mask = 0;
+    // Fiber mode: the saved stack pointer, and the per-thread state the scheduler swaps in.
+    void* sp = nullptr;
+    uint3 idx{};
+    unsigned bar_gen = 0;
 };
 
 // Objects whose addresses carry the barrier's ordering for ThreadSanitizer; fresh per block.
@@ -165,12 +181,19 @@ struct Launch {
     std::condition_variable launcher_cv;
     bool quit = false;
     bool reverse = false;  // hand the token down the thread order instead of up
+    bool fibers = false;   // CUDA threads are fibers on the launching thread, not OS threads
+    void* main_sp = nullptr;  // fiber mode: the launcher's context while a fiber runs
+#if defined(__SANITIZE_ADDRESS__)
+    const void* main_stack = nullptr;  // the launcher's stack, for AddressSanitizer's fiber switches
+    size_t main_stack_size = 0;
+    int switch_from = -1;
+#endif
 
     // The running block.
     unsigned long long block_gen = 0;
     uint3 block_idx{};
     int live = 0, current = -1;
-    unsigned long long handoffs = 0;
+    std::atomic<unsigned long long> handoffs{0};  // progress, for the watchdog
     int bar_arrived = 0, bar_true = 0;
     bool bar_mixed = false;
     std::source_location bar_loc;
@@ -293,12 +316,12 @@ inline void pass_token(Launch& L, int from) {
         if (L.live == 0) L.launcher_cv.notify_one();
         return;
     }
-    L.handoffs++;
+    L.handoffs.fetch_add(1, std::memory_order_relaxed);
     for (int k = 1; k <= L.nthreads; k++) {
         int t = L.reverse ? (from - k + L.nthreads) % L.nthreads : (from + k) % L.nthreads;
         if (L.th[t].state == State::ready) {
             L.current = t;
-            L.th[t].cv.notify_one();
+            if (!L.fibers) L.th[t].cv.notify_one();  // a fiber is switched to by the caller
             return;
         }
     }
@@ -307,10 +330,69 @@ inline void pass_token(Launch& L, int from) {
     else abort_locked(L, deadlock_report(L));
 }
 
+#if ROBO_POET_EMU_HAVE_FIBERS
+#if defined(__SANITIZE_ADDRESS__)
+// Completes AddressSanitizer's view of a fiber switch on the side that was switched to.
+inline void asan_switched(Launch& L, void* fake_stack) {
+    const void* from_stack;
+    size_t from_size;
+    __sanitizer_finish_switch_fiber(fake_stack, &from_stack, &from_size);
+    if (L.switch_from < 0) {
+        L.main_stack = from_stack;
+        L.main_stack_size = from_size;
+    }
+}
+#endif
+
+// Fiber mode: suspends `from` (a CUDA thread, or -1 for the launcher) and resumes `to`, after
+// giving it its thread-local state. `final`: `from` has exited and is never resumed.
+inline void transfer(Launch& L, int from, int to, bool final) {
+    if (from >= 0) L.th[from].bar_gen = tl_bar_gen;
+    if (to >= 0) {
+        tl_tid = to;
+        threadIdx = L.th[to].idx;
+        tl_bar_gen = L.th[to].bar_gen;
+    }
+    void** save = from >= 0 ? &L.th[from].sp : &L.main_sp;
+    void* target = to >= 0 ? L.th[to].sp : L.main_sp;
+#if defined(__SANITIZE_ADDRESS__)
+    void* fake_stack = nullptr;
+    L.switch_from = from;
+    if (to >= 0) {
+        const fiber::Stack& s = fiber::stack_pool()[to];
+        __sanitizer_start_switch_fiber(final ? nullptr : &fake_stack, s.base, s.size);
+    } else {
+        __sanitizer_start_switch_fiber(final ? nullptr : &fake_stack, L.main_stack, L.main_stack_size);
+    }
+#else
+    (void)final;
+#endif
+    fiber::switch_stack(save, target);
+#if defined(__SANITIZE_ADDRESS__)
+    asan_switched(L, fake_stack);
+#endif
+}
+
+// Fiber mode: runs whoever holds the token now, or returns to the launcher when nobody does.
+inline void yield_fiber(Launch& L, int me) {
+    int to = (L.aborted || L.current < 0) ? -1 : L.current;
+    if (to != me) transfer(L, me, to, false);
+}
+#endif
+
 // Caller holds the lock (through lk). Waits until this thread holds the token again.
 inline void wait_turn(Launch& L, std::unique_lock<std::mutex>& lk) {
     Thread& me = L.th[tl_tid];
-    while (L.current != tl_tid && !L.aborted) me.cv.wait(lk);
+#if ROBO_POET_EMU_HAVE_FIBERS
+    if (L.fibers) {
+        if (L.current != tl_tid && !L.aborted) {
+            lk.unlock();  // the next fiber runs on this OS thread and takes the lock
+            yield_fiber(L, tl_tid);
+            lk.lock();
+        }
+    } else
+#endif
+        while (L.current != tl_tid && !L.aborted) me.cv.wait(lk);
     if (L.aborted) throw Abort{};
     me.state = State::running;
 }
