@@ -403,6 +403,8 @@ fn main() {
         ),
     };
     println!("kernels: measuring {on}");
+    // Criterion's report charts use plotters, built here without system fonts.
+    robo_poet::plot::register_font().expect("the embedded chart font");
     let mut c = Criterion::default().configure_from_args();
     let totals = Totals::default();
     run(&mut c, gpu.as_ref(), &totals);

@@ -90,5 +90,16 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Criterion draws its report charts with plotters, which this crate builds without system
+/// fonts: the chart font must be registered first.
+fn config() -> Criterion {
+    robo_poet::plot::register_font().expect("the embedded chart font");
+    Criterion::default()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench
+}
 criterion_main!(benches);

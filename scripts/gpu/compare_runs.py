@@ -49,6 +49,38 @@ try:
 except ValueError:
     pass
 
+
+
+def load_json(name):
+    try:
+        return json.loads(read(name) or "null")
+    except ValueError:
+        return None
+
+
+check = load_json("check.json")
+print("\n## robo-poet check (seed config), CPU and GPU\n")
+if check:
+    print(f"passed: {check.get('passed')}\n")
+    print("| check | device | result | expected | measured |")
+    print("|---|---|---|---|---|")
+    for l in check.get("lines", []):
+        print(f"| {l['check']} | {l['device']} | {l['status'].upper()} | {l['expected']} | {l['measured']} |")
+else:
+    print("- no report (see check.json)")
+
+mem = load_json("memory.json")
+print("\n## Memory: analytic vs driver-measured (seed width, both models)\n")
+if mem and mem.get("gpu", {}).get("measured"):
+    print("| seq_len | attention analytic MiB | attention measured MiB | LSTM analytic MiB | LSTM measured MiB |")
+    print("|---|---|---|---|---|")
+    mib = lambda b: f"{b / 2**20:.2f}"
+    for c in mem["configs"]:
+        a, l = c["attention"].get("cuda") or {}, c["lstm"].get("cuda") or {}
+        print(f"| {c['seq_len']} | {mib(a.get('analytic_bytes', 0))} | {mib(a.get('measured_bytes', 0))} | {mib(l.get('analytic_bytes', 0))} | {mib(l.get('measured_bytes', 0))} |")
+    print(f"\nmemory crossover seq_len: {mem.get('memory_crossover_seq_len')}")
+else:
+    print(f"- no measurement: {(mem or {}).get('gpu', {}).get('note', 'see memory.json')}")
 print("\n## Training: GPU vs CPU, same seed\n")
 print("| model | steps compared | first rel diff | last rel diff | GPU tok/s (median) | CPU tok/s | speed-up | device MiB measured | analytic MiB | PyTorch tok/s | ours / PyTorch | PyTorch peak MiB | ours / PyTorch memory |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -10,11 +10,11 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${1:?usage: run.sh OUT_DIR}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-LOGS="$LOGS/logs"
+LOGS="$OUT/logs"
 mkdir -p "$LOGS"
 cd "$HERE"
 BIN="$HERE/bin/robo-poet"
-SUMMARY="$LOGS/summary.md"
+SUMMARY="$OUT/summary.md"
 : > "$LOGS/steps.tsv"
 cp "$HERE/COMMIT" "$LOGS/COMMIT" 2>/dev/null || true
 START=$(date +%s)

@@ -45,8 +45,10 @@ pub fn color(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
-/// Registers the embedded font with plotters (once per process).
-fn register_font() -> Result<()> {
+/// Registers the embedded font with plotters (once per process) as its "sans-serif" family:
+/// plotters is built without system fonts, so anything else drawing with it in this process
+/// (criterion's report charts in `cargo bench`) must call this first.
+pub fn register_font() -> Result<()> {
     static DONE: OnceLock<bool> = OnceLock::new();
     let ok = *DONE.get_or_init(|| {
         plotters::style::register_font(FONT, FontStyle::Normal, DEJAVU_SANS).is_ok()
