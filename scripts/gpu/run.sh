@@ -53,10 +53,11 @@ step "GPU kernel tests" 150 "$LOGS/gpu_kernels.log" bash -c \
 step "GPU backend tests (parity, 100 steps)" 200 "$LOGS/gpu_backend.log" "$HERE/tests/gpu_backend" gpu --test-threads=1 --nocapture
 # The seed's validation suite on the GPU and the CPU (parity of one step included), and the
 # memory sweep with the driver-measured bytes beside the analytic ones.
-step "robo-poet check (seed config, cpu + gpu)" 120 "$LOGS/check.json" \
-  "$BIN" check --device cuda --data "$HERE/data" --json
-step "memory sweep (driver-measured)" 60 "$LOGS/memory.json" \
-  "$BIN" memory --seq-len 64,128,256,512,1024,2048,4096 --json
+# (JSON on stdout into its own file, notes on stderr into the log; check exits 1 when a line fails.)
+step "robo-poet check (seed config, cpu + gpu)" 120 "$LOGS/check.log" \
+  bash -c '"$0" check --device cuda --data "$1" --json > "$2"' "$BIN" "$HERE/data" "$LOGS/check.json"
+step "memory sweep (driver-measured)" 60 "$LOGS/memory.log" \
+  bash -c '"$0" memory --seq-len 64,128,256,512,1024,2048,4096 --json > "$1"' "$BIN" "$LOGS/memory.json"
 # Short training runs: the default attention and LSTM presets, GPU and CPU, same seed.
 STEPS=150
 for model in attention lstm; do
