@@ -458,6 +458,41 @@ fn train_logs_gradient_flow_and_attention_row_checks() {
     }
 }
 
+/// A run whose loss or gradient stops being finite stops at once with one error line naming the
+/// first non-finite gradient, and the last good checkpoint (here the initial one) stays usable.
+#[test]
+fn a_non_finite_step_stops_the_run_and_keeps_the_last_checkpoint() {
+    let (d, f) = workdir();
+    let p = d.path();
+    let o = train(
+        p,
+        &f,
+        "runs/nan",
+        TINY_ATT,
+        &[
+            "--lr",
+            "1e30",
+            "--clip",
+            "0",
+            "--steps",
+            "30",
+            "--eval-every",
+            "10",
+        ],
+    );
+    fails_with(&o, "is not finite, so training stopped");
+    let all = text(&o);
+    assert!(all.contains("first non-finite gradient: "), "{all}");
+    assert!(
+        all.contains("the last good checkpoint in runs/nan is intact"),
+        "{all}"
+    );
+    let e = ok(&run(&["eval", "--checkpoint", "runs/nan", "--json"], p));
+    let v: serde_json::Value = serde_json::from_str(e.lines().last().unwrap()).unwrap();
+    assert_eq!(v["step"], 0, "{v}");
+    assert!(v["val_loss"].as_f64().unwrap().is_finite(), "{v}");
+}
+
 #[test]
 fn bad_inputs_fail_with_one_clear_line() {
     let (d, f) = workdir();

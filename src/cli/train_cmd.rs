@@ -189,10 +189,10 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             let norms = GradNorms::from_sums(model.as_ref(), &st.grad_sq);
             let first = norms
                 .first_non_finite()
-                .map(|p| format!(" (first non-finite gradient: {p})"))
+                .map(|p| format!("; first non-finite gradient: {p}"))
                 .unwrap_or_default();
             bail!(
-                "step {step}: the loss ({}) or gradient norm ({}{first}) is not finite, so training stopped; the last good checkpoint in {} is intact. Try a lower --lr (now {}) or a smaller --clip",
+                "step {step}: the loss ({}) or gradient norm ({}{first}) is not finite, so training stopped; the last good checkpoint in {} is intact. Try a lower --lr (now {:e}) or a smaller --clip",
                 st.loss, st.grad_norm, run_dir.display(), tcfg.lr
             );
         }
