@@ -31,6 +31,8 @@ use std::path::PathBuf;
     after_help = "Examples:\n  robo-poet train\n  robo-poet train --model lstm\n  robo-poet train --preset seed --pos-emb\n  \
                   robo-poet generate --checkpoint runs/<name> --prompt \"To be or not to be\" --temperature 0.9 --length 200\n  \
                   robo-poet eval --checkpoint runs/<name> --json\n  \
+                  robo-poet check\n  \
+                  robo-poet memory --seq-len 64,128,256,512,1024,2048,4096 --plot memory.png\n  \
                   robo-poet plot runs/<attention-run> runs/<lstm-run>\n  \
                   robo-poet attention-map --checkpoint runs/<name> --prompt \"To be or not\""
 )]
