@@ -2,92 +2,11 @@
 //! train → checkpoint → generate → eval, bit-exact resume, and every bad input the CLI promises
 //! to reject with a one-line error and a non-zero exit (never a panic).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod cli_support;
+use cli_support::*;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_robo-poet"));
-    c.env_remove("ROBO_POET_DATA")
-        .env_remove("ROBO_POET_GUTENBERG_URL")
-        .env("RAYON_NUM_THREADS", "2");
-    c
-}
-
-fn run(args: &[&str], cwd: &Path) -> Output {
-    bin()
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run robo-poet")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "expected success, got {:?}:\n{}",
-        o.status,
-        text(o)
-    );
-    text(o)
-}
-
-/// A failure with a one-line error (no panic, no backtrace) that contains `needle`.
-#[track_caller]
-fn fails_with(o: &Output, needle: &str) {
-    let all = text(o);
-    assert!(!o.status.success(), "expected failure, got success:\n{all}");
-    assert_ne!(o.status.code(), Some(101), "panicked:\n{all}");
-    assert!(!all.contains("panicked"), "panicked:\n{all}");
-    let err: Vec<&str> = all.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(err.len(), 1, "expected one error line:\n{all}");
-    assert!(
-        all.to_lowercase().contains(&needle.to_lowercase()),
-        "error does not mention {needle:?}:\n{all}"
-    );
-}
-
-/// ~30 KB of deterministic pseudo-English (enough for a validation split).
-fn sample_text() -> String {
-    let words = [
-        "the", "queen", "said", "alice", "to", "be", "or", "not", "hamlet", "rabbit", "and", "a",
-        "cat", "grin", "sleep", "dream",
-    ];
-    let mut s = String::new();
-    let mut x: u64 = 12345;
-    for i in 0..6000 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        s.push_str(words[(x >> 33) as usize % words.len()]);
-        s.push(if i % 11 == 10 {
-            '\n'
-        } else if i % 7 == 6 {
-            ','
-        } else {
-            ' '
-        });
-        if i % 7 == 6 {
-            s.push(' ');
-        }
-    }
-    s
-}
-
-fn workdir() -> (tempfile::TempDir, PathBuf) {
-    let d = tempfile::tempdir().unwrap();
-    let f = d.path().join("book.txt");
-    std::fs::write(&f, sample_text()).unwrap();
-    (d, f)
-}
+use std::path::Path;
+use std::process::Output;
 
 const TINY_ATT: &[&str] = &[
     "--d-model",

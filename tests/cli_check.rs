@@ -2,47 +2,11 @@
 //! figures the suite promises), a tiny configuration on the emulated CUDA backend (the device
 //! lines and the GPU-vs-CPU parity line through the CUDA host path), and bad input.
 
+mod cli_support;
+use cli_support::*;
+
 use serde_json::Value;
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn run(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_robo-poet"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("ROBO_POET_DATA")
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("run robo-poet")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// ~30 KB of deterministic pseudo-English.
-fn book(dir: &Path) -> String {
-    let words = [
-        "the", "queen", "said", "alice", "to", "be", "or", "not", "hamlet", "rabbit", "and", "a",
-        "cat", "grin", "sleep", "dream",
-    ];
-    let mut s = String::new();
-    let mut x: u64 = 99;
-    for i in 0..6000 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        s.push_str(words[(x >> 33) as usize % words.len()]);
-        s.push(if i % 11 == 10 { '\n' } else { ' ' });
-    }
-    let f = dir.join("book.txt");
-    std::fs::write(&f, s).unwrap();
-    f.to_str().unwrap().to_string()
-}
+use std::process::Output;
 
 /// The JSON report; the exit code must be 1 exactly when a line failed (0 otherwise).
 #[track_caller]
@@ -75,11 +39,11 @@ fn line<'a>(v: &'a Value, check_starts: &str, device: &str) -> &'a Value {
 
 #[test]
 fn check_on_the_seed_config_measures_every_line() {
-    let d = tempfile::tempdir().unwrap();
-    let f = book(d.path());
+    let (d, f) = workdir();
+    let f = f.to_str().unwrap();
     let o = run(
         &[
-            "check", "--text", &f, "--device", "cpu", "--steps", "60", "--json",
+            "check", "--text", f, "--device", "cpu", "--steps", "60", "--json",
         ],
         d.path(),
     );
@@ -140,7 +104,7 @@ fn check_on_the_seed_config_measures_every_line() {
         &[
             "check",
             "--text",
-            &f,
+            f,
             "--device",
             "cpu",
             "--steps",
@@ -158,13 +122,13 @@ fn check_on_the_seed_config_measures_every_line() {
 
 #[test]
 fn emu_check_runs_the_device_lines_and_parity_on_the_cuda_backend() {
-    let d = tempfile::tempdir().unwrap();
-    let f = book(d.path());
+    let (d, f) = workdir();
+    let f = f.to_str().unwrap();
     let o = run(
         &[
             "check",
             "--text",
-            &f,
+            f,
             "--device",
             "emu",
             "--steps",
@@ -209,8 +173,8 @@ fn emu_check_runs_the_device_lines_and_parity_on_the_cuda_backend() {
 
 #[test]
 fn check_rejects_bad_input_with_one_line() {
-    let d = tempfile::tempdir().unwrap();
-    let f = book(d.path());
+    let (d, f) = workdir();
+    let f = f.to_str().unwrap();
     let mut cases = vec![
         (vec!["--model", "lstm", "--heads", "2"], "--heads"),
         (vec!["--seq-len", "0"], "seq"),
@@ -219,7 +183,7 @@ fn check_rejects_bad_input_with_one_line() {
         cases.push((vec!["--device", "cuda"], "--device cpu"));
     }
     for (args, needle) in cases {
-        let mut a = vec!["check", "--text", &f, "--steps", "1"];
+        let mut a = vec!["check", "--text", f, "--steps", "1"];
         a.extend(args);
         let o = run(&a, d.path());
         let t = text(&o);

@@ -2,34 +2,20 @@
 //! agrees with the library's tables and FLOP counts, a sweep prints one summary row per length,
 //! and bad input fails with one error line (never a panic).
 
+mod cli_support;
+use cli_support::*;
+
 use robo_poet::model::attention::{AttentionConfig, AttentionStyle};
 use robo_poet::model::flops::total_flops;
 use robo_poet::model::lstm::LstmConfig;
 use robo_poet::model::{build, ModelConfig};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn run(args: &[&str]) -> Output {
+/// Runs `robo-poet memory args`.
+fn memory(args: &[&str]) -> Output {
     let mut v = vec!["memory"];
     v.extend_from_slice(args);
-    Command::new(env!("CARGO_BIN_EXE_robo-poet"))
-        .args(&v)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("run robo-poet")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "expected success:\n{}", text(o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    robo(&v)
 }
 
 fn seed_pair(t: usize) -> (ModelConfig, ModelConfig) {
@@ -56,7 +42,7 @@ fn seed_pair(t: usize) -> (ModelConfig, ModelConfig) {
 
 #[test]
 fn default_report_names_both_models_and_a_ratio() {
-    let out = ok(&run(&[]));
+    let out = stdout_ok(&memory(&[]));
     for needle in [
         "attention",
         "LSTM",
@@ -82,7 +68,7 @@ fn default_report_names_both_models_and_a_ratio() {
 
 #[test]
 fn json_totals_equal_the_library() {
-    let out = ok(&run(&["--json", "--seq-len", "64,256"]));
+    let out = stdout_ok(&memory(&["--json", "--seq-len", "64,256"]));
     let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
     let configs = v["configs"].as_array().expect("configs array");
     assert_eq!(configs.len(), 2);
@@ -122,7 +108,7 @@ fn json_totals_equal_the_library() {
 
 #[test]
 fn sweep_prints_one_summary_row_per_length() {
-    let out = ok(&run(&["--seq-len", "32,64,128,256"]));
+    let out = stdout_ok(&memory(&["--seq-len", "32,64,128,256"]));
     let summary = out.split("Summary").nth(1).expect("a summary table");
     for t in [32, 64, 128, 256] {
         let rows = summary
@@ -142,7 +128,7 @@ fn bad_input_fails_with_one_error_line() {
         (&["--d-model", "256", "--heads", "3"], "divisible"),
         (&["--batch", "0"], "--batch"),
     ] {
-        let o = run(args);
+        let o = memory(args);
         let all = text(&o);
         assert_eq!(o.status.code(), Some(2), "{args:?}:\n{all}");
         assert!(!all.contains("panicked"), "{args:?} panicked:\n{all}");

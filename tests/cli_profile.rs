@@ -2,35 +2,11 @@
 //! own checks: scripts/ncu_summary.py on a hand-made CSV in the shape `ncu --csv --page raw`
 //! writes, and the clear failure of scripts/profile-{nsys,ncu}.sh where nsys / ncu are missing.
 
+mod cli_support;
+use cli_support::*;
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn robo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_robo-poet"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("run robo-poet")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "expected success, got {:?}:\n{}",
-        o.status,
-        text(o)
-    );
-    text(o)
-}
+use std::process::Command;
 
 /// The "profiled step N: X ms, Y tokens/s, loss L" line's (ms, tokens/s, loss).
 fn step_line(out: &str) -> (f64, f64, f64) {

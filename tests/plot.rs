@@ -4,56 +4,20 @@
 //! metrics.jsonl, attention rows that are causal probability distributions. Bad input fails with
 //! one error line, never a panic.
 
+mod cli_support;
+use cli_support::*;
+
 use robo_poet::plot::attention::layout;
 use robo_poet::plot::curves::CURVES_SIZE;
 use robo_poet::plot::memory::MEMORY_PLOT_SIZE;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn run(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_robo-poet"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("ROBO_POET_DATA")
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("run robo-poet")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "expected success:\n{}", text(o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use std::process::Output;
 
 #[track_caller]
 fn json_of(o: &Output) -> Value {
-    let out = ok(o);
+    let out = stdout_ok(o);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"))
-}
-
-/// A failure with exactly one `error:` line mentioning `needle`, and no panic.
-#[track_caller]
-fn fails_with(o: &Output, needle: &str) {
-    let all = text(o);
-    assert!(!o.status.success(), "expected failure, got success:\n{all}");
-    assert_ne!(o.status.code(), Some(101), "panicked:\n{all}");
-    assert!(!all.contains("panicked"), "panicked:\n{all}");
-    let err: Vec<&str> = all.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(err.len(), 1, "expected one error line:\n{all}");
-    assert!(
-        all.to_lowercase().contains(&needle.to_lowercase()),
-        "error does not mention {needle:?}:\n{all}"
-    );
 }
 
 /// Checks the PNG signature and IHDR, decodes the image, and returns (width, height).
@@ -131,7 +95,7 @@ fn memory_plot_draws_the_reported_totals_and_crossover() {
     assert_eq!(cross, first.map(|i| usizes(&plot["seq_lens"])[i]));
     assert!(cross.is_some(), "the seed config crosses over below 2048");
     // ... and the text report prints the same crossover.
-    let out = ok(&run(
+    let out = stdout_ok(&run(
         &["memory", "--seq-len", lens, "--plot", "t.png"],
         d.path(),
     ));
@@ -309,7 +273,7 @@ fn plot_reads_the_metrics_it_is_given() {
     assert!(b["layer_grad_norms"].as_array().unwrap().is_empty());
 
     // Default output: next to the first run.
-    ok(&run(&["plot", lstm.to_str().unwrap()], d.path()));
+    stdout_ok(&run(&["plot", lstm.to_str().unwrap()], d.path()));
     png_size(&lstm.join("loss.png"));
     png_size(&lstm.join("grad_flow.png"));
 }
@@ -331,23 +295,6 @@ fn plot_errors_say_what_to_do() {
         "no usable line",
     );
     fails_with(&run(&["plot"], d.path()), "RUN");
-}
-
-/// ~20 KB of deterministic pseudo-English over a small character set.
-fn sample_text() -> String {
-    let words = [
-        "the", "queen", "said", "alice", "to", "be", "or", "not", "hamlet", "rabbit", "and", "a",
-    ];
-    let mut s = String::new();
-    let mut x: u64 = 7;
-    for i in 0..4000 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        s.push_str(words[(x >> 33) as usize % words.len()]);
-        s.push(if i % 9 == 8 { '\n' } else { ' ' });
-    }
-    s
 }
 
 /// Trains a tiny model for 3 steps on the CPU into `dir/out`.
@@ -373,7 +320,7 @@ fn train(dir: &Path, out: &str, model: &[&str]) {
         "--no-progress",
     ];
     args.extend_from_slice(model);
-    ok(&run(&args, dir));
+    stdout_ok(&run(&args, dir));
 }
 
 #[track_caller]
