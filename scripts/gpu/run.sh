@@ -2,8 +2,9 @@
 # The GPU check (../shared/docs/GPU.md), run on the GPU machine from the bundle that
 # scripts/gpu-bundle.sh builds:   ./run.sh OUT_DIR
 # Every step is time-bounded and a failing step does not stop the next. The whole run keeps within
-# $GPU_CHECK_BUDGET_S seconds (default 480: the device tool allows 600 per command), most valuable
-# steps first; a step that no longer fits is recorded as SKIPPED. OUT_DIR receives only summary.md
+# $GPU_CHECK_BUDGET_S seconds (default 480: the device tool allows 600 per command), in the order
+# ../shared/docs/GPU.md gives (correctness first: tests, sanitizers, check; then training, benches,
+# the PyTorch peer, profilers); a step that no longer fits is recorded as SKIPPED. OUT_DIR receives only summary.md
 # and logs.tar.gz (every log, report and JSON; the device tool returns at most 8 files).
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -51,6 +52,16 @@ step "kernel report (ptxas)" 30 "$LOGS/kernels.txt" "$BIN" kernels --check-spill
 step "GPU kernel tests" 150 "$LOGS/gpu_kernels.log" bash -c \
   'rc=0; for t in "$0"/tests/emu_*; do echo "### $(basename "$t")"; "$t" gpu || rc=1; done; exit $rc' "$HERE"
 step "GPU backend tests (parity, 100 steps)" 200 "$LOGS/gpu_backend.log" "$HERE/tests/gpu_backend" gpu --test-threads=1 --nocapture
+# compute-sanitizer over a small parity run (two steps of each model).
+if command -v compute-sanitizer > /dev/null; then
+  step "compute-sanitizer memcheck" 150 "$LOGS/memcheck.log" \
+    compute-sanitizer --tool memcheck --error-exitcode 1 "$HERE/tests/gpu_backend" gpu_backend_sanitizer_run --test-threads=1
+  step "compute-sanitizer racecheck" 200 "$LOGS/racecheck.log" \
+    compute-sanitizer --tool racecheck --racecheck-report analysis --error-exitcode 1 "$HERE/tests/gpu_backend" gpu_backend_sanitizer_run --test-threads=1
+else
+  echo "compute-sanitizer not found" > "$LOGS/memcheck.log"
+  printf 'compute-sanitizer\tSKIPPED (not found)\t0\tmemcheck.log\n' >> "$LOGS/steps.tsv"
+fi
 # The seed's validation suite on the GPU and the CPU (parity of one step included), and the
 # memory sweep with the driver-measured bytes beside the analytic ones.
 # (JSON on stdout into its own file, notes on stderr into the log; check exits 1 when a line fails.)
@@ -76,16 +87,6 @@ step "kernel bench (GPU)" 90 "$LOGS/bench_kernels.log" "$HERE/tests/kernels" --b
 NVTX_LIB="$HERE/lib/libnvtx3interop.so.1"
 step "profile-step (seed, cuda)" 45 "$LOGS/profile_step.log" \
   env ROBO_POET_NVTX_LIBRARY="$NVTX_LIB" "$BIN" profile-step --device cuda --preset seed
-# compute-sanitizer over a small parity run (two steps of each model).
-if command -v compute-sanitizer > /dev/null; then
-  step "compute-sanitizer memcheck" 150 "$LOGS/memcheck.log" \
-    compute-sanitizer --tool memcheck --error-exitcode 1 "$HERE/tests/gpu_backend" gpu_backend_sanitizer_run --test-threads=1
-  step "compute-sanitizer racecheck" 200 "$LOGS/racecheck.log" \
-    compute-sanitizer --tool racecheck --racecheck-report analysis --error-exitcode 1 "$HERE/tests/gpu_backend" gpu_backend_sanitizer_run --test-threads=1
-else
-  echo "compute-sanitizer not found" > "$LOGS/memcheck.log"
-  printf 'compute-sanitizer\tSKIPPED (not found)\t0\tmemcheck.log\n' >> "$LOGS/steps.tsv"
-fi
 # The PyTorch peer: same models and shapes, tokens/s and peak memory.
 step "PyTorch peer" 150 "$LOGS/peer_pytorch.log" python3 "$HERE/peer_pytorch.py" --json "$LOGS/peer_pytorch.json"
 for tool in nsys ncu; do
