@@ -574,13 +574,13 @@ fn emu_child_neighbour_read() {
     }
 }
 
-/// The OS-thread scheduler (`ROBO_POET_EMU_THREADS=os`; always under ThreadSanitizer and off
-/// x86-64) must catch the same bugs with the same reports as the fibers: this file's tests again,
-/// in a child process in that mode. (Skipped where the mode is already chosen, and under TSan,
-/// which runs it anyway.)
+/// The OS-thread scheduler (`ROBO_POET_EMU_THREADS=os`; always off x86-64) must catch the same
+/// bugs with the same reports as the fibers: this file's tests again, in a child process in that
+/// mode, under every sanitizer too (ThreadSanitizer must see the races in both modes). (Skipped
+/// where the mode is already chosen.)
 #[test]
 fn emu_os_threads_catch_the_same_bugs() {
-    if std::env::var_os("ROBO_POET_EMU_THREADS").is_some() || SANITIZER == Some("thread") {
+    if std::env::var_os("ROBO_POET_EMU_THREADS").is_some() {
         return;
     }
     let out = Command::new(std::env::current_exe().unwrap())

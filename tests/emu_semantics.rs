@@ -231,14 +231,12 @@ fn emu_warp_synchronous_code_with_syncwarp() {
     assert_eq!(dev.download(out).unwrap(), [input.iter().sum::<f32>()]);
 }
 
-/// The OS-thread scheduler (`ROBO_POET_EMU_THREADS=os`; always under ThreadSanitizer and off
-/// x86-64) must keep the semantics the fibers have: this file's tests again, in a child process in
-/// that mode. (Skipped where the mode is already chosen, and under TSan, which runs it anyway.)
+/// The OS-thread scheduler (`ROBO_POET_EMU_THREADS=os`; always off x86-64) must keep the
+/// semantics the fibers have: this file's tests again, in a child process in that mode, under
+/// every sanitizer too. (Skipped where the mode is already chosen.)
 #[test]
 fn emu_os_threads_give_the_same_semantics() {
-    if std::env::var_os("ROBO_POET_EMU_THREADS").is_some()
-        || robo_poet::gpu::emu::SANITIZER == Some("thread")
-    {
+    if std::env::var_os("ROBO_POET_EMU_THREADS").is_some() {
         return;
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())

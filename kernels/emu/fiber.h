@@ -6,6 +6,12 @@
 // Only the registers the System V ABI makes callee-saved are switched (rbx, rbp, r12-r15, and rsp
 // through the stack); the MXCSR and x87 control words are not, since no kernel changes the
 // rounding mode. Fibers never move between OS threads, so `thread_local` addresses stay valid.
+//
+// Under ThreadSanitizer every stack of the pool gets its own TSan fiber (__tsan_create_fiber), kept
+// with it for the life of the process: what runs on a stack is always the same TSan thread, so a
+// stack reused by the next block or launch never looks like a race with its previous user. The
+// code that switches and prepares stacks is not instrumented (kNoTsan): a fiber's first frame
+// never returns, and an instrumented one would leave an entry on TSan's shadow stack each time.
 #pragma once
 
 #include <sys/mman.h>
@@ -16,7 +22,7 @@
 #include <cstdlib>
 #include <vector>
 
-#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#if defined(__x86_64__)
 #define ROBO_POET_EMU_HAVE_FIBERS 1
 #else
 #define ROBO_POET_EMU_HAVE_FIBERS 0
@@ -30,13 +36,22 @@ void __asan_unpoison_memory_region(void const volatile* addr, size_t size);
 }
 #endif
 
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+// Keeps ThreadSanitizer's instrumentation (memory accesses, function entry and exit) out of a
+// function. GCC does not inline across the attribute, so instrumented callees stay instrumented.
+#define ROBO_POET_EMU_NO_TSAN __attribute__((no_sanitize_thread))
+#else
+#define ROBO_POET_EMU_NO_TSAN
+#endif
+
 namespace emu::fiber {
 
 #if ROBO_POET_EMU_HAVE_FIBERS
 // Saves the callee-saved registers on the current stack, stores the stack pointer in *save, and
 // resumes the context whose stack pointer is `to` (one saved by this function, or made by
 // `prepare`). noipa: the compiler must treat it as an opaque call that reads and writes memory.
-__attribute__((naked, noinline, noipa)) inline void switch_stack(void** /*save*/, void* /*to*/) {
+__attribute__((naked, noinline, noipa)) ROBO_POET_EMU_NO_TSAN inline void switch_stack(void** /*save*/, void* /*to*/) {
     asm("pushq %rbp\n\t"
         "pushq %rbx\n\t"
         "pushq %r12\n\t"
@@ -68,6 +83,7 @@ constexpr size_t kStackBytes = 256u << 10;
 struct Stack {
     char* base = nullptr;  // lowest usable byte
     size_t size = 0;
+    void* tsan = nullptr;  // ThreadSanitizer: the TSan fiber of whatever runs on this stack
     char* top() const { return base + size; }
 };
 
@@ -96,6 +112,9 @@ inline bool reserve_stacks(size_t n) {
     while (pool.size() < n) {
         Stack s = map_stack();
         if (!s.base) return false;
+#if defined(__SANITIZE_THREAD__)
+        s.tsan = __tsan_create_fiber(0);
+#endif
         pool.push_back(s);
     }
     return true;
@@ -103,8 +122,9 @@ inline bool reserve_stacks(size_t n) {
 
 #if ROBO_POET_EMU_HAVE_FIBERS
 // A fresh context on `s` that starts by calling entry(), which must never return. Returns the
-// stack pointer to pass to switch_stack.
-inline void* prepare(const Stack& s, void (*entry)()) {
+// stack pointer to pass to switch_stack. Not instrumented: these stores to the fiber's stack are
+// not the launching thread's memory accesses as far as ThreadSanitizer is concerned.
+ROBO_POET_EMU_NO_TSAN inline void* prepare(const Stack& s, void (*entry)()) {
 #if defined(__SANITIZE_ADDRESS__)
     // The frames a finished fiber never returned from leave their redzones poisoned near the top.
     __asan_unpoison_memory_region(s.top() - (16u << 10), 16u << 10);

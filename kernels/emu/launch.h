@@ -25,14 +25,22 @@ struct LaunchDesc {
     unsigned int reverse;  // 1: run each block's threads from the last to the first
 };
 
-// Under ThreadSanitizer, races are reported per OS thread: name each after the CUDA thread it
-// runs now. (The "previous access" of a report may have come from an earlier block.)
-inline void name_thread() {
+// Under ThreadSanitizer, races are reported per OS thread or TSan fiber: name each after the
+// CUDA thread it runs now. (The "previous access" of a report may have come from an earlier block.)
+inline void name_thread(const Launch& L) {
 #if defined(__SANITIZE_THREAD__)
     char name[96];
     std::snprintf(name, sizeof name, "CUDA thread (%u, %u, %u) of block (%u, %u, %u)", threadIdx.x, threadIdx.y,
                   threadIdx.z, blockIdx.x, blockIdx.y, blockIdx.z);
+#if ROBO_POET_EMU_HAVE_FIBERS
+    if (L.fibers) {
+        __tsan_set_fiber_name(__tsan_get_current_fiber(), name);
+        return;
+    }
+#endif
     pthread_setname_np(pthread_self(), name);  // TSan records the whole name, even if the OS refuses it
+#else
+    (void)L;
 #endif
 }
 
@@ -55,7 +63,7 @@ struct WorkerArg {
 // Runs the kernel body as the current CUDA thread, which holds the token, and unwinds it if the
 // block is abandoned meanwhile.
 inline void run_body(Launch& L) {
-    name_thread();
+    name_thread(L);
     try {
         L.body(L.ctx);
     } catch (Abort&) {
@@ -285,23 +293,32 @@ inline void watch(Launch* L) {
     w.cv.notify_one();
 }
 
-// The first code a fiber runs: the kernel body for its CUDA thread, then the token to the next.
-[[noreturn]] inline void fiber_main() {
-    Launch& L = *tl_launch;
-#if defined(__SANITIZE_ADDRESS__)
-    asan_switched(L, nullptr);
-#endif
+// A fiber's life in one block: the kernel body for its CUDA thread (unless the block has already
+// failed), then its exit. Returns, so ThreadSanitizer's view of the fiber's calls stays balanced.
+__attribute__((noinline)) inline void fiber_run(Launch& L) {
     bool run;
     {
+        Quiet q;
         std::lock_guard<std::mutex> lk(L.m);
         run = !L.aborted;
         if (run) L.th[tl_tid].state = State::running;
     }
+    tsan_acquire(&L.tsan_start);
     if (run) run_body(L);
-    {
-        std::lock_guard<std::mutex> lk(L.m);
-        exit_thread(L);
-    }
+    tsan_release(&L.tsan_end);
+    Quiet q;
+    std::lock_guard<std::mutex> lk(L.m);
+    exit_thread(L);
+}
+
+// The first code a fiber runs: its CUDA thread, then the token to the next. Not instrumented by
+// ThreadSanitizer: it never returns.
+[[noreturn]] ROBO_POET_EMU_NO_TSAN inline void fiber_main() {
+    Launch& L = *tl_launch;
+#if defined(__SANITIZE_ADDRESS__)
+    asan_switched(L, nullptr);
+#endif
+    fiber_run(L);
     transfer(L, tl_tid, L.aborted ? -1 : L.current, true);
     fatal("an exited fiber was resumed", std::source_location::current());
 }
@@ -317,18 +334,27 @@ inline std::string run_grid_fibers(Launch& L, bool* started) {
     *started = true;
     const unsigned bx = L.block.x, by = L.block.y;
     for (int t = 0; t < L.nthreads; t++) L.th[t].idx = {t % bx, (t / bx) % by, t / (bx * by)};
-    // The per-launch and per-block built-ins are this OS thread's; transfer() swaps the rest.
-    tl_launch = &L;
-    blockDim = L.block;
-    gridDim = L.grid;
+#if defined(__SANITIZE_THREAD__)
+    L.tsan_main = __tsan_get_current_fiber();
+#endif
+    {
+        // The per-launch and per-block built-ins are this OS thread's; transfer() swaps the rest.
+        Quiet q;  // every CUDA thread reads them
+        tl_launch = &L;
+        blockDim = L.block;
+        gridDim = L.grid;
+    }
     struct Watching {  // until this function returns, by any path
         explicit Watching(Launch* L) { watch(L); }
         ~Watching() {
             watch(nullptr);
+            Quiet q;
             tl_launch = nullptr;
         }
     } watching(&L);
+    tsan_release(&L.tsan_start);
     std::string error = for_each_block(L, [&](uint3 idx) {
+        Quiet q;  // the launcher's bookkeeping between blocks orders nothing
         {
             std::lock_guard<std::mutex> lk(L.m);
             start_block(L, idx);
@@ -356,6 +382,7 @@ inline std::string run_grid_fibers(Launch& L, bool* started) {
         std::lock_guard<std::mutex> lk(L.m);
         return finish_block(L);
     });
+    tsan_acquire(&L.tsan_end);
     return error;
 }
 #endif
@@ -369,8 +396,8 @@ inline std::string choose_threads(bool* fibers) {
     if (s.empty() || s == "os") return "";
     if (s == "fiber") {
         if (ROBO_POET_EMU_HAVE_FIBERS) return "";
-        return "ROBO_POET_EMU_THREADS=fiber: fibers are not available in this build (ThreadSanitizer, or not "
-               "x86-64); unset it or use `os`";
+        return "ROBO_POET_EMU_THREADS=fiber: fibers are not available in this build (not x86-64); unset it or "
+               "use `os`";
     }
     return "ROBO_POET_EMU_THREADS=" + s + ": expected `fiber` (the default where available) or `os`";
 }

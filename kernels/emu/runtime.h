@@ -8,18 +8,24 @@
 //   * a CUDA thread is a fiber (fiber.h: its own mmap'd stack and a hand-written x86-64 context
 //     switch of a few nanoseconds), and the launching OS thread runs all of them: handing the token
 //     over is a switch to the next fiber, which gets its threadIdx and barrier generation from the
-//     switch. Under ThreadSanitizer (which must see CUDA threads as OS threads to find races
-//     between them), off x86-64, or with ROBO_POET_EMU_THREADS=os, every CUDA thread is an OS
-//     thread instead and the token is passed with condition variables. Both modes share all of the
-//     logic below but wait_turn, and give the same schedule.
+//     switch. Off x86-64, or with ROBO_POET_EMU_THREADS=os, every CUDA thread is an OS thread
+//     instead and the token is passed with condition variables. Both modes share all of the logic
+//     below but wait_turn, and give the same schedule.
 //   * blocks run one after another; each block gets fresh shared memory filled with 0xFF bytes
 //     (NaN as f32/f16/bf16, -1 as an integer), so reading shared memory nobody wrote shows up.
 //   * when the running thread blocks and no thread can run, the block is deadlocked: the launch
 //     fails with a report of where every thread waits (file:line), and the waiting threads are
 //     unwound with an exception. A thread that spins without ever blocking trips a watchdog.
-//   * under ThreadSanitizer the scheduler's own locking is hidden and CUDA's synchronisation is
-//     announced instead (a barrier orders every thread of the block; a warp collective orders its
-//     lanes), so TSan reports exactly the races a GPU would have.
+//   * under ThreadSanitizer the scheduler's own memory accesses and locking are hidden (Quiet, or
+//     not instrumented at all: ROBO_POET_EMU_NO_TSAN) and CUDA's synchronisation is announced
+//     instead (a barrier orders every thread of the block; a warp collective orders its lanes; the
+//     launcher's work before a launch is ordered before every CUDA thread, and every CUDA thread
+//     before what the launcher does after it), so TSan reports exactly the races a GPU would have.
+//     In fiber mode each stack of the pool has its own TSan fiber (fiber.h), so TSan sees one
+//     thread per CUDA thread as with OS threads; fiber switches are announced with
+//     __tsan_switch_to_fiber_no_sync, so that the token passing, like the OS mode's hidden
+//     condition variables, orders nothing. Nothing else orders two CUDA threads: the blocks of a
+//     launch stay unordered, as on a GPU.
 //   * under AddressSanitizer fiber switches are announced (__sanitizer_start_switch_fiber), so it
 //     knows which stack is live and reports overflows on fiber stacks like any other.
 #pragma once
@@ -183,6 +189,10 @@ struct Launch {
     bool reverse = false;  // hand the token down the thread order instead of up
     bool fibers = false;   // CUDA threads are fibers on the launching thread, not OS threads
     void* main_sp = nullptr;  // fiber mode: the launcher's context while a fiber runs
+    void* tsan_main = nullptr;  // fiber mode under ThreadSanitizer: the launcher's TSan thread
+    // Fiber mode under ThreadSanitizer: addresses that carry the ordering of the launch's start
+    // (launcher -> every CUDA thread) and end (every CUDA thread -> launcher).
+    char tsan_start = 0, tsan_end = 0;
 #if defined(__SANITIZE_ADDRESS__)
     const void* main_stack = nullptr;  // the launcher's stack, for AddressSanitizer's fiber switches
     size_t main_stack_size = 0;
@@ -345,16 +355,29 @@ inline void asan_switched(Launch& L, void* fake_stack) {
 #endif
 
 // Fiber mode: suspends `from` (a CUDA thread, or -1 for the launcher) and resumes `to`, after
-// giving it its thread-local state. `final`: `from` has exited and is never resumed.
-inline void transfer(Launch& L, int from, int to, bool final) {
-    if (from >= 0) L.th[from].bar_gen = tl_bar_gen;
-    if (to >= 0) {
-        tl_tid = to;
-        threadIdx = L.th[to].idx;
-        tl_bar_gen = L.th[to].bar_gen;
+// giving it its thread-local state. `final`: `from` has exited and is never resumed. Not
+// instrumented by ThreadSanitizer, since a final switch never returns; the (instrumented) helpers
+// it calls run under Quiet, which ends before the switch, so a fiber never keeps it.
+ROBO_POET_EMU_NO_TSAN inline void transfer(Launch& L, int from, int to, bool final) {
+    void** save;
+    void* target;
+#if defined(__SANITIZE_THREAD__)
+    void* tsan_to;
+#endif
+    {
+        Quiet q;  // the scheduler's bookkeeping and thread-locals
+        if (from >= 0) L.th[from].bar_gen = tl_bar_gen;
+        if (to >= 0) {
+            tl_tid = to;
+            threadIdx = L.th[to].idx;
+            tl_bar_gen = L.th[to].bar_gen;
+        }
+        save = from >= 0 ? &L.th[from].sp : &L.main_sp;
+        target = to >= 0 ? L.th[to].sp : L.main_sp;
+#if defined(__SANITIZE_THREAD__)
+        tsan_to = to >= 0 ? fiber::stack_pool()[to].tsan : L.tsan_main;
+#endif
     }
-    void** save = from >= 0 ? &L.th[from].sp : &L.main_sp;
-    void* target = to >= 0 ? L.th[to].sp : L.main_sp;
 #if defined(__SANITIZE_ADDRESS__)
     void* fake_stack = nullptr;
     L.switch_from = from;
@@ -366,6 +389,9 @@ inline void transfer(Launch& L, int from, int to, bool final) {
     }
 #else
     (void)final;
+#endif
+#if defined(__SANITIZE_THREAD__)
+    __tsan_switch_to_fiber(tsan_to, __tsan_switch_to_fiber_no_sync);
 #endif
     fiber::switch_stack(save, target);
 #if defined(__SANITIZE_ADDRESS__)
@@ -427,7 +453,11 @@ inline Launch& current_launch(const char* op, std::source_location loc) {
 // __syncthreads and its counting variants. mode: 0 plain, 1 count, 2 and, 3 or.
 inline int block_barrier(const char* op, int pred, int mode, std::source_location loc) {
     Launch& L = current_launch("__syncthreads() called outside a kernel", loc);
-    void* order = &tl_sync->generation[tl_bar_gen & 1];
+    void* order;
+    {
+        Quiet q;  // the scheduler's thread-locals: in fiber mode every CUDA thread's
+        order = &tl_sync->generation[tl_bar_gen & 1];
+    }
     tsan_release(order);
     int count, size;
     {
@@ -447,9 +477,9 @@ inline int block_barrier(const char* op, int pred, int mode, std::source_locatio
         wait_turn(L, lk);
         count = L.bar_count[tl_bar_gen & 1];
         size = L.bar_size[tl_bar_gen & 1];
+        tl_bar_gen++;
     }
     tsan_acquire(order);
-    tl_bar_gen++;
     switch (mode) {
     case 1: return count;
     case 2: return count == size;
