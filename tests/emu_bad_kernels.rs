@@ -7,6 +7,8 @@
 //! sanitizer reports run in a child process (a report ends or fails the process that gets it),
 //! and the test checks the child's report instead.
 
+mod common;
+
 use robo_poet::gpu::emu::{Schedule, SANITIZER};
 use robo_poet::gpu::{Device, DeviceExt, EmuDevice, GpuError, KernelArgs, LaunchConfig};
 use robo_poet::ops;
@@ -580,21 +582,5 @@ fn emu_child_neighbour_read() {
 /// where the mode is already chosen.)
 #[test]
 fn emu_os_threads_catch_the_same_bugs() {
-    if std::env::var_os("ROBO_POET_EMU_THREADS").is_some() {
-        return;
-    }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["emu_", "--skip", "emu_os_threads"])
-        .env("ROBO_POET_EMU_THREADS", "os")
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.contains("test result: ok. 23 passed"),
-        "the bad-kernel tests under ROBO_POET_EMU_THREADS=os:\n{report}"
-    );
+    common::rerun_with_os_threads("bad-kernel tests", 23);
 }

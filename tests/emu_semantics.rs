@@ -2,6 +2,8 @@
 //! built-in indices, warp collectives on partial warps, shared-memory poisoning, early exit past
 //! barriers, atomics, counting barriers and warp-synchronous code.
 
+mod common;
+
 use robo_poet::gpu::{Device, DeviceExt, DeviceSlice, EmuDevice, KernelArgs, LaunchConfig};
 
 mod test_kernels {
@@ -236,21 +238,5 @@ fn emu_warp_synchronous_code_with_syncwarp() {
 /// every sanitizer too. (Skipped where the mode is already chosen.)
 #[test]
 fn emu_os_threads_give_the_same_semantics() {
-    if std::env::var_os("ROBO_POET_EMU_THREADS").is_some() {
-        return;
-    }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["emu_", "--skip", "emu_os_threads"])
-        .env("ROBO_POET_EMU_THREADS", "os")
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.contains("test result: ok. 7 passed"),
-        "the semantics tests under ROBO_POET_EMU_THREADS=os:\n{report}"
-    );
+    common::rerun_with_os_threads("semantics tests", 7);
 }

@@ -64,3 +64,27 @@ pub fn attention_row_deviation(
     }
     worst
 }
+
+/// Runs this test binary's other `emu_` tests again in a child process with every CUDA thread an
+/// OS thread (`ROBO_POET_EMU_THREADS=os`), and asserts that all `expected` of them pass: the two
+/// scheduler modes must agree. Does nothing where the mode was chosen from outside.
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub fn rerun_with_os_threads(what: &str, expected: usize) {
+    if std::env::var_os("ROBO_POET_EMU_THREADS").is_some() {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["emu_", "--skip", "emu_os_threads"])
+        .env("ROBO_POET_EMU_THREADS", "os")
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.contains(&format!("test result: ok. {expected} passed")),
+        "the {what} under ROBO_POET_EMU_THREADS=os:\n{report}"
+    );
+}
