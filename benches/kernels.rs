@@ -22,6 +22,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+#[path = "common/criterion_config.rs"]
+mod criterion_config;
 #[path = "common/cuda_timer.rs"]
 mod cuda_timer;
 use cuda_timer::CudaTimer;
@@ -403,9 +405,7 @@ fn main() {
         ),
     };
     println!("kernels: measuring {on}");
-    // Criterion's report charts use plotters, built here without system fonts.
-    robo_poet::plot::register_font().expect("the embedded chart font");
-    let mut c = Criterion::default().configure_from_args();
+    let mut c = criterion_config::criterion().configure_from_args();
     let totals = Totals::default();
     run(&mut c, gpu.as_ref(), &totals);
     c.final_summary();

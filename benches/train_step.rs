@@ -90,16 +90,12 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-/// Criterion draws its report charts with plotters, which this crate builds without system
-/// fonts: the chart font must be registered first.
-fn config() -> Criterion {
-    robo_poet::plot::register_font().expect("the embedded chart font");
-    Criterion::default()
-}
+#[path = "common/criterion_config.rs"]
+mod criterion_config;
 
 criterion_group! {
     name = benches;
-    config = config();
+    config = criterion_config::criterion();
     targets = bench
 }
 criterion_main!(benches);

@@ -496,9 +496,7 @@ impl Backend for CpuBackend {
         for row in self.f(probs).chunks_exact(t.max(1)) {
             let dev = (row.iter().map(|&x| x as f64).sum::<f64>() - 1.0).abs() as f32;
             // NaN propagates into the maximum, as the GPU kernel's bit-pattern max does.
-            if dev.is_nan() || dev > check.max_dev {
-                check.max_dev = dev;
-            }
+            check.max_dev = RowCheck::worst(check.max_dev, dev);
             if dev.is_nan() || dev > tol {
                 check.bad_rows += 1;
             }

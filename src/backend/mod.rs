@@ -219,6 +219,26 @@ pub struct RowCheck {
     pub rows: usize,
 }
 
+impl RowCheck {
+    /// The larger of two deviations, a NaN winning (a NaN row is the worst row).
+    pub fn worst(a: f32, b: f32) -> f32 {
+        if a.is_nan() || b.is_nan() {
+            f32::NAN
+        } else {
+            a.max(b)
+        }
+    }
+
+    /// Two checks as one: the worst deviation, the bad and checked rows added.
+    pub fn merge(self, o: RowCheck) -> RowCheck {
+        RowCheck {
+            max_dev: RowCheck::worst(self.max_dev, o.max_dev),
+            bad_rows: self.bad_rows + o.bad_rows,
+            rows: self.rows + o.rows,
+        }
+    }
+}
+
 /// Which backend to run on.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,

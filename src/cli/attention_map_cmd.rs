@@ -6,15 +6,13 @@ use super::AttentionMapArgs;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::data::tokenizer::{Tokenizer, TokenizerKind};
+use crate::diagnostics::ROW_SUM_TOL;
 use crate::model::attention::AttentionModel;
 use crate::model::{Model, ModelConfig};
 use crate::plot::attention::{draw_attention, HeadMap};
 use crate::plot::shorten;
 use anyhow::{bail, ensure, Result};
 use serde_json::json;
-
-/// How far a prompt row's probabilities may sum from 1 before the map is called wrong.
-const ROW_SUM_TOL: f32 = 1e-4;
 
 pub fn run(a: &AttentionMapArgs) -> Result<()> {
     let meta = run_files::load_meta(&a.checkpoint)?;
@@ -38,20 +36,7 @@ pub fn run(a: &AttentionMapArgs) -> Result<()> {
     };
     check("--layer", a.layer, c.n_layers, "layer(s)")?;
     check("--head", a.head, c.n_heads, "head(s)")?;
-    let tok = meta.tokenizer()?;
-    ensure!(
-        tok.vocab_size() == c.vocab_size,
-        "the checkpoint is inconsistent: its tokenizer has {} tokens but its model {}",
-        tok.vocab_size(),
-        c.vocab_size
-    );
-    let (mut ids, unknown) = tok.encode_prompt(&a.prompt)?;
-    if !unknown.is_empty() {
-        eprintln!(
-            "note: words not in the vocabulary were replaced by <unk>: {}",
-            unknown.join(", ")
-        );
-    }
+    let (tok, mut ids) = meta.prompt_tokens(&a.prompt)?;
     let t = c.seq_len;
     let truncated = ids.len() > t;
     if truncated {
@@ -75,7 +60,7 @@ pub fn run(a: &AttentionMapArgs) -> Result<()> {
 
     let mut maps = vec![];
     for layer in (0..c.n_layers).filter(|l| a.layer.is_none_or(|x| x == *l)) {
-        let probs = be.read(model.probs(layer)); // (B, NH, T, T), B = 1
+        let probs = be.read(model.attention_probs()[layer]); // (B, NH, T, T), B = 1
         for head in (0..c.n_heads).filter(|h| a.head.is_none_or(|x| x == *h)) {
             let m: Vec<Vec<f32>> = (0..n)
                 .map(|q| {

@@ -17,20 +17,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     );
     ensure!(a.length > 0, "--length must be at least 1 token");
     let meta = run_files::load_meta(&a.checkpoint)?;
-    let tok = meta.tokenizer()?;
-    ensure!(
-        tok.vocab_size() == meta.model.vocab_size(),
-        "the checkpoint is inconsistent: its tokenizer has {} tokens but its model {}",
-        tok.vocab_size(),
-        meta.model.vocab_size()
-    );
-    let (mut ids, unknown) = tok.encode_prompt(&a.prompt)?;
-    if !unknown.is_empty() {
-        eprintln!(
-            "note: words not in the vocabulary were replaced by <unk>: {}",
-            unknown.join(", ")
-        );
-    }
+    let (tok, mut ids) = meta.prompt_tokens(&a.prompt)?;
     let t = meta.model.seq_len();
     let model = model::build(&meta.model, 1);
     let mut be = backend::create(a.device, model.table().clone(), true)?;

@@ -39,6 +39,26 @@ impl RunMeta {
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         Tokenizer::from_json(&self.tokenizer).context("the checkpoint's tokenizer is damaged")
     }
+
+    /// The run's tokenizer (checked against the model's vocabulary) and a prompt's token ids; words
+    /// outside the vocabulary become <unk>, with a note on stderr.
+    pub fn prompt_tokens(&self, prompt: &str) -> Result<(Tokenizer, Vec<u32>)> {
+        let tok = self.tokenizer()?;
+        anyhow::ensure!(
+            tok.vocab_size() == self.model.vocab_size(),
+            "the checkpoint is inconsistent: its tokenizer has {} tokens but its model {}",
+            tok.vocab_size(),
+            self.model.vocab_size()
+        );
+        let (ids, unknown) = tok.encode_prompt(prompt)?;
+        if !unknown.is_empty() {
+            eprintln!(
+                "note: words not in the vocabulary were replaced by <unk>: {}",
+                unknown.join(", ")
+            );
+        }
+        Ok((tok, ids))
+    }
 }
 
 /// Saves parameters, optimizer moments and metadata atomically into `run_dir/checkpoint/`.

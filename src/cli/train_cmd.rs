@@ -217,16 +217,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
                 say(&pb, w);
             }
             let mut line = norms.to_json();
-            let rows = diagnostics::attention_row_checks(model.as_ref(), be.as_mut());
-            if !rows.is_empty() {
-                let worst = rows.iter().map(|r| r.1.max_dev).fold(0.0f32, |m, d| {
-                    if d.is_nan() || d > m {
-                        d
-                    } else {
-                        m
-                    }
-                });
-                let bad: usize = rows.iter().map(|r| r.1.bad_rows).sum();
+            if let Some(rows) = diagnostics::attention_row_check(model.as_ref(), be.as_mut()) {
+                let (worst, bad) = (rows.max_dev, rows.bad_rows);
                 line["attn_row_max_dev"] = json!(worst);
                 line["attn_bad_rows"] = json!(bad);
                 if bad > 0 && warnings.first_in_period("attention rows") {

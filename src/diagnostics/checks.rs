@@ -5,7 +5,7 @@
 use super::gradcheck::whole_model_fd;
 use super::{attention_probs, in_range, GradNorms, NORM_RANGE, ROW_SUM_TOL};
 use crate::backend::parity::training_parity;
-use crate::backend::Backend;
+use crate::backend::{Backend, RowCheck};
 use crate::gpu::Device;
 use crate::model::attention::AttentionConfig;
 use crate::model::lstm::LstmConfig;
@@ -225,15 +225,14 @@ fn attention_rows(
     }
     model.set_batch(be, inputs, targets);
     model.forward(be, Some(DropoutCtx { seed, step: 1 }));
-    let (mut max_dev, mut bad, mut rows, mut above) = (0.0f32, 0, 0, 0.0f32);
+    // The sums come from the backend's own reduction (a kernel on the GPU).
+    let RowCheck {
+        max_dev,
+        bad_rows: bad,
+        rows,
+    } = super::attention_row_check(model, be).expect("an attention model");
+    let mut above = 0.0f32;
     for (_, id) in &probs {
-        // The sums come from the backend's own reduction (a kernel on the GPU).
-        let c = be.attention_row_check(*id, ROW_SUM_TOL);
-        if c.max_dev.is_nan() || c.max_dev > max_dev {
-            max_dev = c.max_dev;
-        }
-        bad += c.bad_rows;
-        rows += c.rows;
         let t = *be.table().shape(*id).last().unwrap();
         for (r, row) in be.read(*id).chunks_exact(t.max(1)).enumerate() {
             for &p in &row[r % t + 1..] {

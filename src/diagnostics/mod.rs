@@ -139,23 +139,23 @@ impl NormWarnings {
     }
 }
 
-/// Each attention layer's probabilities tensor, `blocks.L.attn.probs` (B,NH,T,T), in layer order
-/// (none for an LSTM).
+/// Each attention layer's probabilities tensor (B,NH,T,T) with its name, in layer order (none for
+/// an LSTM).
 pub fn attention_probs(model: &dyn Model) -> Vec<(String, TensorId)> {
-    (0..)
-        .map_while(|l| {
-            let name = format!("blocks.{l}.attn.probs");
-            model.table().get(&name).map(|id| (name, id))
-        })
+    model
+        .attention_probs()
+        .into_iter()
+        .map(|id| (model.table().name(id).to_string(), id))
         .collect()
 }
 
-/// Row-sum checks of every attention layer after a forward pass.
-pub fn attention_row_checks(model: &dyn Model, be: &mut dyn Backend) -> Vec<(String, RowCheck)> {
-    attention_probs(model)
+/// The row-sum check of every attention layer after a forward pass, as one (None for an LSTM).
+pub fn attention_row_check(model: &dyn Model, be: &mut dyn Backend) -> Option<RowCheck> {
+    model
+        .attention_probs()
         .into_iter()
-        .map(|(name, id)| (name, be.attention_row_check(id, ROW_SUM_TOL)))
-        .collect()
+        .map(|id| be.attention_row_check(id, ROW_SUM_TOL))
+        .reduce(RowCheck::merge)
 }
 
 #[cfg(test)]
@@ -264,12 +264,15 @@ mod tests {
         let toks = vec![1u32; 10];
         m.set_batch(&mut be, &toks, &toks);
         m.forward(&mut be, None);
-        let checks = attention_row_checks(m.as_ref(), &mut be);
-        assert_eq!(checks.len(), 2);
-        for (name, c) in &checks {
+        let probs = attention_probs(m.as_ref());
+        assert_eq!(probs.len(), 2);
+        for (name, id) in &probs {
+            let c = be.attention_row_check(*id, ROW_SUM_TOL);
             assert_eq!(c.rows, 2 * 2 * 5, "{name}");
             assert!(c.max_dev <= 1e-6 && c.bad_rows == 0, "{name}: {c:?}");
         }
+        let all = attention_row_check(m.as_ref(), &mut be).expect("two layers");
+        assert_eq!((all.rows, all.bad_rows), (2 * 2 * 2 * 5, 0));
         let id = attention_probs(m.as_ref())[1].1;
         let mut p = be.read(id);
         p[7] += 0.01;
@@ -278,5 +281,8 @@ mod tests {
         let c = be.attention_row_check(id, ROW_SUM_TOL);
         assert_eq!(c.bad_rows, 2);
         assert!(c.max_dev.is_nan());
+        let all = attention_row_check(m.as_ref(), &mut be).unwrap();
+        assert_eq!((all.rows, all.bad_rows), (40, 2));
+        assert!(all.max_dev.is_nan(), "a NaN row is the worst row");
     }
 }

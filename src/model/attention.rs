@@ -334,11 +334,6 @@ impl AttentionModel {
             tensor: layer as u32,
         })
     }
-
-    /// The attention probabilities tensor (B, NH, T, T) of a layer (for checks and maps).
-    pub fn probs(&self, layer: usize) -> TensorId {
-        self.layers[layer].probs
-    }
 }
 
 fn some<T: Copy>(x: &Option<T>) -> T {
@@ -348,6 +343,9 @@ fn some<T: Copy>(x: &Option<T>) -> T {
 impl Model for AttentionModel {
     fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+    fn attention_probs(&self) -> Vec<TensorId> {
+        self.layers.iter().map(|l| l.probs).collect()
     }
     fn table(&self) -> &TensorTable {
         &self.table

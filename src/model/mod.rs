@@ -132,6 +132,10 @@ pub trait Model: Send {
     fn logits_row(&self, b: usize, t: usize) -> usize;
     fn losses(&self) -> TensorId;
     fn targets(&self) -> TensorId;
+    /// Each attention layer's probabilities (B, NH, T, T), in layer order (none for an LSTM).
+    fn attention_probs(&self) -> Vec<TensorId> {
+        Vec::new()
+    }
 }
 
 /// Builds the model for a batch size.

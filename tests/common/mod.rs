@@ -49,10 +49,7 @@ pub fn attention_row_deviation(
     model.set_batch(be, &toks, &toks);
     model.forward(be, None);
     let mut worst = 0.0f64;
-    for l in 0.. {
-        let Some(probs) = be.table().get(&format!("blocks.{l}.attn.probs")) else {
-            break;
-        };
+    for (l, probs) in model.attention_probs().into_iter().enumerate() {
         for (r, row) in be.read(probs).chunks_exact(t).enumerate() {
             let sum: f64 = row.iter().map(|&x| x as f64).sum();
             worst = worst.max((sum - 1.0).abs());
