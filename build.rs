@@ -271,6 +271,10 @@ mod emu {
     /// in the preprocessed source as MARKER.
     const MARKER: &str = "__robo_poet_emu_kernel__";
     const SANITIZE_ENV: &str = "ROBO_POET_EMU_SANITIZE";
+    /// `1`: compile the emulated kernels with FMA contraction (`-mfma -ffp-contract=fast`), as
+    /// NVRTC does by default (`--fmad=true`), to see the GPU's rounding drift on the CPU
+    /// (docs/KERNEL_BENCH.md, "Rounding").
+    const FMA_ENV: &str = "ROBO_POET_EMU_FMA";
 
     /// One static library of emulated kernels and its Rust lookup table.
     struct Library {
@@ -302,6 +306,8 @@ mod emu {
         println!("cargo:rerun-if-changed=kernels");
         println!("cargo:rerun-if-changed=tests/kernels");
         println!("cargo::rustc-check-cfg=cfg(emu_sanitize, values(\"address\", \"thread\"))");
+        println!("cargo:rerun-if-env-changed={FMA_ENV}");
+        println!("cargo::rustc-check-cfg=cfg(emu_fma)");
 
         let sanitize = env::var(SANITIZE_ENV).unwrap_or_default();
         let (sanitizer_flags, runtimes): (&[&str], &[&str]) = match sanitize.as_str() {
@@ -329,10 +335,24 @@ mod emu {
             }
         }
 
+        let fma = match env::var(FMA_ENV).unwrap_or_default().as_str() {
+            "" | "0" => false,
+            "1" => true,
+            other => panic!("{FMA_ENV}={other:?}: expected 1 (contract to FMA) or 0"),
+        };
+        let mut flags: Vec<&str> = sanitizer_flags.to_vec();
+        if fma {
+            // GCC contracts a*b+c only with -ffp-contract=fast (the ISO modes default to off),
+            // only into the FMA instructions -mfma enables, and only from -O2 on (its
+            // widening_mul pass; the dev profile builds C++ at -O1).
+            flags.extend(["-mfma", "-ffp-contract=fast", "-O2"]);
+            println!("cargo:rustc-cfg=emu_fma");
+        }
+
         let header = root.join("kernels/emu/cuda_emu.h");
         let mut all_kernels: BTreeMap<String, String> = BTreeMap::new();
         for lib in &LIBRARIES {
-            let kernels = compile_library(&root, &out, &header, lib, sanitizer_flags);
+            let kernels = compile_library(&root, &out, &header, lib, &flags);
             for (name, source) in &kernels {
                 if let Some(first) = all_kernels.insert(name.clone(), source.clone()) {
                     panic!("kernel `{name}` is defined in both {first} and {source}: kernel names must be unique");
@@ -348,7 +368,7 @@ mod emu {
         out: &Path,
         header: &Path,
         lib: &Library,
-        sanitizer_flags: &[&str],
+        extra_flags: &[&str],
     ) -> Vec<(String, String)> {
         let src_dir = root.join(lib.dir);
         let gen_dir = out.join("emu").join(lib.name);
@@ -395,7 +415,7 @@ mod emu {
 
         let mut kernels = Vec::new();
         let mut build = base();
-        for f in sanitizer_flags {
+        for f in extra_flags {
             build.flag(f);
         }
         for (file, shown, body) in &units {

@@ -99,9 +99,10 @@ fn bench(c: &mut Criterion) {
     };
     println!("attention_vs_lstm: timing the {on} backend");
     let mut g = c.benchmark_group("attention vs lstm");
+    let quick = criterion_config::quick();
     g.sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
+        .warm_up_time(Duration::from_millis(if quick { 300 } else { 1000 }))
+        .measurement_time(Duration::from_millis(if quick { 1200 } else { 4000 }));
     for t in SEQ_LENS {
         for (name, cfg) in models(t) {
             let m = model::build(&cfg, BATCH);

@@ -341,10 +341,11 @@ fn run(c: &mut Criterion, gpu: Option<&CudaDevice>, totals: &Totals) {
             None => cpu_ops(*s),
         };
         let mut g = c.benchmark_group(format!("kernels {}", s.name));
+        let quick = criterion_config::quick();
         g.sample_size(10)
             .sampling_mode(SamplingMode::Flat)
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_millis(1500));
+            .warm_up_time(Duration::from_millis(if quick { 150 } else { 300 }))
+            .measurement_time(Duration::from_millis(if quick { 600 } else { 1500 }));
         for (oi, (name, cost, mut timed)) in ops.into_iter().enumerate() {
             g.throughput(Throughput::Elements(cost.flops));
             g.bench_function(BenchmarkId::from_parameter(name), |bench| {

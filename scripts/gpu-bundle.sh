@@ -76,11 +76,17 @@ strip "$OUT"/bin/* "$OUT"/tests/*
 echo "== corpus, scripts"
 cp "$DATA"/alice_wonderland.txt "$DATA"/hamlet_shakespeare.txt "$OUT/data/"
 for f in alice_raw.txt hamlet_raw.txt; do [ -e "$DATA/$f" ] && cp "$DATA/$f" "$OUT/data/"; done
-cp scripts/gpu/run.sh scripts/gpu/compare_runs.py scripts/gpu/peer_pytorch.py "$OUT/"
+cp scripts/gpu/run.sh scripts/gpu/smoke.py scripts/gpu/compare_runs.py scripts/gpu/peer_pytorch.py "$OUT/"
 cp scripts/profile-nsys.sh scripts/profile-ncu.sh scripts/profile-common.sh scripts/ncu_summary.py "$OUT/"
 cp "$NVTX_DIR/nvidia/cu13/lib/libnvtx3interop.so.1" "$OUT/lib/" 2>/dev/null || true
 chmod +x "$OUT/run.sh" "$OUT"/profile-*.sh
 git rev-parse --short HEAD > "$OUT/COMMIT" 2>/dev/null || true
 du -sh "$OUT"
+# The device tool carries at most 64 MiB.
+size=$(du -sb "$OUT" | cut -f1)
+if [ "$size" -ge $(( 64 * 1024 * 1024 )) ]; then
+  echo "the bundle is $size bytes: over the 64 MiB the device tool carries" >&2
+  exit 1
+fi
 "$OUT/bin/robo-poet" kernels --check-spills > /dev/null
 echo "bundle ready: $OUT (send it; run: $OUT/run.sh OUT_DIR)"

@@ -1,5 +1,5 @@
-//! The CUDA backend on a real GPU: training parity with the CPU backend over 100 steps,
-//! determinism, attention row sums. Without a GPU every test says SKIPPED (on stderr) and
+//! The CUDA backend on a real GPU: training parity of the default models with the CPU backend over
+//! 100 steps, determinism, attention row sums. Without a GPU every test says SKIPPED (on stderr) and
 //! returns: these are run by the GPU check bundle (scripts/gpu-bundle.sh, scripts/gpu/run.sh).
 
 mod common;
@@ -46,11 +46,42 @@ fn lstm(t: usize) -> ModelConfig {
     })
 }
 
-/// 100 steps from the same parameters, batches and dropout masks. Both sides round differently
-/// (f32 kernel sums vs the CPU's f64 sums), and AdamW carries the differences forward, so the
-/// tolerance is on the loss curve, not bits: every step's loss within 1e-3 relative (a wrong
-/// kernel is off by far more within a step or two), and the first step's gradients within 1e-4
-/// of each tensor's largest entry.
+/// The default GPT and the default LSTM (the presets' shapes) at batch 8.
+fn default_gpt() -> ModelConfig {
+    ModelConfig::Attention(AttentionConfig {
+        style: AttentionStyle::Gpt,
+        vocab_size: 78,
+        seq_len: 128,
+        d_model: 128,
+        n_layers: 4,
+        n_heads: 4,
+        pos_emb: true,
+        dropout: 0.1,
+    })
+}
+
+fn default_lstm() -> ModelConfig {
+    ModelConfig::Lstm(LstmConfig {
+        vocab_size: 78,
+        seq_len: 128,
+        embed: 64,
+        hidden: 256,
+        n_layers: 1,
+    })
+}
+
+/// Tolerances of the 100-step parity, set from the drift the emulator shows when it rounds as
+/// the GPU does (tests/emu_fma_parity.rs, FMA contraction; docs/KERNEL_BENCH.md "Rounding"): over
+/// 30 steps of these models the loss drifted by at most 1.7e-7 relative, with no growth over the
+/// steps; first-step gradients by 8.3e-7 of each tensor's largest entry, later steps by up to
+/// 1.0e-4. The GPU adds what the emulator does not model (ex2.approx and rsqrt.approx ulps, NVVM's
+/// own contraction choices) and 3x the steps: the bounds are ~60x the loss drift and ~25x the
+/// first-step gradient drift, and still 1000x below what a wrong kernel does within a step.
+const LOSS_TOL: f64 = 1e-5;
+const FIRST_GRAD_TOL: f64 = 2e-5;
+const GRAD_TOL: f64 = 1e-3;
+
+/// 100 steps from the same parameters, batches and dropout masks on the GPU and the CPU.
 fn hundred_steps(test: &str, cfg: &ModelConfig) {
     let Some(dev) = gpu(test) else { return };
     let p = training_parity(cfg, 8, 100, 7, Box::new(dev)).unwrap();
@@ -66,23 +97,25 @@ fn hundred_steps(test: &str, cfg: &ModelConfig) {
         );
     }
     eprintln!(
-        "{test}: max loss rel diff {:.3e} over {} steps, first-step gradient rel diff {:.3e}",
+        "{test}: max loss rel diff {:.3e} over {} steps, first-step gradient rel diff {:.3e}, any step {:.3e}",
         p.max_loss_rel_err(),
         p.steps.len(),
-        p.steps[0].grad_rel_err
+        p.steps[0].grad_rel_err,
+        p.max_grad_rel_err()
     );
-    assert!(p.max_loss_rel_err() <= 1e-3, "losses diverge");
+    assert!(p.max_loss_rel_err() <= LOSS_TOL, "losses diverge");
     assert!(
-        p.steps[0].grad_rel_err <= 1e-4,
+        p.steps[0].grad_rel_err <= FIRST_GRAD_TOL,
         "first-step gradients differ"
     );
+    assert!(p.max_grad_rel_err() <= GRAD_TOL, "gradients drift apart");
 }
 
 #[test]
 fn gpu_backend_attention_training_matches_cpu_for_100_steps() {
     hundred_steps(
         "gpu_backend_attention_training_matches_cpu_for_100_steps",
-        &gpt(64, 64, 0.1),
+        &default_gpt(),
     );
 }
 
@@ -90,7 +123,7 @@ fn gpu_backend_attention_training_matches_cpu_for_100_steps() {
 fn gpu_backend_lstm_training_matches_cpu_for_100_steps() {
     hundred_steps(
         "gpu_backend_lstm_training_matches_cpu_for_100_steps",
-        &lstm(64),
+        &default_lstm(),
     );
 }
 

@@ -149,11 +149,15 @@ impl CudaDevice {
     fn load_kernels(&mut self) -> Result<(), String> {
         let native = self.arch() == nvrtc::ARCH;
         for m in nvrtc::MODULES {
+            // include_bytes! data has alignment 1; the driver reads the CUBIN's ELF header in
+            // place, with 8-byte fields.
+            let cubin = aligned_image(m.cubin);
             // The CUBIN runs only on its own architecture; elsewhere the driver JIT-compiles the
             // PTX (which needs a driver at least as new as NVRTC 13.0).
             let module = if native {
-                // SAFETY: a CUBIN image produced by NVRTC, alive for the program's lifetime.
-                unsafe { result::module::load_data(m.cubin.as_ptr() as *const c_void) }.map_err(
+                // SAFETY: a CUBIN image produced by NVRTC, 8-byte aligned, alive during the call
+                // (the driver copies what it keeps).
+                unsafe { result::module::load_data(cubin.as_ptr() as *const c_void) }.map_err(
                     |e| {
                         format!(
                             "loading {} (CUBIN {}): {}",
@@ -198,20 +202,93 @@ impl CudaDevice {
         v
     }
 
-    /// An error of an asynchronous operation, naming the last kernel launched.
+    /// An error of a memory operation or a synchronisation: an earlier kernel's execution fault
+    /// (named: the last launch is the most likely culprit) or an error of the call itself.
     fn async_error(&self, op: &str, e: result::DriverError) -> GpuError {
-        match &*self.last_launch.borrow() {
+        call_error(
+            op,
+            None,
+            self.last_launch.borrow().as_ref(),
+            e.0,
+            driver_message(e),
+        )
+    }
+}
+
+/// Whether `code` is a kernel's execution fault rather than an error of the call that returned it.
+/// Faults are sticky: once a kernel faults, the context is broken and every later call (the next
+/// launch, copy or synchronisation) returns the fault, so the call that sees it is usually not
+/// the culprit. Configuration errors (too many threads or registers, a bad parameter) belong to
+/// the call that returns them.
+pub fn is_execution_fault(code: sys::CUresult) -> bool {
+    use sys::CUresult::*;
+    matches!(
+        code,
+        CUDA_ERROR_ILLEGAL_ADDRESS
+            | CUDA_ERROR_LAUNCH_TIMEOUT
+            | CUDA_ERROR_ASSERT
+            | CUDA_ERROR_HARDWARE_STACK_ERROR
+            | CUDA_ERROR_ILLEGAL_INSTRUCTION
+            | CUDA_ERROR_MISALIGNED_ADDRESS
+            | CUDA_ERROR_INVALID_ADDRESS_SPACE
+            | CUDA_ERROR_INVALID_PC
+            | CUDA_ERROR_LAUNCH_FAILED
+            | CUDA_ERROR_ECC_UNCORRECTABLE
+    )
+}
+
+/// The error of a driver call `op` that returned `code` (`message`: its name and text).
+/// `launching` is the kernel this call launches (None for copies and synchronisation);
+/// `previous` the last launch the driver accepted. An execution fault is blamed on `previous`,
+/// the most likely culprit (launches are asynchronous, so it may be an earlier one still), with
+/// the way to pin it down; any other error belongs to this call.
+pub fn call_error(
+    op: &str,
+    launching: Option<(&str, &LaunchConfig)>,
+    previous: Option<&(String, LaunchConfig)>,
+    code: sys::CUresult,
+    message: String,
+) -> GpuError {
+    let during = match launching {
+        Some((k, _)) => format!("launching {k}"),
+        None => op.to_string(),
+    };
+    if is_execution_fault(code) {
+        let hint = "the context is unusable now; rerun under `compute-sanitizer --tool memcheck` \
+                    (or with CUDA_LAUNCH_BLOCKING=1) to find the faulting kernel and line";
+        return match previous {
             Some((kernel, config)) => GpuError::KernelFailed {
                 kernel: kernel.clone(),
                 config: *config,
                 report: format!(
-                    "{op} reported {} (the failing kernel is this one or an earlier one; run under compute-sanitizer to pin it down)",
-                    driver_message(e)
+                    "{message}: an execution fault, reported by {during}; the faulting kernel is most likely \
+                     this one, the last launched before it (or an earlier one: launches are asynchronous); {hint}"
                 ),
             },
-            None => driver(op, e),
-        }
+            None => GpuError::Driver {
+                op: op.to_string(),
+                message: format!("{message}: an execution fault, with no kernel launched by this device before it; {hint}"),
+            },
+        };
     }
+    match launching {
+        Some((kernel, config)) => GpuError::InvalidLaunch {
+            kernel: kernel.to_string(),
+            config: *config,
+            reason: message,
+        },
+        None => GpuError::Driver {
+            op: op.to_string(),
+            message,
+        },
+    }
+}
+
+/// `bytes` copied into 8-byte-aligned storage (zero-padded to a whole word).
+pub fn aligned_image(bytes: &[u8]) -> Vec<u64> {
+    let mut words = vec![0u64; bytes.len().div_ceil(8)];
+    bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+    words
 }
 
 impl Drop for CudaDevice {
@@ -317,7 +394,6 @@ impl Device for CudaDevice {
                 reason,
             });
         }
-        *self.last_launch.borrow_mut() = Some((kernel.to_string(), *config));
         let (g, b) = (config.grid, config.block);
         // One NVTX range per launch, named by the kernel (a no-op without the NVTX library).
         let _range = nvtx::range(kernel);
@@ -332,11 +408,18 @@ impl Device for CudaDevice {
                 params,
             )
         }
-        .map_err(|e| GpuError::InvalidLaunch {
-            kernel: kernel.to_string(),
-            config: *config,
-            reason: driver_message(e),
-        })
+        .map_err(|e| {
+            call_error(
+                "cuLaunchKernel",
+                Some((kernel, config)),
+                self.last_launch.borrow().as_ref(),
+                e.0,
+                driver_message(e),
+            )
+        })?;
+        // Only a launch the driver accepted can be the one a later fault belongs to.
+        *self.last_launch.borrow_mut() = Some((kernel.to_string(), *config));
+        Ok(())
     }
 
     fn range_push(&self, name: &str) {
@@ -366,5 +449,119 @@ impl Device for CudaDevice {
                 e,
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sys::CUresult::*;
+
+    fn previous() -> (String, LaunchConfig) {
+        ("layernorm_forward".to_string(), LaunchConfig::new(4, 128))
+    }
+
+    #[test]
+    fn an_execution_fault_is_blamed_on_the_previous_launch_with_a_sanitizer_hint() {
+        let this = LaunchConfig::new(2, 64);
+        let prev = previous();
+        let e = call_error(
+            "cuLaunchKernel",
+            Some(("gelu_forward", &this)),
+            Some(&prev),
+            CUDA_ERROR_ILLEGAL_ADDRESS,
+            "CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access was encountered".into(),
+        );
+        match &e {
+            GpuError::KernelFailed {
+                kernel,
+                config,
+                report,
+            } => {
+                assert_eq!(kernel, "layernorm_forward");
+                assert_eq!(*config, prev.1);
+                for want in [
+                    "launching gelu_forward",
+                    "compute-sanitizer",
+                    "ILLEGAL_ADDRESS",
+                ] {
+                    assert!(report.contains(want), "{e}");
+                }
+            }
+            other => panic!("expected KernelFailed, got {other:?}"),
+        }
+        // the same from a copy
+        let e = call_error(
+            "cuMemcpyDtoH",
+            None,
+            Some(&prev),
+            CUDA_ERROR_LAUNCH_FAILED,
+            "CUDA_ERROR_LAUNCH_FAILED: unspecified launch failure".into(),
+        );
+        assert!(
+            matches!(&e, GpuError::KernelFailed { kernel, .. } if kernel == "layernorm_forward"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("reported by cuMemcpyDtoH"), "{e}");
+    }
+
+    #[test]
+    fn a_configuration_error_belongs_to_the_launch_that_returned_it() {
+        let this = LaunchConfig::new(2, 1024);
+        for code in [
+            CUDA_ERROR_INVALID_VALUE,
+            CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES,
+            CUDA_ERROR_INVALID_HANDLE,
+            CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE,
+        ] {
+            assert!(!is_execution_fault(code), "{code:?}");
+            let e = call_error(
+                "cuLaunchKernel",
+                Some(("attention_forward", &this)),
+                Some(&previous()),
+                code,
+                format!("{code:?}"),
+            );
+            assert!(
+                matches!(&e, GpuError::InvalidLaunch { kernel, config, .. } if kernel == "attention_forward" && *config == this),
+                "{code:?}: {e}"
+            );
+        }
+        // a copy's own error is a driver error, not a kernel's
+        let e = call_error(
+            "cuMemcpyHtoD",
+            None,
+            Some(&previous()),
+            CUDA_ERROR_INVALID_VALUE,
+            "bad".into(),
+        );
+        assert!(matches!(e, GpuError::Driver { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_fault_with_no_launch_before_it_says_so() {
+        let e = call_error(
+            "cuCtxSynchronize",
+            None,
+            None,
+            CUDA_ERROR_ILLEGAL_ADDRESS,
+            "x".into(),
+        );
+        assert!(matches!(&e, GpuError::Driver { .. }), "{e}");
+        assert!(e.to_string().contains("no kernel launched"), "{e}");
+    }
+
+    #[test]
+    fn module_images_are_copied_to_8_byte_aligned_storage() {
+        let bytes: Vec<u8> = (0..37u8).collect();
+        for start in 0..8 {
+            let src = &bytes[start..];
+            let img = aligned_image(src);
+            assert_eq!(img.as_ptr() as usize % 8, 0);
+            let b: &[u8] = bytemuck::cast_slice(&img);
+            assert_eq!(&b[..src.len()], src);
+            assert!(b[src.len()..].iter().all(|&x| x == 0));
+            assert_eq!(b.len(), src.len().div_ceil(8) * 8);
+        }
     }
 }

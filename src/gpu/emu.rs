@@ -59,6 +59,10 @@ pub const SANITIZER: Option<&str> = if cfg!(emu_sanitize = "address") {
     None
 };
 
+/// Whether the emulated kernels were compiled with FMA contraction (`ROBO_POET_EMU_FMA=1`), as
+/// NVRTC compiles them for the GPU.
+pub const FMA_CONTRACTION: bool = cfg!(emu_fma);
+
 // Return codes of a launcher (kernels/emu/launch.h).
 const LAUNCH_OK: i32 = 0;
 const LAUNCH_REJECTED: i32 = 1;
