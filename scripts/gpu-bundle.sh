@@ -44,7 +44,7 @@ mkdir -p "$OUT/bin" "$OUT/tests" "$OUT/data" "$OUT/lib"
 
 echo "== release binary"
 cargo build --release --quiet
-cp target/release/robo-poet "$OUT/bin/"
+cp "${CARGO_TARGET_DIR:-target}/release/robo-poet" "$OUT/bin/"
 
 echo "== test and bench binaries"
 cargo test --release --no-run --message-format=json 2>/dev/null > "$OUT/.cargo-tests.json"

@@ -12,7 +12,7 @@ two default models (docs/KERNEL_BENCH.md, "Rounding"); LOSS_TOL is set well abov
 below what a wrong kernel does (a loss off by 1e-2 or more within a step or two)."""
 import argparse, json, os, re, statistics, subprocess, time
 
-LOSS_TOL = 2e-3
+LOSS_TOL = 1e-4
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--bin", required=True)
