@@ -230,6 +230,8 @@ fn gpu_ops<'a>(
     let splits = k::matmul_backward_weight_splits(n, c, c);
     let ws_len = k::matmul_backward_weight_workspace_len(n, c, c, splits);
     let split_ws = (ws_len > 0).then(|| zeros(ws_len));
+    // the dropout step lives in device memory, as the CUDA backend keeps it
+    let drop = k::DeviceDropout::on_device(dev, key()).expect("upload");
     let timer = (!emulated).then(|| std::rc::Rc::new(CudaTimer::new().expect("CUDA events")));
     let events = |mut f: Box<dyn FnMut() + 'a>| -> Timed<'a> {
         let timer = timer.clone();
@@ -259,7 +261,7 @@ fn gpu_ops<'a>(
             scores,
             r,
             t,
-            Some(key()),
+            Some(drop),
         ));
         ok(k::attention_values_forward(dev, out, weights, v, a));
     };
@@ -293,7 +295,7 @@ fn gpu_ops<'a>(
                     scores,
                     r,
                     t,
-                    Some(key()),
+                    Some(drop),
                 ))
             })),
         ),
@@ -316,7 +318,7 @@ fn gpu_ops<'a>(
                     probs,
                     r,
                     t,
-                    Some(key()),
+                    Some(drop),
                 ));
                 ok(k::attention_scores_backward(dev, dq, dk, dscores, q, kk, a));
             })),

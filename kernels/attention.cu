@@ -270,8 +270,10 @@ extern "C" __global__ void causal_softmax_dropout_forward(float* probs,         
                                                           float* weights,       // (R, T, T), or null: no dropout
                                                           const float* scores,  // (R, T, T)
                                                           int R, int T, unsigned long long seed,
-                                                          unsigned long long step, unsigned int tensor,
-                                                          float p, float scale) {
+                                                          const unsigned long long* step_ptr,  // (1), or null
+                                                          unsigned int tensor, float p, float scale) {
+    const unsigned long long step = step_ptr ? *step_ptr : 0ull;  // from memory: graph replays
+
     const int row = (int)((blockIdx.x * blockDim.x + threadIdx.x) / 32);  // blockDim.x % 32 == 0
     const int lane = threadIdx.x % 32;
     if (row >= R * T) return;  // whole warps leave together, so the shuffles below see full warps
@@ -332,8 +334,9 @@ extern "C" __global__ void causal_softmax_dropout_forward(float* probs,         
 extern "C" __global__ void attention_dropout_weights(float* weights,      // (R, T, T)
                                                      const float* probs,  // (R, T, T)
                                                      int R, int T, unsigned long long seed,
-                                                     unsigned long long step, unsigned int tensor, float p,
-                                                     float scale) {
+                                                     const unsigned long long* step_ptr,  // (1)
+                                                     unsigned int tensor, float p, float scale) {
+    const unsigned long long step = *step_ptr;
     const unsigned long long n = (unsigned long long)R * T * T;
     const unsigned long long g = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (4 * g >= n) return;
@@ -357,8 +360,10 @@ extern "C" __global__ void causal_softmax_dropout_backward(float* dscores,      
                                                            const float* dweights,  // (R, T, T)
                                                            const float* probs,     // (R, T, T)
                                                            int R, int T, int dropout,
-                                                           unsigned long long seed, unsigned long long step,
+                                                           unsigned long long seed,
+                                                           const unsigned long long* step_ptr,  // (1), or null
                                                            unsigned int tensor, float p, float scale) {
+    const unsigned long long step = step_ptr ? *step_ptr : 0ull;
     const int row = (int)((blockIdx.x * blockDim.x + threadIdx.x) / 32);  // blockDim.x % 32 == 0
     const int lane = threadIdx.x % 32;
     if (row >= R * T) return;  // whole warps leave together

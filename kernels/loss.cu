@@ -1,6 +1,10 @@
 // Fused softmax + cross-entropy over the vocabulary: the softmax is never stored. Forward writes
-// per-row losses; backward recomputes the row's softmax statistics from the logits. CPU
-// reference: src/ops/loss.rs. Host launchers: src/gpu/kernels/loss.rs.
+// per-row losses; backward recomputes the row's softmax statistics from the logits; the training
+// step's forward_backward does both in one pass over each row, with the gradient scale read from
+// device memory (kernels/step.cuh). CPU reference: src/ops/loss.rs. Host launchers:
+// src/gpu/kernels/loss.rs.
+
+#include "step.cuh"
 
 // ----------------------------------------------------------------------------------------------
 // kernels
@@ -81,8 +85,41 @@ extern "C" __global__ void cross_entropy_backward(float* dlogits,               
     }
 }
 
+// The training step's loss: losses as cross_entropy_forward, and dlogits OVERWRITTEN with
+// sc->loss_scale · (softmax(logits) − onehot(target)) (zero rows for IGNORE targets), from one
+// reading of each row's statistics: cross_entropy_forward then cross_entropy_backward into a
+// zeroed dlogits, in one launch and one pass.
+extern "C" __global__ void cross_entropy_forward_backward(float* losses,                // (N)
+                                                          float* dlogits,               // (N, V)
+                                                          const float* logits,          // (N, V)
+                                                          const unsigned int* targets,  // (N)
+                                                          const StepScalars* sc,        // (1)
+                                                          int N, int V) {
+    const int row = (int)(blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32);  // blockDim.x % 32 == 0
+    const int lane = threadIdx.x % 32;
+    if (row >= N) return;  // whole warps leave together
+    const unsigned int target = targets[row];
+    float* d = dlogits + (size_t)row * V;
+    if (target == LOSS_IGNORE) {
+        if (lane == 0) losses[row] = 0.0f;
+        for (int j = lane; j < V; j += 32) d[j] = 0.0f;
+        return;
+    }
+    const float* x = logits + (size_t)row * V;
+    float m, s;
+    loss_row_stats(x, V, lane, &m, &s);
+    const bool valid = target < (unsigned int)V;
+    if (lane == 0) losses[row] = valid ? logf(s) - (x[target] - m) : LOSS_NAN;
+    const float scale = sc->loss_scale;
+    const float inv = valid ? 1.0f / s : LOSS_NAN;
+    for (int j = lane; j < V; j += 32) {
+        const float p = expf(x[j] - m) * inv;
+        d[j] = 0.0f + scale * (p - ((unsigned int)j == target ? 1.0f : 0.0f));
+    }
+}
+
 // ----------------------------------------------------------------------------------------------
 // launch shape (src/gpu/kernels/loss.rs)
 //
-// cross_entropy_forward, cross_entropy_backward: block (128), grid (ceil(N / 4)): one warp per row,
-// four rows per block; no shared memory.
+// cross_entropy_forward, cross_entropy_backward, cross_entropy_forward_backward: block (128), grid
+// (ceil(N / 4)): one warp per row, four rows per block; no shared memory.

@@ -23,20 +23,23 @@
 // distinct banks; an m-contiguous operand writes one k row, 32 consecutive floats.
 #define MATMUL_PAD 2
 
-// out (M, NC) (+)= A (M, K) · B (K, NC) (+ bias (NC)) over k in [k_begin, k_end), for the tile
-// of out at block (blockIdx.x, blockIdx.y). Layouts: A_K_CONTIG means A(m, k) = a[m·K + k], else
-// a[k·M + m]; B_K_CONTIG means B(k, n) = b[n·K + k], else b[k·NC + n]. Staging always walks the
-// contiguous index across consecutive threads, so global loads are coalesced in every layout.
-// Thread (tx, ty) owns rows ty + MATMUL_TY·i and columns tx + MATMUL_TX·j of the tile: a warp
-// (two ty, sixteen tx) reads two broadcast A values and sixteen consecutive B values per k.
-// Elements of the tiles outside M, NC or the k range are zero, so the inner loop has no checks.
+#include "gelu.cuh"
+
+// acc += A (M, K) · B (K, NC) over k in [k_begin, k_end), for the tile of out at block
+// (blockIdx.x, blockIdx.y). Layouts: A_K_CONTIG means A(m, k) = a[m·K + k], else a[k·M + m];
+// B_K_CONTIG means B(k, n) = b[n·K + k], else b[k·NC + n]. Staging always walks the contiguous
+// index across consecutive threads, so global loads are coalesced in every layout. Thread
+// (tx, ty) owns rows ty + MATMUL_TY·i and columns tx + MATMUL_TX·j of the tile: a warp (two ty,
+// sixteen tx) reads two broadcast A values and sixteen consecutive B values per k. Elements of
+// the tiles outside M, NC or the k range are zero, so the inner loop has no checks. When
+// `row_sums` is given, threads 0..MATMUL_BM−1 also add A's tile rows over k into it in f64
+// (row_sums[t] for row row0 + t: the bias gradient, read from the staged tiles for free).
 template <bool A_K_CONTIG, bool B_K_CONTIG>
-__device__ __forceinline__ void matmul_tile(float* out,         // (M, NC)
-                                            const float* a,     // (M, K) or (K, M), see above
-                                            const float* b,     // (NC, K) or (K, NC), see above
-                                            const float* bias,  // (NC), or null
-                                            int M, int NC, int K, int k_begin, int k_end,
-                                            bool accumulate) {
+__device__ __forceinline__ void matmul_tile_acc(float (&acc)[MATMUL_TM][MATMUL_TN],
+                                                const float* a,  // (M, K) or (K, M), see above
+                                                const float* b,  // (NC, K) or (K, NC), see above
+                                                int M, int NC, int K, int k_begin, int k_end,
+                                                double* row_sum) {
     __shared__ float a_tile[MATMUL_BK][MATMUL_BM + MATMUL_PAD];  // (k, rows of out)
     __shared__ float b_tile[MATMUL_BK][MATMUL_BN + MATMUL_PAD];  // (k, columns of out)
 
@@ -45,10 +48,6 @@ __device__ __forceinline__ void matmul_tile(float* out,         // (M, NC)
     const int tid = ty * MATMUL_TX + tx;
     const int row0 = blockIdx.y * MATMUL_BM;
     const int col0 = blockIdx.x * MATMUL_BN;
-
-    float acc[MATMUL_TM][MATMUL_TN];
-    for (int i = 0; i < MATMUL_TM; i++)
-        for (int j = 0; j < MATMUL_TN; j++) acc[i][j] = 0.0f;
 
     for (int k0 = k_begin; k0 < k_end; k0 += MATMUL_BK) {
         for (int e = tid; e < MATMUL_BM * MATMUL_BK; e += MATMUL_THREADS) {
@@ -70,6 +69,8 @@ __device__ __forceinline__ void matmul_tile(float* out,         // (M, NC)
             b_tile[kk][nn] = v;
         }
         __syncthreads();  // tiles complete before anyone reads them
+        if (row_sum && tid < MATMUL_BM)
+            for (int kk = 0; kk < MATMUL_BK; kk++) *row_sum += (double)a_tile[kk][tid];
         for (int kk = 0; kk < MATMUL_BK; kk++) {
             float av[MATMUL_TM];
             float bv[MATMUL_TN];
@@ -80,7 +81,29 @@ __device__ __forceinline__ void matmul_tile(float* out,         // (M, NC)
         }
         __syncthreads();  // everyone done reading before the next tiles overwrite them
     }
+}
 
+__device__ __forceinline__ void matmul_acc_zero(float (&acc)[MATMUL_TM][MATMUL_TN]) {
+    for (int i = 0; i < MATMUL_TM; i++)
+        for (int j = 0; j < MATMUL_TN; j++) acc[i][j] = 0.0f;
+}
+
+// What the store of a tile does with v = acc + bias at (m, n).
+#define MATMUL_STORE 0       // out = v
+#define MATMUL_ACCUMULATE 1  // out += v
+#define MATMUL_GELU 2        // out = v (the pre-activation) and act = gelu(v)
+#define MATMUL_GELU_GRAD 3   // out += gelu'(act[m, n]) · v (act holds the pre-activation)
+
+template <int MODE>
+__device__ __forceinline__ void matmul_tile_store(const float (&acc)[MATMUL_TM][MATMUL_TN],
+                                                  float* out,         // (M, NC)
+                                                  float* act,         // (M, NC) for the GELU modes
+                                                  const float* bias,  // (NC), or null
+                                                  int M, int NC) {
+    const int tx = threadIdx.x;
+    const int ty = threadIdx.y;
+    const int row0 = blockIdx.y * MATMUL_BM;
+    const int col0 = blockIdx.x * MATMUL_BN;
     for (int j = 0; j < MATMUL_TN; j++) {
         const int n = col0 + tx + j * MATMUL_TX;
         if (n >= NC) continue;
@@ -88,11 +111,30 @@ __device__ __forceinline__ void matmul_tile(float* out,         // (M, NC)
         for (int i = 0; i < MATMUL_TM; i++) {
             const int m = row0 + ty + i * MATMUL_TY;
             if (m >= M) continue;
-            float* o = out + (size_t)m * NC + n;
+            const size_t k = (size_t)m * NC + n;
             const float v = acc[i][j] + bn;
-            *o = accumulate ? *o + v : v;
+            if (MODE == MATMUL_STORE) out[k] = v;
+            if (MODE == MATMUL_ACCUMULATE) out[k] = out[k] + v;
+            if (MODE == MATMUL_GELU) {
+                out[k] = v;
+                act[k] = gelu_value(v);
+            }
+            if (MODE == MATMUL_GELU_GRAD) out[k] = out[k] + gelu_grad(act[k]) * v;
         }
     }
+}
+
+// The original single-product tile: out (+)= A · B (+ bias).
+template <bool A_K_CONTIG, bool B_K_CONTIG>
+__device__ __forceinline__ void matmul_tile(float* out, const float* a, const float* b, const float* bias, int M,
+                                            int NC, int K, int k_begin, int k_end, bool accumulate) {
+    float acc[MATMUL_TM][MATMUL_TN];
+    matmul_acc_zero(acc);
+    matmul_tile_acc<A_K_CONTIG, B_K_CONTIG>(acc, a, b, M, NC, K, k_begin, k_end, nullptr);
+    if (accumulate)
+        matmul_tile_store<MATMUL_ACCUMULATE>(acc, out, nullptr, bias, M, NC);
+    else
+        matmul_tile_store<MATMUL_STORE>(acc, out, nullptr, bias, M, NC);
 }
 
 // out = inp · weightᵀ + bias: M = N, NC = OC, K = IC; both operands are k-contiguous.
@@ -152,6 +194,137 @@ extern "C" __global__ void matmul_split_sum(float* out,             // (count)
     out[e] = (float)sum;
 }
 
+// ---- fused forms for the training step -------------------------------------------------------
+
+// The attention block's three projections in one launch: blockIdx.z = 0, 1, 2 computes
+// out_z = inp · weight_zᵀ + bias_z (three separate weight tensors, as the seed's layer has).
+extern "C" __global__ void __launch_bounds__(MATMUL_THREADS)
+    matmul_forward_qkv(float* out0, float* out1, float* out2,                      // (N, OC) each
+                       const float* inp,                                           // (N, IC)
+                       const float* w0, const float* w1, const float* w2,          // (OC, IC) each
+                       const float* b0, const float* b1, const float* b2,          // (OC) each, or null
+                       int N, int IC, int OC) {
+    const int z = blockIdx.z;
+    float* out = z == 0 ? out0 : z == 1 ? out1 : out2;
+    const float* w = z == 0 ? w0 : z == 1 ? w1 : w2;
+    const float* b = z == 0 ? b0 : z == 1 ? b1 : b2;
+    matmul_tile<true, true>(out, inp, w, b, N, OC, IC, 0, IC, false);
+}
+
+// pre = inp · weightᵀ + bias and out = gelu(pre) from the same registers: the MLP's first
+// layer and its activation in one launch.
+extern "C" __global__ void __launch_bounds__(MATMUL_THREADS)
+    matmul_forward_gelu(float* pre,           // (N, OC)
+                        float* out,           // (N, OC)
+                        const float* inp,     // (N, IC)
+                        const float* weight,  // (OC, IC)
+                        const float* bias,    // (OC), or null
+                        int N, int IC, int OC) {
+    float acc[MATMUL_TM][MATMUL_TN];
+    matmul_acc_zero(acc);
+    matmul_tile_acc<true, true>(acc, inp, weight, N, OC, IC, 0, IC, nullptr);
+    matmul_tile_store<MATMUL_GELU>(acc, pre, out, bias, N, OC);
+}
+
+// dinp += dout0 · w0 + dout1 · w1 + dout2 · w2: the input gradient of the three projections of
+// one input in one launch (the three products summed in registers, then added once).
+extern "C" __global__ void __launch_bounds__(MATMUL_THREADS)
+    matmul_backward_input_qkv(float* dinp,                                             // (N, IC)
+                              const float* d0, const float* d1, const float* d2,       // (N, OC) each
+                              const float* w0, const float* w1, const float* w2,       // (OC, IC) each
+                              int N, int IC, int OC) {
+    float acc[MATMUL_TM][MATMUL_TN];
+    matmul_acc_zero(acc);
+    matmul_tile_acc<true, false>(acc, d0, w0, N, IC, OC, 0, OC, nullptr);
+    matmul_tile_acc<true, false>(acc, d1, w1, N, IC, OC, 0, OC, nullptr);
+    matmul_tile_acc<true, false>(acc, d2, w2, N, IC, OC, 0, OC, nullptr);
+    matmul_tile_store<MATMUL_ACCUMULATE>(acc, dinp, nullptr, nullptr, N, IC);
+}
+
+// dpre += gelu'(pre) ⊙ (dout · weight): the input gradient of the MLP's second layer taken back
+// through the GELU in one launch (the GELU's output gradient is never stored).
+extern "C" __global__ void __launch_bounds__(MATMUL_THREADS)
+    matmul_backward_input_gelu(float* dpre,          // (N, IC)
+                               const float* pre,     // (N, IC), the GELU's input
+                               const float* dout,    // (N, OC)
+                               const float* weight,  // (OC, IC)
+                               int N, int IC, int OC) {
+    float acc[MATMUL_TM][MATMUL_TN];
+    matmul_acc_zero(acc);
+    matmul_tile_acc<true, false>(acc, dout, weight, N, IC, OC, 0, OC, nullptr);
+    matmul_tile_store<MATMUL_GELU_GRAD>(acc, dpre, const_cast<float*>(pre), nullptr, N, IC);
+}
+
+// The weight and bias gradients of `count` (1, or 3 for q, k, v sharing one input) linear layers
+// in one launch: dweight_j (OC, IC) += dout_jᵀ · inp and dbias_j (OC) += Σ_n dout_j, over N split
+// into `splits` chunks of k_chunk rows. blockIdx.z = j · splits + s; the tile blocks with
+// blockIdx.x = 0 also sum their 64 rows of dout_j for the bias from the staged tiles, in f64.
+// With one split the block adds straight into dweight and dbias. With several, split s writes
+// its partial tile (and bias rows) into the workspace, and the last of a tile's `splits` blocks
+// to finish (an integer counter; which one it is changes no sum) adds the partials in split
+// order, in f64 as matmul_split_sum, and resets the tile's counter for the next launch.
+extern "C" __global__ void __launch_bounds__(MATMUL_THREADS)
+    linear_backward_params(float* dw0, float* dw1, float* dw2,              // (OC, IC) each
+                           float* db0, float* db1, float* db2,              // (OC) each, or null
+                           const float* d0, const float* d1, const float* d2,  // (N, OC) each
+                           const float* inp,                                 // (N, IC)
+                           float* partials,          // (count, splits, OC·IC + OC), splits > 1
+                           unsigned int* counters,   // (count, tiles), zero between launches
+                           int N, int IC, int OC, int k_chunk, int splits) {
+    __shared__ unsigned int is_last;
+    const int j = blockIdx.z / splits;
+    const int s = blockIdx.z % splits;
+    float* dweight = j == 0 ? dw0 : j == 1 ? dw1 : dw2;
+    float* dbias = j == 0 ? db0 : j == 1 ? db1 : db2;
+    const float* dout = j == 0 ? d0 : j == 1 ? d1 : d2;
+    const int k_begin = s * k_chunk;
+    const int k_end = min(N, k_begin + k_chunk);
+    const bool bias_block = dbias != nullptr && blockIdx.x == 0;
+    const int tid = threadIdx.y * MATMUL_TX + threadIdx.x;
+    const int row0 = blockIdx.y * MATMUL_BM;
+
+    float acc[MATMUL_TM][MATMUL_TN];
+    matmul_acc_zero(acc);
+    double row_sum = 0.0;
+    matmul_tile_acc<false, false>(acc, dout, inp, OC, IC, N, k_begin, k_end, bias_block ? &row_sum : nullptr);
+
+    if (splits == 1) {
+        matmul_tile_store<MATMUL_ACCUMULATE>(acc, dweight, nullptr, nullptr, OC, IC);
+        if (bias_block && tid < MATMUL_BM && row0 + tid < OC)
+            dbias[row0 + tid] = (float)((double)dbias[row0 + tid] + row_sum);
+        return;
+    }
+    const size_t per_split = (size_t)OC * IC + OC;
+    float* mine = partials + ((size_t)j * splits + s) * per_split;
+    matmul_tile_store<MATMUL_STORE>(acc, mine, nullptr, nullptr, OC, IC);
+    if (bias_block && tid < MATMUL_BM && row0 + tid < OC) mine[(size_t)OC * IC + row0 + tid] = (float)row_sum;
+    __threadfence();  // this block's partials are visible to every block before the counter moves
+    __syncthreads();
+    const int tiles = gridDim.x * gridDim.y;
+    unsigned int* counter = counters + (size_t)j * tiles + blockIdx.y * gridDim.x + blockIdx.x;
+    if (tid == 0) is_last = atomicAdd(counter, 1u) == (unsigned int)(splits - 1);
+    __syncthreads();
+    if (!is_last) return;
+    const float* base = partials + (size_t)j * splits * per_split;
+    const int col0 = blockIdx.x * MATMUL_BN;
+    for (int e = tid; e < MATMUL_BM * MATMUL_BN; e += MATMUL_THREADS) {
+        const int m = row0 + e / MATMUL_BN;
+        const int n = col0 + e % MATMUL_BN;
+        if (m >= OC || n >= IC) continue;
+        const size_t k = (size_t)m * IC + n;
+        double sum = dweight[k];
+        for (int t = 0; t < splits; t++) sum += __ldcg(&base[(size_t)t * per_split + k]);
+        dweight[k] = (float)sum;
+    }
+    if (bias_block && tid < MATMUL_BM && row0 + tid < OC) {
+        const size_t k = (size_t)OC * IC + row0 + tid;
+        double sum = dbias[row0 + tid];
+        for (int t = 0; t < splits; t++) sum += __ldcg(&base[(size_t)t * per_split + k]);
+        dbias[row0 + tid] = (float)sum;
+    }
+    if (tid == 0) *counter = 0u;
+}
+
 #define BIAS_COLS 32  // columns per block: a warp reads 128 consecutive bytes of a row
 #define BIAS_ROWS 16  // blockDim.y: rows summed side by side
 
@@ -195,3 +368,7 @@ extern "C" __global__ void __launch_bounds__(BIAS_COLS * BIAS_ROWS)
 // matmul_split_sum: block (256), grid (ceil(count / 256)).
 // bias_backward: block (32, 16), grid (ceil(OC / 32), splits), 4 KiB static shared memory; then,
 // if splits > 1, matmul_split_sum over OC.
+// matmul_forward_qkv: as matmul_forward with grid.z = 3. matmul_forward_gelu,
+// matmul_backward_input_qkv, matmul_backward_input_gelu: as matmul_forward / matmul_backward_input.
+// linear_backward_params: block (16, 8), grid (ceil(IC / 64), ceil(OC / 64), count · splits);
+// partials (count, splits, OC·IC + OC) floats and counters (count, tiles) u32 when splits > 1.

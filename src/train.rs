@@ -1,12 +1,13 @@
 //! The training loop: one step = forward, backward, global gradient norm, clipping, AdamW with
-//! warmup + cosine decay. Evaluation covers the whole validation split.
+//! warmup + cosine decay, queued as one unit on the backend (on the GPU: no host wait, one CUDA
+//! graph). Evaluation covers the whole validation split.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, StepInfo};
 use crate::model::{scored, DropoutCtx, Model};
-use crate::ops::adamw::{clip_scale, AdamWConfig};
+use crate::ops::adamw::AdamWConfig;
 use crate::ops::IGNORE;
 use crate::sampler::eval_windows;
-use crate::tensor::{Category, TensorId};
+use crate::tensor::{ParamIds, TensorId};
 use serde::{Deserialize, Serialize};
 
 /// Optimisation settings (saved in checkpoints; resuming uses the saved values).
@@ -58,8 +59,57 @@ pub fn grad_ids(model: &dyn Model) -> Vec<TensorId> {
     model.params().iter().map(|p| p.ids.grad).collect()
 }
 
-/// One optimizer step at 1-based `step` on a batch (B, T). Returns the loss before the update.
-/// A non-finite loss or gradient norm is returned as is and the parameters are NOT updated.
+/// The per-step values of step `step` of a run (what a CUDA graph reads from device memory).
+pub fn step_info(cfg: &TrainConfig, step: u64, targets: &[u32]) -> StepInfo {
+    StepInfo {
+        step,
+        lr: cfg.lr_at(step),
+        loss_scale: 1.0 / scored(targets).max(1) as f32,
+        seed: cfg.seed,
+    }
+}
+
+/// Queues one optimizer step at 1-based `step` on a batch (B, T) without waiting for it: the
+/// batch upload, then one [`Backend::run_step`]: clear the gradients and workspace, forward with
+/// the loss's gradient, backward, and [`Backend::finish_step`] (norm, clipping, AdamW; no update
+/// for a non-finite step, which halts the run). Its results come back with
+/// [`Backend::take_step_records`].
+pub fn queue_step(
+    model: &dyn Model,
+    be: &mut dyn Backend,
+    cfg: &TrainConfig,
+    step: u64,
+    inputs: &[u32],
+    targets: &[u32],
+) {
+    model.set_batch(be, inputs, targets);
+    let info = step_info(cfg, step, targets);
+    let d = DropoutCtx {
+        seed: cfg.seed,
+        step,
+    };
+    let params: Vec<ParamIds> = model.params().iter().map(|p| p.ids).collect();
+    be.run_step(&info, &mut |be| {
+        be.clear_step_buffers();
+        be.range_push("forward+backward");
+        model.train_pass(be, d, info.loss_scale);
+        be.range_pop();
+        be.range_push("optimizer");
+        be.finish_step(
+            model.losses(),
+            model.targets(),
+            &params,
+            &cfg.adamw,
+            cfg.clip,
+            &info,
+        );
+        be.range_pop();
+    });
+}
+
+/// One optimizer step at 1-based `step` on a batch (B, T), waiting for it: [`queue_step`], then
+/// its record and every parameter's Σ g². Returns the loss before the update. A non-finite loss
+/// or gradient norm is returned as is and the parameters are NOT updated.
 pub fn train_step(
     model: &dyn Model,
     be: &mut dyn Backend,
@@ -68,37 +118,17 @@ pub fn train_step(
     inputs: &[u32],
     targets: &[u32],
 ) -> StepStats {
-    model.set_batch(be, inputs, targets);
-    let d = Some(DropoutCtx {
-        seed: cfg.seed,
-        step,
-    });
-    be.range_push("forward");
-    model.forward(be, d);
-    be.range_pop();
-    let (sum, n) = be.loss_sum(model.losses(), model.targets());
-    let loss = sum / n.max(1) as f64;
-    be.zero_category(Category::Gradient);
-    be.zero_category(Category::Workspace);
-    be.range_push("backward");
-    model.backward(be, 1.0 / scored(targets).max(1) as f32, d);
-    be.range_pop();
-    let grad_sq = be.sum_squares(&grad_ids(model));
-    let grad_norm = grad_sq.iter().sum::<f64>().sqrt();
-    let lr = cfg.lr_at(step);
-    if loss.is_finite() && grad_norm.is_finite() {
-        be.range_push("optimizer");
-        let scale = clip_scale(grad_norm, cfg.clip);
-        for p in model.params() {
-            be.adamw_update(p.ids, &cfg.adamw, lr, step, scale);
-        }
-        be.range_pop();
-    }
+    queue_step(model, be, cfg, step, inputs, targets);
+    let rec = be
+        .take_step_records()
+        .into_iter()
+        .find(|r| r.step == step)
+        .unwrap_or_else(|| panic!("step {step} left no record on the {} backend", be.name()));
     StepStats {
-        loss,
-        grad_norm,
-        lr,
-        grad_sq,
+        loss: rec.loss,
+        grad_norm: rec.grad_norm,
+        lr: cfg.lr_at(step),
+        grad_sq: be.last_grad_sq(),
     }
 }
 

@@ -11,6 +11,11 @@ use robo_poet::ops::attention::{self as att, AttnShape};
 use robo_poet::philox::DropoutKey;
 use robo_poet::rng::Rng;
 
+/// A dropout key as the kernels take it: its step in device memory.
+fn dd(dev: &dyn Device, key: Option<DropoutKey>) -> Option<kernels::DeviceDropout> {
+    key.map(|k| kernels::DeviceDropout::on_device(dev, k).unwrap())
+}
+
 fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32 * scale).collect()
 }
@@ -191,7 +196,8 @@ fn check_softmax_dropout_forward(
     let with_dropout = d.is_some_and(|d| d.p > 0.0);
     // fresh allocations are NaN: every entry the kernel should write must be written
     let d_weights = with_dropout.then(|| dev.alloc_slice::<f32>(r * t * t).unwrap());
-    kernels::causal_softmax_dropout_forward(dev, d_probs, d_weights, d_scores, r, t, d).unwrap();
+    kernels::causal_softmax_dropout_forward(dev, d_probs, d_weights, d_scores, r, t, dd(dev, d))
+        .unwrap();
     let probs = dev.download(d_probs).unwrap();
 
     let what =
@@ -272,11 +278,11 @@ device_tests! {
                     d_scores,
                     r,
                     t,
-                    Some(d),
+                    dd(&dev, Some(d)),
                 )
                 .unwrap();
                 let d_regen = dev.alloc_slice::<f32>(r * t * t).unwrap();
-                kernels::attention_dropout_weights(&dev, d_regen, d_probs, r, t, d).unwrap();
+                kernels::attention_dropout_weights(&dev, d_regen, d_probs, r, t, dd(&dev, Some(d)).unwrap()).unwrap();
                 let what = format!("attention_dropout_weights R={r} T={t} p={p}");
                 let regen = dev.download(d_regen).unwrap();
                 assert_bits_eq(
@@ -301,7 +307,7 @@ device_tests! {
                     }
                 }
                 let d_probs = dev.upload(&probs).unwrap();
-                kernels::attention_dropout_weights(&dev, d_regen, d_probs, r, t, d).unwrap();
+                kernels::attention_dropout_weights(&dev, d_regen, d_probs, r, t, dd(&dev, Some(d)).unwrap()).unwrap();
                 assert_bits_eq(
                     &format!("{what}: vs dropout_forward"),
                     &dev.download(d_regen).unwrap(),
@@ -466,7 +472,7 @@ fn check_softmax_dropout_backward(
         dev.alloc_slice::<f32>(r * t * t).unwrap() // NaN: must be overwritten
     };
     let d_probs = dev.upload(&probs).unwrap();
-    kernels::causal_softmax_dropout_backward(dev, d_ds, d_dw, d_probs, r, t, d).unwrap();
+    kernels::causal_softmax_dropout_backward(dev, d_ds, d_dw, d_probs, r, t, dd(dev, d)).unwrap();
     let got = dev.download(d_ds).unwrap();
     let what =
         format!("causal_softmax_dropout_backward R={r} T={t} dropout={d:?} in_place={in_place}");
@@ -588,13 +594,22 @@ fn run_chain(
 
     kernels::attention_scores_forward(dev, d_probs, d_q, d_k, s).unwrap();
     let weights = with_dropout.then_some(d_scratch);
-    kernels::causal_softmax_dropout_forward(dev, d_probs, weights, d_probs, r, t, d).unwrap();
+    kernels::causal_softmax_dropout_forward(dev, d_probs, weights, d_probs, r, t, dd(dev, d))
+        .unwrap();
     kernels::attention_values_forward(dev, d_out, weights.unwrap_or(d_probs), d_v, s).unwrap();
 
     let (d_dq, d_dk, d_dv) = (up(dqkv0), up(dqkv0), up(dqkv0));
     let d_dweights: DeviceSlice<f32> = dev.alloc_slice(tt).unwrap();
     if let Some(key) = d.filter(|d| d.p > 0.0) {
-        kernels::attention_dropout_weights(dev, d_scratch, d_probs, r, t, key).unwrap();
+        kernels::attention_dropout_weights(
+            dev,
+            d_scratch,
+            d_probs,
+            r,
+            t,
+            dd(dev, Some(key)).unwrap(),
+        )
+        .unwrap();
     }
     kernels::attention_values_backward(
         dev,
@@ -606,8 +621,16 @@ fn run_chain(
         s,
     )
     .unwrap();
-    kernels::causal_softmax_dropout_backward(dev, d_dweights, d_dweights, d_probs, r, t, d)
-        .unwrap();
+    kernels::causal_softmax_dropout_backward(
+        dev,
+        d_dweights,
+        d_dweights,
+        d_probs,
+        r,
+        t,
+        dd(dev, d),
+    )
+    .unwrap();
     kernels::attention_scores_backward(dev, d_dq, d_dk, d_dweights, d_q, d_k, s).unwrap();
 
     let down = |x| dev.download(x).unwrap();

@@ -123,10 +123,24 @@ device_tests! {
 
 /// Runs layernorm_backward on `dev` from gradients that start at `start` (dinp, dweight,
 /// dbias); mean and rstd come from the CPU forward so both sides see the same statistics.
+/// The weight and bias sums are split over the rows as the launcher's heuristic says.
 fn gpu_layernorm_backward(
     dev: &dyn Device,
     case: &LayernormCase,
     start: &(Vec<f32>, Vec<f32>, Vec<f32>),
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let splits = kernels::layernorm_backward_splits(case.n, case.c);
+    gpu_layernorm_backward_split(dev, case, start, splits, None)
+}
+
+/// [`gpu_layernorm_backward`] with `splits` row splits of the parameter sums and an optional
+/// residual gradient added to dinp.
+fn gpu_layernorm_backward_split(
+    dev: &dyn Device,
+    case: &LayernormCase,
+    start: &(Vec<f32>, Vec<f32>, Vec<f32>),
+    splits: usize,
+    dresidual: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (n, c) = (case.n, case.c);
     let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
@@ -144,6 +158,12 @@ fn gpu_layernorm_backward(
         up(dev, &case.w),
         up(dev, &mean),
         up(dev, &rstd),
+        dresidual.map(|r| up(dev, r)),
+        Some((
+            dev.alloc_slice::<f64>((splits * 2 * c).max(1)).unwrap(),
+            dev.upload(&vec![0u32; c.div_ceil(32)]).unwrap(),
+        )),
+        splits,
         n,
         c,
     )
@@ -187,6 +207,29 @@ device_tests! {
         check_layernorm_backward(&dev, &layernorm_case(37, 45, 4), 40);
         check_layernorm_backward(&dev, &layernorm_case(5, 1, 5), 50);
         check_layernorm_backward(&dev, &layernorm_case(70, 33, 6), 60); // N > 32 row lanes
+        check_layernorm_backward(&dev, &layernorm_case(300, 70, 8), 61); // split over rows
+    }
+
+    fn emu_layernorm_backward_splits_and_residual_match_the_unsplit_sums / gpu_layernorm_backward_splits_and_residual_match_the_unsplit_sums (dev) {
+        // Any split count gives the reference's dweight and dbias within an ulp (f64 partial
+        // sums in another order), and the residual gradient is added to dinp exactly as
+        // `accumulate` adds it after the unfused op.
+        let case = layernorm_case(133, 37, 9);
+        let start = nonzero_grads(&case, 62);
+        let (base_dx, base_dw, base_db) = gpu_layernorm_backward_split(&dev, &case, &start, 1, None);
+        let resid = randn(&mut Rng::new(63), case.n * case.c, 1.0);
+        for splits in [2, 3, 7, 64] {
+            let (dx, dw, db) = gpu_layernorm_backward_split(&dev, &case, &start, splits, Some(&resid));
+            let what = format!("layernorm_backward N=133 C=37 splits={splits}");
+            assert_close_all(&format!("{what} dweight"), &dw, &base_dw, 1e-6, 3e-7);
+            assert_close_all(&format!("{what} dbias"), &db, &base_db, 1e-6, 3e-7);
+            let want: Vec<f32> = base_dx.iter().zip(&resid).map(|(a, r)| a + r).collect();
+            assert_eq!(
+                dx.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{what}: dinp with the residual is (unfused dinp) + dresidual, bit for bit"
+            );
+        }
     }
 }
 

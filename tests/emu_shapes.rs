@@ -40,8 +40,14 @@ impl Device for Counting {
     fn memset_d8(&self, dst: DevicePtr, value: u8, bytes: usize) -> Result<(), GpuError> {
         self.inner.memset_d8(dst, value, bytes)
     }
+    fn upload_async(&self, dst: DevicePtr, src: &[u8]) -> Result<(), GpuError> {
+        self.inner.upload_async(dst, src)
+    }
     fn synchronize(&self) -> Result<(), GpuError> {
         self.inner.synchronize()
+    }
+    fn counts(&self) -> robo_poet::gpu::DeviceCounts {
+        self.inner.counts()
     }
     fn mem_get_info(&self) -> Result<(usize, usize), GpuError> {
         self.inner.mem_get_info()

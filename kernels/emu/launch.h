@@ -23,6 +23,11 @@ struct LaunchDesc {
     char* error;
     unsigned long long error_cap;
     unsigned int reverse;  // 1: run each block's threads from the last to the first
+    // 1: run nothing; write the kernel's parameter count to num_params and the size of each
+    // parameter to param_sizes[0..min(count, param_sizes_cap)] (graph capture copies the values).
+    unsigned int query_params;
+    unsigned long long* param_sizes;
+    unsigned long long param_sizes_cap;
 };
 
 // Under ThreadSanitizer, races are reported per OS thread or TSan fiber: name each after the
@@ -449,6 +454,12 @@ KernelCall<Args...> unpack(void (*kernel)(Args...), void** params, std::index_se
 template <class... Args>
 int launch(void (*kernel)(Args...), const char* name, LaunchDesc* d) noexcept {
     try {
+        if (d->query_params) {
+            const unsigned long long sizes[] = {sizeof(std::remove_cvref_t<Args>)..., 0};
+            for (size_t i = 0; i < sizeof...(Args) && i < d->param_sizes_cap; i++) d->param_sizes[i] = sizes[i];
+            d->num_params = sizeof...(Args);
+            return kLaunchOk;
+        }
         if (d->num_params != sizeof...(Args))
             return report(d, kLaunchRejected,
                           "the kernel takes " + std::to_string(sizeof...(Args)) + " parameters, the launch passed " +

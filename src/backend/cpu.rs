@@ -1,7 +1,7 @@
 //! The CPU backend: the reference ops of `crate::ops` over buffers allocated from the table.
 
 use super::shapes;
-use super::{Backend, RowCheck};
+use super::{Backend, RowCheck, StepInfo, StepLedger, StepRecord};
 use crate::ops::{self, adamw::AdamWConfig};
 use crate::philox::DropoutKey;
 use crate::tensor::{DType, ParamIds, TensorId, TensorTable};
@@ -14,6 +14,7 @@ enum Buf {
 pub struct CpuBackend {
     table: TensorTable,
     bufs: Vec<Buf>,
+    ledger: StepLedger,
 }
 
 impl CpuBackend {
@@ -25,7 +26,11 @@ impl CpuBackend {
                 DType::U32 => Buf::U32(vec![0; s.numel()]),
             })
             .collect();
-        CpuBackend { table, bufs }
+        CpuBackend {
+            table,
+            bufs,
+            ledger: StepLedger::default(),
+        }
     }
 
     fn f(&self, id: TensorId) -> &[f32] {
@@ -534,6 +539,37 @@ impl Backend for CpuBackend {
         self.put(p.param, w);
         self.put(p.m, m);
         self.put(p.v, v);
+    }
+
+    fn run_step(&mut self, _info: &StepInfo, step: &mut dyn FnMut(&mut dyn Backend)) {
+        step(self);
+    }
+
+    fn finish_step(
+        &mut self,
+        losses: TensorId,
+        targets: TensorId,
+        params: &[ParamIds],
+        cfg: &AdamWConfig,
+        clip: f32,
+        info: &StepInfo,
+    ) {
+        let (sum, scored) = self.loss_sum(losses, targets);
+        let grads: Vec<TensorId> = params.iter().map(|p| p.grad).collect();
+        let grad_sq = self.sum_squares(&grads);
+        if let Some(scale) = self.ledger.close(info.step, sum, scored, grad_sq, clip) {
+            for &p in params {
+                self.adamw_update(p, cfg, info.lr, info.step, scale);
+            }
+        }
+    }
+
+    fn take_step_records(&mut self) -> Vec<StepRecord> {
+        self.ledger.records.drain(..).collect()
+    }
+
+    fn last_grad_sq(&mut self) -> Vec<f64> {
+        self.ledger.grad_sq.clone()
     }
 }
 

@@ -183,6 +183,168 @@ pub trait Backend {
     /// (Σ loss over counted targets, count), summed in f64 on the host in index order.
     fn loss_sum(&self, losses: TensorId, targets: TensorId) -> (f64, usize);
 
+    // ---- fused ops: one launch on the GPU where the defaults below take several. Each default is
+    // the unfused sequence, which the CPU reference runs as is.
+
+    /// out_j = inp · weight_jᵀ + bias_j for the three projections q, k, v of one input.
+    fn qkv_forward(
+        &mut self,
+        out: [TensorId; 3],
+        inp: TensorId,
+        weight: [TensorId; 3],
+        bias: [Option<TensorId>; 3],
+    ) {
+        for j in 0..3 {
+            self.matmul_forward(out[j], inp, weight[j], bias[j]);
+        }
+    }
+    /// The backward of [`Backend::qkv_forward`]: dinp += Σ_j dout_j · weight_j and each weight's
+    /// and bias's gradient.
+    fn qkv_backward(
+        &mut self,
+        dinp: TensorId,
+        dweight: [TensorId; 3],
+        dbias: [Option<TensorId>; 3],
+        dout: [TensorId; 3],
+        inp: TensorId,
+        weight: [TensorId; 3],
+    ) {
+        for j in 0..3 {
+            self.matmul_backward(Some(dinp), dweight[j], dbias[j], dout[j], inp, weight[j]);
+        }
+    }
+    /// pre = inp · weightᵀ + bias, out = gelu(pre).
+    fn linear_gelu_forward(
+        &mut self,
+        pre: TensorId,
+        out: TensorId,
+        inp: TensorId,
+        weight: TensorId,
+        bias: Option<TensorId>,
+    ) {
+        self.matmul_forward(pre, inp, weight, bias);
+        self.gelu_forward(out, pre);
+    }
+    /// The backward of a linear layer whose input is gelu(pre): dpre += gelu'(pre) ⊙ (dout ·
+    /// weight), plus the weight's and bias's gradients. `dact` (the shape of inp) is scratch for
+    /// the gradient of gelu's output, which the GPU never stores.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_gelu_backward(
+        &mut self,
+        dpre: TensorId,
+        dweight: TensorId,
+        dbias: Option<TensorId>,
+        dout: TensorId,
+        inp: TensorId,
+        weight: TensorId,
+        pre: TensorId,
+        dact: TensorId,
+    ) {
+        self.matmul_backward(Some(dact), dweight, dbias, dout, inp, weight);
+        self.gelu_backward(dpre, pre, dact);
+    }
+    /// res = a + b, then out = layernorm(res) (mean, rstd saved).
+    #[allow(clippy::too_many_arguments)]
+    fn add_layernorm_forward(
+        &mut self,
+        res: TensorId,
+        out: TensorId,
+        mean: TensorId,
+        rstd: TensorId,
+        a: TensorId,
+        b: TensorId,
+        weight: TensorId,
+        bias: TensorId,
+    ) {
+        self.add(res, a, b);
+        self.layernorm_forward(out, mean, rstd, res, weight, bias);
+    }
+    /// [`Backend::layernorm_backward`], then dinp += dresidual (the gradient that reaches the
+    /// same tensor through the residual connection).
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward_residual(
+        &mut self,
+        dinp: TensorId,
+        dweight: TensorId,
+        dbias: TensorId,
+        dout: TensorId,
+        inp: TensorId,
+        weight: TensorId,
+        mean: TensorId,
+        rstd: TensorId,
+        dresidual: TensorId,
+    ) {
+        self.layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd);
+        self.accumulate(dinp, dresidual);
+    }
+    /// The training step's loss: losses as [`Backend::cross_entropy_forward`], and dlogits
+    /// (zero before: the step's gradients and workspace are cleared first) += scale · (softmax −
+    /// onehot), as [`Backend::cross_entropy_backward`].
+    fn cross_entropy_forward_backward(
+        &mut self,
+        losses: TensorId,
+        dlogits: TensorId,
+        logits: TensorId,
+        targets: TensorId,
+        scale: f32,
+    ) {
+        self.cross_entropy_forward(losses, logits, targets);
+        self.cross_entropy_backward(dlogits, logits, targets, scale);
+    }
+
+    // ---- the training step as a unit (src/train.rs drives it): on the GPU nothing in it waits
+    // for the host, so it can be captured into a CUDA graph and replayed.
+
+    /// Uploads a batch's input tensors (token ids, targets); on the GPU one async copy when the
+    /// tensors are adjacent in device memory.
+    fn write_inputs(&mut self, inputs: &[(TensorId, &[u32])]) {
+        for (id, data) in inputs {
+            self.write_u32(*id, data);
+        }
+    }
+    /// Zeroes every gradient and every workspace tensor before a training step (one memset on the
+    /// GPU, where they are adjacent).
+    fn clear_step_buffers(&mut self) {
+        self.zero_category(Category::Gradient);
+        self.zero_category(Category::Workspace);
+    }
+    /// Runs one training step: `step` issues its ops (clearing, forward, backward,
+    /// [`Backend::finish_step`]) on the backend it is given. The CUDA backend writes `info` to
+    /// device memory first and, with CUDA graphs on, records the ops once and replays them.
+    fn run_step(&mut self, info: &StepInfo, step: &mut dyn FnMut(&mut dyn Backend));
+    /// Closes a training step: the loss sum of `losses` over the scored `targets`, the global
+    /// gradient norm of `params` (before clipping), clipping to `clip`, and AdamW on every
+    /// parameter, unless the loss or the norm is not finite; that halts the run: no update from
+    /// then on (the host stops at the first halted record it reads). The results stay on the
+    /// backend until [`Backend::take_step_records`].
+    #[allow(clippy::too_many_arguments)]
+    fn finish_step(
+        &mut self,
+        losses: TensorId,
+        targets: TensorId,
+        params: &[ParamIds],
+        cfg: &AdamWConfig,
+        clip: f32,
+        info: &StepInfo,
+    );
+    /// The records of the steps finished since the last call, in step order (on the GPU one copy
+    /// back, which waits for them). At most [`STEP_RECORDS`] are kept.
+    fn take_step_records(&mut self) -> Vec<StepRecord>;
+    /// Σ g² of each parameter's gradient (in `params` order of the last `finish_step`), before
+    /// clipping, of the last finished step; from the first non-finite step on, of that step.
+    fn last_grad_sq(&mut self) -> Vec<f64>;
+    /// The device's operation counts (launches, memsets, copies, syncs), where there is one.
+    fn device_counts(&self) -> Option<crate::gpu::DeviceCounts> {
+        None
+    }
+    /// CUDA graphs for the training step on (the default) or off; no effect without a GPU.
+    fn set_cuda_graph(&mut self, _on: bool) {}
+    /// How the training step runs when that is worth a note (e.g. CUDA graphs were asked for
+    /// and capture failed); None when there is nothing to say.
+    fn step_note(&self) -> Option<String> {
+        None
+    }
+
     /// Row sums of attention probabilities (B,NH,T,T): the largest |Σ_j p − 1| over all rows
     /// and how many rows exceed `tol` (a NaN row counts). On the GPU a reduction kernel: only
     /// the two results cross to the host.
@@ -206,6 +368,77 @@ pub trait Backend {
     }
     /// Waits until all queued device work has finished (for timing).
     fn synchronize(&mut self) {}
+}
+
+/// How many finished steps' records a backend keeps for [`Backend::take_step_records`].
+pub const STEP_RECORDS: usize = 256;
+
+/// What changes from one training step to the next. On the GPU these live in device memory and
+/// the kernels read them there (written by one copy before each step), never as kernel
+/// arguments, so a step captured into a CUDA graph replays correctly.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepInfo {
+    /// 1-based optimizer step (dropout masks, AdamW's bias correction).
+    pub step: u64,
+    pub lr: f32,
+    /// 1 / scored targets of the batch.
+    pub loss_scale: f32,
+    /// The run's seed (dropout masks); a CUDA graph is recaptured if it changes.
+    pub seed: u64,
+}
+
+/// One finished training step, as [`Backend::take_step_records`] returns it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepRecord {
+    pub step: u64,
+    /// Mean loss over the scored targets (Σ in f64).
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// AdamW ran (false for a non-finite step and for every step after one).
+    pub updated: bool,
+}
+
+/// The host side of [`Backend::finish_step`], for backends that run on the host: the halt
+/// flag, the records since the last read and the last step's per-parameter sums.
+#[derive(Debug, Default)]
+pub struct StepLedger {
+    pub halted: bool,
+    pub records: std::collections::VecDeque<StepRecord>,
+    pub grad_sq: Vec<f64>,
+}
+
+impl StepLedger {
+    /// Records a step from its loss sum, scored count and per-parameter Σ g²; returns the clip
+    /// factor to update with, or None when the step must not update (it is not finite, or the
+    /// run halted before).
+    pub fn close(
+        &mut self,
+        step: u64,
+        loss_sum: f64,
+        scored: usize,
+        grad_sq: Vec<f64>,
+        clip: f32,
+    ) -> Option<f32> {
+        let loss = loss_sum / scored.max(1) as f64;
+        let norm = grad_sq.iter().sum::<f64>().sqrt();
+        let finite = loss.is_finite() && norm.is_finite();
+        if !self.halted {
+            self.grad_sq = grad_sq;
+        }
+        self.halted |= !finite;
+        let updated = !self.halted;
+        self.records.push_back(StepRecord {
+            step,
+            loss,
+            grad_norm: norm,
+            updated,
+        });
+        while self.records.len() > STEP_RECORDS {
+            self.records.pop_front();
+        }
+        updated.then(|| crate::ops::adamw::clip_scale(norm, clip))
+    }
 }
 
 /// What [`Backend::attention_row_check`] found.

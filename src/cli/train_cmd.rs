@@ -173,46 +173,74 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let tokens_per_step = (tcfg.batch * model_cfg.seq_len()) as f64;
     let t_start = Instant::now();
     let mut train_secs = 0.0f64;
-    let mut window = (0.0f64, 0usize, 0.0f64); // (loss sum, steps, seconds) since last log line
+    // (loss sum, steps, seconds) since the last log line. Steps are queued without waiting
+    // (on the GPU nothing waits for the host); their records are read back when a log line, a
+    // gradient check, an evaluation or a stop needs them.
+    let mut window = (0.0f64, 0usize, 0.0f64);
+    let mut since_read = Instant::now();
     let log_every = (tcfg.eval_every / 5).clamp(1, 50);
     let check_every = a.check_every.unwrap_or(log_every).max(1);
     let mut warnings = NormWarnings::default();
     let mut step = start_step;
+    let mut last = None;
+    if let Some(note) = be.step_note() {
+        eprintln!("note: {note}");
+    }
     while step < tcfg.steps {
-        let t0 = Instant::now();
         let (inputs, targets) = sampler.batch(step, &ds.train);
         step += 1;
-        let st = train::train_step(model.as_ref(), be.as_mut(), &tcfg, step, &inputs, &targets);
-        let dt = t0.elapsed().as_secs_f64();
-        if !st.loss.is_finite() || !st.grad_norm.is_finite() {
-            pb.abandon();
-            let norms = GradNorms::from_sums(model.as_ref(), &st.grad_sq);
-            let first = norms
-                .first_non_finite()
-                .map(|p| format!("; first non-finite gradient: {p}"))
-                .unwrap_or_default();
-            bail!(
-                "step {step}: the loss ({}) or gradient norm ({}{first}) is not finite, so training stopped; the last good checkpoint in {} is intact. Try a lower --lr (now {:e}) or a smaller --clip",
-                st.loss, st.grad_norm, run_dir.display(), tcfg.lr
-            );
+        train::queue_step(model.as_ref(), be.as_mut(), &tcfg, step, &inputs, &targets);
+        let halted = a.halt_at == Some(step);
+        if halted {
+            STOP.store(true, Ordering::SeqCst);
         }
+        let stopping = STOP.load(Ordering::SeqCst);
+        let log_now = step % log_every == 0 || step == tcfg.steps;
+        let check_now = step % check_every == 0;
+        let eval_now = step % tcfg.eval_every == 0 || step == tcfg.steps;
+        if !(log_now || check_now || eval_now || stopping) {
+            continue;
+        }
+        let records = be.take_step_records();
+        let dt = since_read.elapsed().as_secs_f64();
         train_secs += dt;
-        window = (window.0 + st.loss, window.1 + 1, window.2 + dt);
+        window.2 += dt;
+        for r in &records {
+            if !r.loss.is_finite() || !r.grad_norm.is_finite() || !r.updated {
+                pb.abandon();
+                let norms = GradNorms::from_sums(model.as_ref(), &be.last_grad_sq());
+                let first = norms
+                    .first_non_finite()
+                    .map(|p| format!("; first non-finite gradient: {p}"))
+                    .unwrap_or_default();
+                bail!(
+                    "step {}: the loss ({}) or gradient norm ({}{first}) is not finite, so training stopped; the last good checkpoint in {} is intact. Try a lower --lr (now {:e}) or a smaller --clip",
+                    r.step, r.loss, r.grad_norm, run_dir.display(), tcfg.lr
+                );
+            }
+            window.0 += r.loss;
+            window.1 += 1;
+        }
+        let Some(st) = records.last().copied().or(last) else {
+            continue;
+        };
+        last = Some(st);
         pb.set_position(step);
         pb.set_message(format!(
             "loss {:.4}  {:.1}k tok/s",
             st.loss,
-            tokens_per_step / dt / 1e3
+            tokens_per_step * records.len() as f64 / dt.max(1e-9) / 1e3
         ));
-        if step % log_every == 0 || step == tcfg.steps {
+        let lr = tcfg.lr_at(step);
+        if log_now && window.1 > 0 {
             metrics.write(&json!({
-                "step": step, "train_loss": window.0 / window.1 as f64, "grad_norm": st.grad_norm, "lr": st.lr,
-                "tokens_per_s": tokens_per_step * window.1 as f64 / window.2, "elapsed_s": elapsed0 + t_start.elapsed().as_secs_f64(),
+                "step": step, "train_loss": window.0 / window.1 as f64, "grad_norm": st.grad_norm, "lr": lr,
+                "tokens_per_s": tokens_per_step * window.1 as f64 / window.2.max(1e-9), "elapsed_s": elapsed0 + t_start.elapsed().as_secs_f64(),
             }))?;
             window = (0.0, 0, 0.0);
         }
-        if step % check_every == 0 {
-            let norms = GradNorms::from_sums(model.as_ref(), &st.grad_sq);
+        if check_now {
+            let norms = GradNorms::from_sums(model.as_ref(), &be.last_grad_sq());
             if let Some(w) = warnings.check(step, &norms) {
                 say(&pb, w);
             }
@@ -228,12 +256,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             line["step"] = json!(step);
             metrics.write(&line)?;
         }
-        let halted = a.halt_at == Some(step);
-        if halted {
-            STOP.store(true, Ordering::SeqCst);
-        }
-        let stopping = STOP.load(Ordering::SeqCst);
-        if step % tcfg.eval_every == 0 || step == tcfg.steps {
+        if eval_now {
             let (val, n) = train::evaluate(model.as_ref(), be.as_mut(), &ds.val);
             meta.val_loss = Some(val);
             if meta.best_val_loss.is_none_or(|b| val < b.0) {
@@ -247,12 +270,12 @@ pub fn run(a: &TrainArgs) -> Result<()> {
                 st.loss,
                 val.exp(),
                 st.grad_norm,
-                st.lr,
-                tokens_per_step * (step - start_step) as f64 / train_secs / 1e3,
+                lr,
+                tokens_per_step * (step - start_step) as f64 / train_secs.max(1e-9) / 1e3,
                 hms(elapsed0 + t_start.elapsed().as_secs_f64())
             ));
         }
-        if step % tcfg.eval_every == 0 || step == tcfg.steps || stopping {
+        if eval_now || stopping {
             meta.step = step;
             meta.elapsed_s = elapsed0 + t_start.elapsed().as_secs_f64();
             run_files::save(&run_dir, &meta, model.as_ref(), be.as_ref())?;
@@ -262,6 +285,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             eprintln!("stopped after step {step}: checkpoint saved. Continue with: robo-poet train --resume {}", run_dir.display());
             return Ok(());
         }
+        since_read = Instant::now();
     }
     pb.finish_and_clear();
     let val = meta.val_loss.unwrap_or(f64::NAN);

@@ -5,15 +5,19 @@
 //!
 //! cudarc loads libcuda at run time and panics on its first driver call when the library is
 //! missing, so [`CudaDevice::open`] checks for it first and explains what is missing instead.
-//! Everything runs on the legacy default stream of one context, so every copy and memset is
-//! ordered after the launches before it. One `CudaDevice` is used from one thread (the context is
-//! made current on the thread that opens it).
+//! Everything runs on one stream the device creates (capturable into a CUDA graph, unlike the
+//! legacy default stream), in order: every copy and memset is ordered after the launches before
+//! it. The stream is a blocking one (not CU_STREAM_NON_BLOCKING), so CUDA events recorded on the
+//! legacy stream (the benches' timer) still bracket its work. One `CudaDevice` is used from one
+//! thread (the context is made current on the thread that opens it).
 
-use super::device::{Device, DevicePtr, GpuError, LaunchConfig};
+use super::device::{
+    Counted, Counters, Device, DeviceCounts, DevicePtr, GpuError, GraphId, LaunchConfig,
+};
 use super::nvrtc;
 use super::nvtx;
 use cudarc::driver::{result, sys};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 
@@ -76,7 +80,32 @@ pub struct CudaDevice {
     functions: HashMap<String, sys::CUfunction>,
     /// The last kernel launched, named in errors that surface later (launches are asynchronous).
     last_launch: RefCell<Option<(String, LaunchConfig)>>,
+    stream: sys::CUstream,
+    staging: RefCell<Staging>,
+    capturing: Cell<bool>,
+    graphs: RefCell<HashMap<u64, sys::CUgraphExec>>,
+    next_graph: Cell<u64>,
+    counters: Counters,
 }
+
+/// Page-locked staging memory for [`Device::upload_async`]: a ring of slots, each with the event
+/// recorded after the copy that reads it, so a slot is rewritten only once its copy has run.
+struct Staging {
+    slots: Vec<StagingSlot>,
+    next: usize,
+}
+
+struct StagingSlot {
+    ptr: *mut u8,
+    cap: usize,
+    event: sys::CUevent,
+    /// A copy from this slot was queued and its event recorded.
+    pending: bool,
+}
+
+/// Slots in the staging ring: the host can queue this many uploads ahead of the device before
+/// one waits.
+const STAGING_SLOTS: usize = 8;
 
 impl CudaDevice {
     /// Opens GPU 0, makes its primary context current on this thread and loads every kernel.
@@ -124,6 +153,21 @@ impl CudaDevice {
                 Unavailable::Failed(format!("cuCtxSetCurrent: {}", driver_message(e)))
             })?;
         }
+        let stream = result::stream::create(result::stream::StreamKind::Default)
+            .map_err(|e| Unavailable::Failed(format!("cuStreamCreate: {}", driver_message(e))))?;
+        let mut slots = Vec::with_capacity(STAGING_SLOTS);
+        for _ in 0..STAGING_SLOTS {
+            let event = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+                .map_err(|e| {
+                    Unavailable::Failed(format!("cuEventCreate: {}", driver_message(e)))
+                })?;
+            slots.push(StagingSlot {
+                ptr: std::ptr::null_mut(),
+                cap: 0,
+                event,
+                pending: false,
+            });
+        }
         let mut dev = CudaDevice {
             name,
             capability,
@@ -131,6 +175,12 @@ impl CudaDevice {
             modules: Vec::new(),
             functions: HashMap::new(),
             last_launch: RefCell::new(None),
+            stream,
+            staging: RefCell::new(Staging { slots, next: 0 }),
+            capturing: Cell::new(false),
+            graphs: RefCell::new(HashMap::new()),
+            next_graph: Cell::new(1),
+            counters: Counters::default(),
         };
         dev.load_kernels().map_err(Unavailable::Failed)?;
         Ok(dev)
@@ -200,6 +250,26 @@ impl CudaDevice {
         let mut v: Vec<&str> = self.functions.keys().map(String::as_str).collect();
         v.sort_unstable();
         v
+    }
+
+    /// Refuses `op` during stream capture (the driver would invalidate the capture).
+    fn not_while_capturing(&self, op: &str) -> Result<(), GpuError> {
+        if self.capturing.get() {
+            return Err(GpuError::Unsupported {
+                op: op.to_string(),
+                reason: format!(
+                    "{op} is not permitted while the stream is being captured into a graph"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits for the device's stream; counted as a host synchronisation.
+    fn sync_stream(&self, op: &str) -> Result<(), GpuError> {
+        self.counters.count(Counted::HostSync);
+        // SAFETY: the stream was created by this device and lives until Drop.
+        unsafe { result::stream::synchronize(self.stream) }.map_err(|e| self.async_error(op, e))
     }
 
     /// An error of a memory operation or a synchronisation: an earlier kernel's execution fault
@@ -293,8 +363,20 @@ pub fn aligned_image(bytes: &[u8]) -> Vec<u64> {
 
 impl Drop for CudaDevice {
     fn drop(&mut self) {
-        // SAFETY: modules loaded by this device; nothing uses them after this.
+        // SAFETY: modules, graphs, staging memory, events and the stream were created by this
+        // device; nothing uses them after this.
         unsafe {
+            let _ = result::stream::synchronize(self.stream);
+            for (_, g) in self.graphs.get_mut().drain() {
+                let _ = result::graph::exec_destroy(g);
+            }
+            for slot in self.staging.get_mut().slots.drain(..) {
+                if !slot.ptr.is_null() {
+                    let _ = result::free_host(slot.ptr as *mut c_void);
+                }
+                let _ = result::event::destroy(slot.event);
+            }
+            let _ = result::stream::destroy(self.stream);
             let _ = result::ctx::synchronize();
             for m in self.modules.drain(..) {
                 let _ = result::module::unload(m);
@@ -310,6 +392,7 @@ impl Device for CudaDevice {
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr, GpuError> {
+        self.not_while_capturing("cuMemAlloc")?;
         if bytes == 0 {
             return Err(GpuError::InvalidMemory {
                 op: "alloc",
@@ -327,48 +410,191 @@ impl Device for CudaDevice {
     }
 
     fn free(&self, ptr: DevicePtr) -> Result<(), GpuError> {
+        self.not_while_capturing("cuMemFree")?;
         // SAFETY: the caller passes an address returned by alloc (the trait's contract).
         unsafe { result::free_sync(ptr) }.map_err(|e| self.async_error("cuMemFree", e))
     }
 
     fn copy_htod(&self, dst: DevicePtr, src: &[u8]) -> Result<(), GpuError> {
+        self.not_while_capturing("cuMemcpyHtoD")?;
         if src.is_empty() {
             return Ok(());
         }
-        // SAFETY: the driver checks that dst..dst+len lies in device memory it knows.
-        unsafe { result::memcpy_htod_sync(dst, src) }
-            .map_err(|e| self.async_error("cuMemcpyHtoD", e))
+        self.counters.count(Counted::HtoD(src.len()));
+        // SAFETY: the driver checks that dst..dst+len lies in device memory it knows; `src` is
+        // pageable, so the driver stages it before returning, and the stream is then synchronised.
+        unsafe { result::memcpy_htod_async(dst, src, self.stream) }
+            .map_err(|e| self.async_error("cuMemcpyHtoDAsync", e))?;
+        self.sync_stream("cuStreamSynchronize")
     }
 
     fn copy_dtoh(&self, dst: &mut [u8], src: DevicePtr) -> Result<(), GpuError> {
+        self.not_while_capturing("cuMemcpyDtoH")?;
         if dst.is_empty() {
             return Ok(());
         }
-        // SAFETY: as in copy_htod.
-        unsafe { result::memcpy_dtoh_sync(dst, src) }
-            .map_err(|e| self.async_error("cuMemcpyDtoH", e))
+        self.counters.count(Counted::DtoH(dst.len()));
+        // SAFETY: as in copy_htod; `dst` stays borrowed until the stream has been synchronised.
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream) }
+            .map_err(|e| self.async_error("cuMemcpyDtoHAsync", e))?;
+        self.sync_stream("cuStreamSynchronize")
     }
 
     fn copy_dtod(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<(), GpuError> {
+        self.not_while_capturing("cuMemcpyDtoD")?;
         if bytes == 0 {
             return Ok(());
         }
+        self.counters.count(Counted::DtoD(bytes));
         // SAFETY: as in copy_htod.
-        unsafe { result::memcpy_dtod_sync(dst, src, bytes) }
-            .map_err(|e| self.async_error("cuMemcpyDtoD", e))
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream) }
+            .map_err(|e| self.async_error("cuMemcpyDtoDAsync", e))?;
+        self.sync_stream("cuStreamSynchronize")
     }
 
     fn memset_d8(&self, dst: DevicePtr, value: u8, bytes: usize) -> Result<(), GpuError> {
         if bytes == 0 {
             return Ok(());
         }
-        // SAFETY: as in copy_htod.
-        unsafe { result::memset_d8_sync(dst, value, bytes) }
-            .map_err(|e| self.async_error("cuMemsetD8", e))
+        if !self.capturing.get() {
+            self.counters.count(Counted::Memset);
+        }
+        // SAFETY: as in copy_htod; queued on the stream (a memset node during capture).
+        unsafe { result::memset_d8_async(dst, value, bytes, self.stream) }
+            .map_err(|e| self.async_error("cuMemsetD8Async", e))
+    }
+
+    fn upload_async(&self, dst: DevicePtr, src: &[u8]) -> Result<(), GpuError> {
+        // A graph would read the staging slot when it runs, not now.
+        self.not_while_capturing("upload_async")?;
+        if src.is_empty() {
+            return Ok(());
+        }
+        let mut staging = self.staging.borrow_mut();
+        let i = staging.next;
+        staging.next = (i + 1) % staging.slots.len();
+        let slot = &mut staging.slots[i];
+        if slot.pending {
+            // SAFETY: the event belongs to this device and was recorded after the slot's copy.
+            let done = unsafe { result::event::query(slot.event) };
+            if done.is_err() {
+                // still queued (or failed): wait, and count the wait
+                self.counters.count(Counted::HostSync);
+                // SAFETY: as above.
+                unsafe { result::event::synchronize(slot.event) }
+                    .map_err(|e| self.async_error("cuEventSynchronize", e))?;
+            }
+            slot.pending = false;
+        }
+        if slot.cap < src.len() {
+            if !slot.ptr.is_null() {
+                // SAFETY: allocated by malloc_host below; its last copy has run (waited above).
+                unsafe { result::free_host(slot.ptr as *mut c_void) }
+                    .map_err(|e| driver("cuMemFreeHost", e))?;
+                slot.ptr = std::ptr::null_mut();
+                slot.cap = 0;
+            }
+            let cap = src.len().next_multiple_of(64 * 1024);
+            // SAFETY: plain page-locked allocation, freed in Drop or when outgrown.
+            slot.ptr = unsafe { result::malloc_host(cap, 0) }
+                .map_err(|e| driver("cuMemHostAlloc", e))? as *mut u8;
+            slot.cap = cap;
+        }
+        // SAFETY: the slot holds cap >= src.len() bytes and no queued copy reads it any more.
+        let staged = unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), slot.ptr, src.len());
+            std::slice::from_raw_parts(slot.ptr as *const u8, src.len())
+        };
+        self.counters.count(Counted::HtoD(src.len()));
+        // SAFETY: page-locked source, valid until the event below has fired; dst is the
+        // caller's device memory (the driver checks the range).
+        unsafe { result::memcpy_htod_async(dst, staged, self.stream) }
+            .map_err(|e| self.async_error("cuMemcpyHtoDAsync", e))?;
+        // SAFETY: event and stream belong to this device.
+        unsafe { result::event::record(slot.event, self.stream) }
+            .map_err(|e| self.async_error("cuEventRecord", e))?;
+        slot.pending = true;
+        Ok(())
     }
 
     fn synchronize(&self) -> Result<(), GpuError> {
-        result::ctx::synchronize().map_err(|e| self.async_error("cuCtxSynchronize", e))
+        self.not_while_capturing("cuStreamSynchronize")?;
+        self.sync_stream("cuStreamSynchronize")
+    }
+
+    fn counts(&self) -> DeviceCounts {
+        self.counters.snapshot()
+    }
+
+    fn begin_capture(&self) -> Result<(), GpuError> {
+        if self.capturing.get() {
+            return Err(GpuError::Unsupported {
+                op: "cuStreamBeginCapture".into(),
+                reason: "the stream is already being captured".into(),
+            });
+        }
+        // SAFETY: the stream belongs to this device. Global mode: the driver refuses calls that
+        // are unsafe during capture (allocations, synchronous copies) from any thread.
+        unsafe {
+            result::stream::begin_capture(
+                self.stream,
+                sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL,
+            )
+        }
+        .map_err(|e| self.async_error("cuStreamBeginCapture", e))?;
+        self.capturing.set(true);
+        Ok(())
+    }
+
+    fn end_capture(&self) -> Result<GraphId, GpuError> {
+        if !self.capturing.get() {
+            return Err(GpuError::Unsupported {
+                op: "cuStreamEndCapture".into(),
+                reason: "no capture in progress".into(),
+            });
+        }
+        self.capturing.set(false);
+        // SAFETY: the stream is capturing (begin_capture succeeded).
+        let graph = unsafe { result::stream::end_capture(self.stream) }
+            .map_err(|e| self.async_error("cuStreamEndCapture", e))?;
+        // SAFETY: `graph` was just captured; the executable graph keeps what it needs, so the
+        // graph itself is destroyed right away.
+        let exec = unsafe {
+            let exec = result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0));
+            let _ = result::graph::destroy(graph);
+            exec
+        }
+        .map_err(|e| self.async_error("cuGraphInstantiate", e))?;
+        let id = self.next_graph.get();
+        self.next_graph.set(id + 1);
+        self.graphs.borrow_mut().insert(id, exec);
+        Ok(GraphId(id))
+    }
+
+    fn launch_graph(&self, graph: GraphId) -> Result<(), GpuError> {
+        self.not_while_capturing("cuGraphLaunch")?;
+        let exec = *self
+            .graphs
+            .borrow()
+            .get(&graph.0)
+            .ok_or_else(|| GpuError::Unsupported {
+                op: "cuGraphLaunch".into(),
+                reason: format!("no graph {}", graph.0),
+            })?;
+        self.counters.count(Counted::GraphLaunch);
+        // SAFETY: `exec` was instantiated by this device and is destroyed only by destroy_graph.
+        unsafe { result::graph::launch(exec, self.stream) }
+            .map_err(|e| self.async_error("cuGraphLaunch", e))
+    }
+
+    fn destroy_graph(&self, graph: GraphId) -> Result<(), GpuError> {
+        if let Some(exec) = self.graphs.borrow_mut().remove(&graph.0) {
+            // SAFETY: instantiated by this device; the driver defers the destruction until the
+            // graph's queued launches have run.
+            unsafe { result::graph::exec_destroy(exec) }
+                .map_err(|e| self.async_error("cuGraphExecDestroy", e))?;
+        }
+        Ok(())
     }
 
     fn mem_get_info(&self) -> Result<(usize, usize), GpuError> {
@@ -404,7 +630,7 @@ impl Device for CudaDevice {
                 (g.x, g.y, g.z),
                 (b.x, b.y, b.z),
                 config.shared_bytes,
-                std::ptr::null_mut(),
+                self.stream,
                 params,
             )
         }
@@ -419,6 +645,11 @@ impl Device for CudaDevice {
         })?;
         // Only a launch the driver accepted can be the one a later fault belongs to.
         *self.last_launch.borrow_mut() = Some((kernel.to_string(), *config));
+        self.counters.count(if self.capturing.get() {
+            Counted::CapturedLaunch
+        } else {
+            Counted::Launch
+        });
         Ok(())
     }
 

@@ -12,12 +12,20 @@ use std::ops::Range;
 /// A device address, as the driver's `CUdeviceptr`. Offsets are plain byte arithmetic.
 pub type DevicePtr = u64;
 
-/// A GPU: device memory plus kernel launches on one in-order stream.
+/// A GPU: device memory plus kernel launches, copies and memsets on one in-order stream of its
+/// own.
 ///
-/// Copies and memsets are ordered after every earlier launch and return when they are done.
-/// Launches may be asynchronous: on a real GPU a kernel fault can surface at a later call (the
-/// next copy or [`Device::synchronize`]), so host code must check every result. The emulator runs
-/// each launch to completion and reports its faults from the launch itself.
+/// Launches, memsets and [`Device::upload_async`] are queued and return at once; the blocking
+/// calls ([`Device::copy_htod`], [`Device::copy_dtoh`], [`Device::copy_dtod`],
+/// [`Device::synchronize`]) wait until everything queued before them has run, and are counted as
+/// host synchronisations ([`DeviceCounts`]). On a real GPU a kernel fault can surface at a later
+/// call, so host code must check every result. The emulator runs each operation to completion and
+/// reports its faults from the call itself.
+///
+/// Between [`Device::begin_capture`] and [`Device::end_capture`] nothing runs: launches and
+/// memsets are recorded into a graph (kernel parameters copied as they are at capture, as the
+/// driver does), and the blocking calls, uploads, allocations and frees are refused, as the
+/// driver refuses them in stream capture. [`Device::launch_graph`] replays a graph.
 pub trait Device {
     /// What this device is, for messages.
     fn name(&self) -> String;
@@ -38,11 +46,49 @@ pub trait Device {
     /// `cuMemcpyDtoD`: copies `bytes` between two device ranges (which must not overlap).
     fn copy_dtod(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<(), GpuError>;
 
-    /// `cuMemsetD8`: sets `bytes` bytes at `dst` to `value`.
+    /// `cuMemsetD8Async` on the device's stream: sets `bytes` bytes at `dst` to `value`.
     fn memset_d8(&self, dst: DevicePtr, value: u8, bytes: usize) -> Result<(), GpuError>;
 
-    /// Waits until every launch has finished; reports a fault of any of them.
+    /// `cuMemcpyHtoDAsync` of `src` to `dst` on the device's stream, returning at once: the
+    /// device first copies `src` into page-locked staging memory of its own (so `src` may change
+    /// right after the call), and reuses that memory only once the copy has run.
+    fn upload_async(&self, dst: DevicePtr, src: &[u8]) -> Result<(), GpuError>;
+
+    /// Waits until everything queued has run; reports a fault of any of it.
     fn synchronize(&self) -> Result<(), GpuError>;
+
+    /// What this device has done so far: launches, memsets, copies, host synchronisations.
+    fn counts(&self) -> DeviceCounts;
+
+    /// `cuStreamBeginCapture`: from now on launches and memsets are recorded, not run.
+    fn begin_capture(&self) -> Result<(), GpuError> {
+        Err(GpuError::Unsupported {
+            op: "begin_capture".into(),
+            reason: format!("{} cannot capture graphs", self.name()),
+        })
+    }
+
+    /// `cuStreamEndCapture` + `cuGraphInstantiate`: ends the capture begun by
+    /// [`Device::begin_capture`] and returns the recorded graph, ready to launch.
+    fn end_capture(&self) -> Result<GraphId, GpuError> {
+        Err(GpuError::Unsupported {
+            op: "end_capture".into(),
+            reason: format!("{} cannot capture graphs", self.name()),
+        })
+    }
+
+    /// `cuGraphLaunch` of a graph from [`Device::end_capture`] on the device's stream.
+    fn launch_graph(&self, _graph: GraphId) -> Result<(), GpuError> {
+        Err(GpuError::Unsupported {
+            op: "launch_graph".into(),
+            reason: format!("{} cannot launch graphs", self.name()),
+        })
+    }
+
+    /// `cuGraphExecDestroy`: frees a graph (after the launches of it already queued have run).
+    fn destroy_graph(&self, _graph: GraphId) -> Result<(), GpuError> {
+        Ok(())
+    }
 
     /// `cuMemGetInfo`: (free, total) bytes of device memory.
     fn mem_get_info(&self) -> Result<(usize, usize), GpuError>;
@@ -102,6 +148,8 @@ pub enum GpuError {
     OutOfMemory { bytes: usize },
     /// Any other driver error.
     Driver { op: String, message: String },
+    /// The device does not offer this operation, or not now (e.g. a copy during stream capture).
+    Unsupported { op: String, reason: String },
 }
 
 impl fmt::Display for GpuError {
@@ -121,11 +169,162 @@ impl fmt::Display for GpuError {
             GpuError::InvalidMemory { op, reason } => write!(f, "{op}: {reason}"),
             GpuError::OutOfMemory { bytes } => write!(f, "out of device memory allocating {bytes} bytes"),
             GpuError::Driver { op, message } => write!(f, "{op}: {message}"),
+            GpuError::Unsupported { op, reason } => write!(f, "{op}: {reason}"),
         }
     }
 }
 
 impl std::error::Error for GpuError {}
+
+/// A graph recorded by [`Device::begin_capture`] / [`Device::end_capture`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GraphId(pub u64);
+
+/// Operations a device has been asked to do, counted from its creation. Counts are exact, so
+/// tests assert budgets on them (the difference of two snapshots is one training step's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceCounts {
+    /// Kernel launches run eagerly (a launch recorded in a graph is not counted here).
+    pub launches: u64,
+    /// Launches recorded into graphs during capture.
+    pub captured_launches: u64,
+    /// Graph launches.
+    pub graph_launches: u64,
+    /// Memsets issued eagerly (recorded ones are not counted).
+    pub memsets: u64,
+    /// Host-to-device copies (blocking or async) and their bytes.
+    pub htod: u64,
+    pub htod_bytes: u64,
+    /// Device-to-host copies and their bytes (every one waits for the device).
+    pub dtoh: u64,
+    pub dtoh_bytes: u64,
+    /// Device-to-device copies and their bytes.
+    pub dtod: u64,
+    pub dtod_bytes: u64,
+    /// Calls that waited for the device to drain its queue: blocking copies, synchronize, and
+    /// a staging buffer that had to wait for the copy still reading it.
+    pub host_syncs: u64,
+}
+
+impl DeviceCounts {
+    /// Copies in either direction.
+    pub fn copies(&self) -> u64 {
+        self.htod + self.dtoh + self.dtod
+    }
+}
+
+impl std::ops::Sub for DeviceCounts {
+    type Output = DeviceCounts;
+    fn sub(self, o: DeviceCounts) -> DeviceCounts {
+        DeviceCounts {
+            launches: self.launches - o.launches,
+            captured_launches: self.captured_launches - o.captured_launches,
+            graph_launches: self.graph_launches - o.graph_launches,
+            memsets: self.memsets - o.memsets,
+            htod: self.htod - o.htod,
+            htod_bytes: self.htod_bytes - o.htod_bytes,
+            dtoh: self.dtoh - o.dtoh,
+            dtoh_bytes: self.dtoh_bytes - o.dtoh_bytes,
+            dtod: self.dtod - o.dtod,
+            dtod_bytes: self.dtod_bytes - o.dtod_bytes,
+            host_syncs: self.host_syncs - o.host_syncs,
+        }
+    }
+}
+
+impl fmt::Display for DeviceCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} launches, {} graph launches, {} memsets, {} copies (host→device {} / {} B, device→host {} / {} B, device→device {} / {} B), {} host syncs",
+            self.launches,
+            self.graph_launches,
+            self.memsets,
+            self.copies(),
+            self.htod,
+            self.htod_bytes,
+            self.dtoh,
+            self.dtoh_bytes,
+            self.dtod,
+            self.dtod_bytes,
+            self.host_syncs
+        )
+    }
+}
+
+/// Thread-safe counters behind [`Device::counts`], shared by the device implementations.
+#[derive(Debug, Default)]
+pub struct Counters {
+    launches: std::sync::atomic::AtomicU64,
+    captured_launches: std::sync::atomic::AtomicU64,
+    graph_launches: std::sync::atomic::AtomicU64,
+    memsets: std::sync::atomic::AtomicU64,
+    htod: std::sync::atomic::AtomicU64,
+    htod_bytes: std::sync::atomic::AtomicU64,
+    dtoh: std::sync::atomic::AtomicU64,
+    dtoh_bytes: std::sync::atomic::AtomicU64,
+    dtod: std::sync::atomic::AtomicU64,
+    dtod_bytes: std::sync::atomic::AtomicU64,
+    host_syncs: std::sync::atomic::AtomicU64,
+}
+
+/// What [`Counters::count`] records.
+#[derive(Clone, Copy, Debug)]
+pub enum Counted {
+    Launch,
+    CapturedLaunch,
+    GraphLaunch,
+    Memset,
+    HtoD(usize),
+    DtoH(usize),
+    DtoD(usize),
+    HostSync,
+}
+
+impl Counters {
+    pub fn count(&self, what: Counted) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let add = |c: &std::sync::atomic::AtomicU64, n: u64| {
+            c.fetch_add(n, Relaxed);
+        };
+        match what {
+            Counted::Launch => add(&self.launches, 1),
+            Counted::CapturedLaunch => add(&self.captured_launches, 1),
+            Counted::GraphLaunch => add(&self.graph_launches, 1),
+            Counted::Memset => add(&self.memsets, 1),
+            Counted::HtoD(b) => {
+                add(&self.htod, 1);
+                add(&self.htod_bytes, b as u64)
+            }
+            Counted::DtoH(b) => {
+                add(&self.dtoh, 1);
+                add(&self.dtoh_bytes, b as u64)
+            }
+            Counted::DtoD(b) => {
+                add(&self.dtod, 1);
+                add(&self.dtod_bytes, b as u64)
+            }
+            Counted::HostSync => add(&self.host_syncs, 1),
+        }
+    }
+
+    pub fn snapshot(&self) -> DeviceCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        DeviceCounts {
+            launches: self.launches.load(Relaxed),
+            captured_launches: self.captured_launches.load(Relaxed),
+            graph_launches: self.graph_launches.load(Relaxed),
+            memsets: self.memsets.load(Relaxed),
+            htod: self.htod.load(Relaxed),
+            htod_bytes: self.htod_bytes.load(Relaxed),
+            dtoh: self.dtoh.load(Relaxed),
+            dtoh_bytes: self.dtoh_bytes.load(Relaxed),
+            dtod: self.dtod.load(Relaxed),
+            dtod_bytes: self.dtod_bytes.load(Relaxed),
+            host_syncs: self.host_syncs.load(Relaxed),
+        }
+    }
+}
 
 /// A grid or block extent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,7 +11,9 @@
 //! Under AddressSanitizer (`ROBO_POET_EMU_SANITIZE=address`) allocations are exact instead and
 //! ASan reports every out-of-bounds access, reads included, at the kernel's source line.
 
-use super::device::{Device, DevicePtr, GpuError, LaunchConfig};
+use super::device::{
+    Counted, Counters, Device, DeviceCounts, DevicePtr, GpuError, GraphId, LaunchConfig,
+};
 use std::alloc::{self, Layout};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_char, c_void, CStr};
@@ -29,6 +31,10 @@ pub struct EmuLaunchDesc {
     pub error_cap: u64,
     /// 1 to run each block's threads from the last to the first.
     pub reverse: u32,
+    /// 1: run nothing; report the kernel's parameter count (in `num_params`) and sizes.
+    pub query_params: u32,
+    pub param_sizes: *mut u64,
+    pub param_sizes_cap: u64,
 }
 
 /// One emulated kernel, as build.rs lists it: the emulated `CUfunction`.
@@ -160,6 +166,29 @@ impl Schedule {
     }
 }
 
+/// One operation recorded during stream capture.
+enum Node {
+    /// A launch, its parameter values copied at capture (8-byte aligned storage per parameter).
+    Launch {
+        kernel: EmuKernel,
+        config: LaunchConfig,
+        params: Vec<Vec<u64>>,
+    },
+    Memset {
+        dst: DevicePtr,
+        value: u8,
+        bytes: usize,
+    },
+}
+
+/// Stream capture in progress: what has been recorded, and the first operation it refused (which
+/// invalidates the capture, as on the GPU).
+#[derive(Default)]
+struct Capture {
+    nodes: Vec<Node>,
+    invalidated: Option<String>,
+}
+
 /// An emulated CUDA device: kernels from kernels/*.cu (plus any extra tables, such as the test
 /// kernels), run on the CPU. Every operation is serialised, as on one stream.
 pub struct EmuDevice {
@@ -168,6 +197,10 @@ pub struct EmuDevice {
     allocs: Mutex<BTreeMap<usize, Allocation>>,
     /// The memory this device pretends to have (allocations beyond it fail as out of memory).
     capacity: usize,
+    counters: Counters,
+    capture: Mutex<Option<Capture>>,
+    graphs: Mutex<HashMap<u64, Vec<Node>>>,
+    next_graph: std::sync::atomic::AtomicU64,
 }
 
 /// Default capacity of an emulated device: an H100's 80 GB.
@@ -187,6 +220,10 @@ impl EmuDevice {
             schedule: Schedule::from_env(),
             allocs: Mutex::new(BTreeMap::new()),
             capacity: EMU_DEFAULT_CAPACITY,
+            counters: Counters::default(),
+            capture: Mutex::new(None),
+            graphs: Mutex::new(HashMap::new()),
+            next_graph: std::sync::atomic::AtomicU64::new(1),
         }
         .with_kernels(KERNELS)
     }
@@ -264,6 +301,115 @@ impl EmuDevice {
         Ok(addr as *mut u8)
     }
 
+    /// Refuses `op` while a stream capture is in progress, as the driver does
+    /// (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED), and invalidates the capture.
+    fn not_while_capturing(&self, op: &'static str) -> Result<(), GpuError> {
+        let mut cap = self.capture.lock().unwrap();
+        if let Some(c) = cap.as_mut() {
+            let reason = format!(
+                "{op} is not permitted while the stream is being captured into a graph (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED); the capture is now invalid"
+            );
+            c.invalidated.get_or_insert_with(|| reason.clone());
+            return Err(GpuError::Unsupported {
+                op: op.to_string(),
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    /// The kernel's parameter sizes, from its launcher.
+    fn param_sizes(k: &EmuKernel) -> Result<Vec<u64>, String> {
+        let mut sizes = vec![0u64; 64];
+        let mut desc = EmuLaunchDesc {
+            grid: [1, 1, 1],
+            block: [1, 1, 1],
+            shared_bytes: 0,
+            params: std::ptr::null_mut(),
+            num_params: 0,
+            error: std::ptr::null_mut(),
+            error_cap: 0,
+            reverse: 0,
+            query_params: 1,
+            param_sizes: sizes.as_mut_ptr(),
+            param_sizes_cap: sizes.len() as u64,
+        };
+        // SAFETY: in query mode the launcher only writes num_params and param_sizes[..cap].
+        let rc = unsafe { (k.launch)(&mut desc) };
+        if rc != LAUNCH_OK || desc.num_params as usize > sizes.len() {
+            return Err(format!("could not read the parameter list of {}", k.name));
+        }
+        sizes.truncate(desc.num_params as usize);
+        Ok(sizes)
+    }
+
+    /// Runs one launch of `k` (eager or replayed).
+    ///
+    /// # Safety
+    ///
+    /// As [`Device::launch`].
+    unsafe fn run_launch(
+        &self,
+        k: &EmuKernel,
+        config: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> Result<(), GpuError> {
+        let kernel = k.name;
+        let rejected = |reason: String| GpuError::InvalidLaunch {
+            kernel: kernel.to_string(),
+            config: *config,
+            reason,
+        };
+        // Held for the whole launch: memory cannot be freed or copied while a kernel runs.
+        let allocs = self.allocs.lock().unwrap();
+        let mut error = vec![0u8; 16 * 1024];
+        let mut desc = EmuLaunchDesc {
+            grid: [config.grid.x, config.grid.y, config.grid.z],
+            block: [config.block.x, config.block.y, config.block.z],
+            shared_bytes: config.shared_bytes as u64,
+            params: params.as_mut_ptr(),
+            num_params: params.len() as u64,
+            error: error.as_mut_ptr() as *mut c_char,
+            error_cap: error.len() as u64,
+            reverse: (self.schedule == Schedule::Reverse) as u32,
+            query_params: 0,
+            param_sizes: std::ptr::null_mut(),
+            param_sizes_cap: 0,
+        };
+        // SAFETY: the descriptor is valid for the call; the caller vouches for the parameters.
+        let rc = unsafe { (k.launch)(&mut desc) };
+        let guards = Self::check_guards(&allocs);
+        let failed = |report: String| GpuError::KernelFailed {
+            kernel: kernel.to_string(),
+            config: *config,
+            report,
+        };
+        match rc {
+            LAUNCH_OK => guards.map_or(Ok(()), |g| {
+                Err(failed(format!("{g} (source: {})", k.source)))
+            }),
+            code => {
+                let msg = CStr::from_bytes_until_nul(&error).map_or_else(
+                    |_| "(no message)".into(),
+                    |c| c.to_string_lossy().into_owned(),
+                );
+                Err(if code == LAUNCH_REJECTED {
+                    rejected(msg)
+                } else {
+                    failed(msg)
+                })
+            }
+        }
+    }
+
+    fn do_memset(&self, dst: DevicePtr, value: u8, bytes: usize) -> Result<(), GpuError> {
+        let allocs = self.allocs.lock().unwrap();
+        let d = Self::resolve(&allocs, "memset_d8", dst, bytes)?;
+        // SAFETY: inside a live allocation.
+        unsafe { std::ptr::write_bytes(d, value, bytes) };
+        Ok(())
+    }
+
     /// Checks every guard band after a launch; restores damaged ones.
     fn check_guards(allocs: &BTreeMap<usize, Allocation>) -> Option<String> {
         let mut report = Vec::new();
@@ -308,6 +454,7 @@ impl Device for EmuDevice {
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr, GpuError> {
+        self.not_while_capturing("alloc")?;
         if bytes == 0 {
             return Err(GpuError::InvalidMemory {
                 op: "alloc",
@@ -354,6 +501,7 @@ impl Device for EmuDevice {
     }
 
     fn free(&self, ptr: DevicePtr) -> Result<(), GpuError> {
+        self.not_while_capturing("free")?;
         let a = self
             .allocs
             .lock()
@@ -369,9 +517,12 @@ impl Device for EmuDevice {
     }
 
     fn copy_htod(&self, dst: DevicePtr, src: &[u8]) -> Result<(), GpuError> {
+        self.not_while_capturing("copy_htod")?;
         if src.is_empty() {
             return Ok(());
         }
+        self.counters.count(Counted::HtoD(src.len()));
+        self.counters.count(Counted::HostSync);
         let allocs = self.allocs.lock().unwrap();
         let d = Self::resolve(&allocs, "copy_htod", dst, src.len())?;
         // SAFETY: `d` addresses src.len() bytes of one live allocation, which no Rust reference
@@ -381,9 +532,12 @@ impl Device for EmuDevice {
     }
 
     fn copy_dtoh(&self, dst: &mut [u8], src: DevicePtr) -> Result<(), GpuError> {
+        self.not_while_capturing("copy_dtoh")?;
         if dst.is_empty() {
             return Ok(());
         }
+        self.counters.count(Counted::DtoH(dst.len()));
+        self.counters.count(Counted::HostSync);
         let allocs = self.allocs.lock().unwrap();
         let s = Self::resolve(&allocs, "copy_dtoh", src, dst.len())?;
         // SAFETY: as in copy_htod.
@@ -392,9 +546,12 @@ impl Device for EmuDevice {
     }
 
     fn copy_dtod(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<(), GpuError> {
+        self.not_while_capturing("copy_dtod")?;
         if bytes == 0 {
             return Ok(());
         }
+        self.counters.count(Counted::DtoD(bytes));
+        self.counters.count(Counted::HostSync);
         let allocs = self.allocs.lock().unwrap();
         let d = Self::resolve(&allocs, "copy_dtod", dst, bytes)?;
         let s = Self::resolve(&allocs, "copy_dtod", src, bytes)?;
@@ -413,15 +570,114 @@ impl Device for EmuDevice {
         if bytes == 0 {
             return Ok(());
         }
+        {
+            let mut cap = self.capture.lock().unwrap();
+            if let Some(c) = cap.as_mut() {
+                // checked now, as the driver checks a memset node's range at capture
+                Self::resolve(&self.allocs.lock().unwrap(), "memset_d8", dst, bytes)?;
+                c.nodes.push(Node::Memset { dst, value, bytes });
+                return Ok(());
+            }
+        }
+        self.counters.count(Counted::Memset);
+        self.do_memset(dst, value, bytes)
+    }
+
+    fn upload_async(&self, dst: DevicePtr, src: &[u8]) -> Result<(), GpuError> {
+        // The staging copy would be read when the graph runs, not now: refused in capture.
+        self.not_while_capturing("upload_async")?;
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.counters.count(Counted::HtoD(src.len()));
         let allocs = self.allocs.lock().unwrap();
-        let d = Self::resolve(&allocs, "memset_d8", dst, bytes)?;
-        // SAFETY: inside a live allocation.
-        unsafe { std::ptr::write_bytes(d, value, bytes) };
+        let d = Self::resolve(&allocs, "upload_async", dst, src.len())?;
+        // SAFETY: as in copy_htod. The copy runs now, which is when the staged data would be
+        // read on a GPU too (the device's staging copy is taken at the call).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), d, src.len()) };
         Ok(())
     }
 
     fn synchronize(&self) -> Result<(), GpuError> {
+        self.not_while_capturing("synchronize")?;
+        self.counters.count(Counted::HostSync);
         Ok(()) // every launch has already run to completion
+    }
+
+    fn counts(&self) -> DeviceCounts {
+        self.counters.snapshot()
+    }
+
+    fn begin_capture(&self) -> Result<(), GpuError> {
+        let mut cap = self.capture.lock().unwrap();
+        if cap.is_some() {
+            return Err(GpuError::Unsupported {
+                op: "begin_capture".into(),
+                reason: "the stream is already being captured".into(),
+            });
+        }
+        *cap = Some(Capture::default());
+        Ok(())
+    }
+
+    fn end_capture(&self) -> Result<GraphId, GpuError> {
+        let c = self
+            .capture
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| GpuError::Unsupported {
+                op: "end_capture".into(),
+                reason: "no capture in progress".into(),
+            })?;
+        if let Some(why) = c.invalidated {
+            return Err(GpuError::Unsupported {
+                op: "end_capture".into(),
+                reason: format!(
+                    "the capture was invalidated (CUDA_ERROR_STREAM_CAPTURE_INVALIDATED): {why}"
+                ),
+            });
+        }
+        let id = self
+            .next_graph
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.graphs.lock().unwrap().insert(id, c.nodes);
+        Ok(GraphId(id))
+    }
+
+    fn launch_graph(&self, graph: GraphId) -> Result<(), GpuError> {
+        self.not_while_capturing("launch_graph")?;
+        let graphs = self.graphs.lock().unwrap();
+        let nodes = graphs.get(&graph.0).ok_or_else(|| GpuError::Unsupported {
+            op: "launch_graph".into(),
+            reason: format!("no graph {}", graph.0),
+        })?;
+        self.counters.count(Counted::GraphLaunch);
+        for node in nodes {
+            match node {
+                Node::Launch {
+                    kernel,
+                    config,
+                    params,
+                } => {
+                    let mut storage = params.clone();
+                    let mut ptrs: Vec<*mut c_void> = storage
+                        .iter_mut()
+                        .map(|p| p.as_mut_ptr() as *mut c_void)
+                        .collect();
+                    // SAFETY: the parameter values recorded at capture, each in its own
+                    // storage of at least its size; the capture's caller vouched for them.
+                    unsafe { self.run_launch(kernel, config, &mut ptrs)? };
+                }
+                Node::Memset { dst, value, bytes } => self.do_memset(*dst, *value, *bytes)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn destroy_graph(&self, graph: GraphId) -> Result<(), GpuError> {
+        self.graphs.lock().unwrap().remove(&graph.0);
+        Ok(())
     }
 
     unsafe fn launch(
@@ -448,42 +704,45 @@ impl Device for EmuDevice {
                 config.shared_bytes
             )));
         }
-        // Held for the whole launch: memory cannot be freed or copied while a kernel runs.
-        let allocs = self.allocs.lock().unwrap();
-        let mut error = vec![0u8; 16 * 1024];
-        let mut desc = EmuLaunchDesc {
-            grid: [config.grid.x, config.grid.y, config.grid.z],
-            block: [config.block.x, config.block.y, config.block.z],
-            shared_bytes: config.shared_bytes as u64,
-            params: params.as_mut_ptr(),
-            num_params: params.len() as u64,
-            error: error.as_mut_ptr() as *mut c_char,
-            error_cap: error.len() as u64,
-            reverse: (self.schedule == Schedule::Reverse) as u32,
-        };
-        // SAFETY: the descriptor is valid for the call; the caller vouches for the parameters.
-        let rc = unsafe { (k.launch)(&mut desc) };
-        let guards = Self::check_guards(&allocs);
-        let failed = |report: String| GpuError::KernelFailed {
-            kernel: kernel.to_string(),
-            config: *config,
-            report,
-        };
-        match rc {
-            LAUNCH_OK => guards.map_or(Ok(()), |g| {
-                Err(failed(format!("{g} (source: {})", k.source)))
-            }),
-            code => {
-                let msg = CStr::from_bytes_until_nul(&error).map_or_else(
-                    |_| "(no message)".into(),
-                    |c| c.to_string_lossy().into_owned(),
-                );
-                Err(if code == LAUNCH_REJECTED {
-                    rejected(msg)
-                } else {
-                    failed(msg)
-                })
+        let mut cap = self.capture.lock().unwrap();
+        if let Some(c) = cap.as_mut() {
+            // The driver copies the parameter values into the graph node now.
+            let sizes = Self::param_sizes(k).map_err(rejected)?;
+            if sizes.len() != params.len() {
+                return Err(rejected(format!(
+                    "the kernel takes {} parameters, the launch passed {}",
+                    sizes.len(),
+                    params.len()
+                )));
             }
+            let copied = params
+                .iter()
+                .zip(&sizes)
+                .map(|(&p, &n)| {
+                    let mut slot = vec![0u64; (n as usize).div_ceil(8).max(1)];
+                    // SAFETY: the caller guarantees params[k] points at a value of the kernel's
+                    // k-th parameter type, whose size the launcher reported.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            p as *const u8,
+                            slot.as_mut_ptr() as *mut u8,
+                            n as usize,
+                        )
+                    };
+                    slot
+                })
+                .collect();
+            c.nodes.push(Node::Launch {
+                kernel: *k,
+                config: *config,
+                params: copied,
+            });
+            self.counters.count(Counted::CapturedLaunch);
+            return Ok(());
         }
+        drop(cap);
+        self.counters.count(Counted::Launch);
+        // SAFETY: the caller upholds the trait's contract.
+        unsafe { self.run_launch(k, config, params) }
     }
 }

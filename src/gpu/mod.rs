@@ -21,6 +21,7 @@ pub mod nvtx;
 
 pub use cuda::{CudaDevice, Unavailable};
 pub use device::{
-    Device, DeviceExt, DevicePtr, DeviceSlice, Dim3, GpuError, KernelArgs, LaunchConfig,
+    Device, DeviceCounts, DeviceExt, DevicePtr, DeviceSlice, Dim3, GpuError, GraphId, KernelArgs,
+    LaunchConfig,
 };
 pub use emu::{EmuDevice, Schedule, EMU_DEFAULT_CAPACITY};

@@ -7,7 +7,7 @@
 //!   (multi-head attention with output projection, MLP 4C with GELU, residuals), final
 //!   layernorm, vocabulary projection.
 
-use super::{DropoutCtx, Init, Model, ModelConfig, Param};
+use super::{DropoutCtx, Init, LossPass, Model, ModelConfig, Param};
 use crate::backend::Backend;
 use crate::philox::DropoutKey;
 use crate::tensor::{Category, ParamIds, TensorId, TensorTable};
@@ -358,11 +358,10 @@ impl Model for AttentionModel {
     }
 
     fn set_batch(&self, be: &mut dyn Backend, inputs: &[u32], targets: &[u32]) {
-        be.write_u32(self.tokens, inputs);
-        be.write_u32(self.targets, targets);
+        be.write_inputs(&[(self.tokens, inputs), (self.targets, targets)]);
     }
 
-    fn forward(&self, be: &mut dyn Backend, dropout: Option<DropoutCtx>) {
+    fn forward_with(&self, be: &mut dyn Backend, dropout: Option<DropoutCtx>, loss: LossPass) {
         be.embedding_forward(
             self.emb,
             self.tokens,
@@ -370,18 +369,28 @@ impl Model for AttentionModel {
             self.wpe.map(|p| p.param),
         );
         let mut x = self.emb;
+        // A GPT block's closing residual add is fused with the layernorm that reads its result:
+        // the next block's ln1, or ln_f after the last block. `normed` says whether x's ln1 has
+        // been computed that way already.
+        let mut normed = false;
+        let n_layers = self.layers.len();
         for (l, ly) in self.layers.iter().enumerate() {
             be.range_push(&format!("layer {l} forward"));
             let inp = match &ly.ln1 {
                 Some(n) => {
-                    be.layernorm_forward(n.out, n.mean, n.rstd, x, n.w.param, n.b.param);
+                    if !normed {
+                        be.layernorm_forward(n.out, n.mean, n.rstd, x, n.w.param, n.b.param);
+                    }
                     n.out
                 }
                 None => x,
             };
-            ly.q.forward(be, ly.qa, inp);
-            ly.k.forward(be, ly.ka, inp);
-            ly.v.forward(be, ly.va, inp);
+            be.qkv_forward(
+                [ly.qa, ly.ka, ly.va],
+                inp,
+                [ly.q.w.param, ly.k.w.param, ly.v.w.param],
+                [Some(ly.q.b.param), Some(ly.k.b.param), Some(ly.v.b.param)],
+            );
             be.attention_forward(
                 ly.att,
                 ly.probs,
@@ -391,6 +400,7 @@ impl Model for AttentionModel {
                 self.attn_scratch,
                 self.dropout_key(dropout, l),
             );
+            normed = false;
             if let (Some(proj), Some(ln2), Some(fc), Some(fp)) =
                 (&ly.proj, &ly.ln2, &ly.fc, &ly.fc_proj)
             {
@@ -403,26 +413,52 @@ impl Model for AttentionModel {
                     some(&ly.res2),
                 );
                 proj.forward(be, attproj, ly.att);
-                be.add(res1, x, attproj);
-                be.layernorm_forward(ln2.out, ln2.mean, ln2.rstd, res1, ln2.w.param, ln2.b.param);
-                fc.forward(be, fch, ln2.out);
-                be.gelu_forward(fch_gelu, fch);
+                be.add_layernorm_forward(
+                    res1,
+                    ln2.out,
+                    ln2.mean,
+                    ln2.rstd,
+                    x,
+                    attproj,
+                    ln2.w.param,
+                    ln2.b.param,
+                );
+                be.linear_gelu_forward(fch, fch_gelu, ln2.out, fc.w.param, Some(fc.b.param));
                 fp.forward(be, fcproj, fch_gelu);
-                be.add(res2, res1, fcproj);
+                // res2 = res1 + fcproj, with the layernorm that reads it
+                let next = if l + 1 < n_layers {
+                    self.layers[l + 1].ln1.as_ref()
+                } else {
+                    self.ln_f.as_ref()
+                };
+                match next {
+                    Some(n) => {
+                        be.add_layernorm_forward(
+                            res2, n.out, n.mean, n.rstd, res1, fcproj, n.w.param, n.b.param,
+                        );
+                        normed = true;
+                    }
+                    None => be.add(res2, res1, fcproj),
+                }
             }
             x = ly.output().0;
             be.range_pop();
         }
         if let Some(n) = &self.ln_f {
-            be.layernorm_forward(n.out, n.mean, n.rstd, x, n.w.param, n.b.param);
+            if !normed {
+                be.layernorm_forward(n.out, n.mean, n.rstd, x, n.w.param, n.b.param);
+            }
             x = n.out;
         }
         self.head.forward(be, self.logits, x);
-        be.cross_entropy_forward(self.losses, self.logits, self.targets);
+        self.loss_op(be, loss);
     }
 
-    fn backward(&self, be: &mut dyn Backend, loss_scale: f32, dropout: Option<DropoutCtx>) {
-        be.cross_entropy_backward(self.dlogits, self.logits, self.targets, loss_scale);
+    fn dlogits(&self) -> TensorId {
+        self.dlogits
+    }
+
+    fn backward_from_logits(&self, be: &mut dyn Backend, dropout: Option<DropoutCtx>) {
         let last = self.layers.last().expect("at least one layer").output();
         let (x, dx) = match &self.ln_f {
             Some(n) => (n.out, n.dout),
@@ -454,10 +490,18 @@ impl Model for AttentionModel {
                     some(&ly.dfch_gelu),
                     some(&ly.dres2),
                 );
-                fp.backward(be, dfch_gelu, dres2, fch_gelu);
-                be.gelu_backward(dfch, fch, dfch_gelu);
+                be.linear_gelu_backward(
+                    dfch,
+                    fp.w.grad,
+                    Some(fp.b.grad),
+                    dres2,
+                    fch_gelu,
+                    fp.w.param,
+                    fch,
+                    dfch_gelu,
+                );
                 fc.backward(be, ln2.dout, dfch, ln2.out);
-                be.layernorm_backward(
+                be.layernorm_backward_residual(
                     dres1,
                     ln2.w.grad,
                     ln2.b.grad,
@@ -466,8 +510,8 @@ impl Model for AttentionModel {
                     ln2.w.param,
                     ln2.mean,
                     ln2.rstd,
+                    dres2,
                 );
-                be.accumulate(dres1, dres2);
                 proj.backward(be, ly.datt, dres1, ly.att);
             }
             be.attention_backward(
@@ -486,14 +530,26 @@ impl Model for AttentionModel {
                 Some(n) => (n.out, n.dout),
                 None => (x_in, dx_in),
             };
-            ly.q.backward(be, dinp, ly.dqa, inp);
-            ly.k.backward(be, dinp, ly.dka, inp);
-            ly.v.backward(be, dinp, ly.dva, inp);
+            be.qkv_backward(
+                dinp,
+                [ly.q.w.grad, ly.k.w.grad, ly.v.w.grad],
+                [Some(ly.q.b.grad), Some(ly.k.b.grad), Some(ly.v.b.grad)],
+                [ly.dqa, ly.dka, ly.dva],
+                inp,
+                [ly.q.w.param, ly.k.w.param, ly.v.w.param],
+            );
             if let Some(n) = &ly.ln1 {
-                be.layernorm_backward(
-                    dx_in, n.w.grad, n.b.grad, n.dout, x_in, n.w.param, n.mean, n.rstd,
+                be.layernorm_backward_residual(
+                    dx_in,
+                    n.w.grad,
+                    n.b.grad,
+                    n.dout,
+                    x_in,
+                    n.w.param,
+                    n.mean,
+                    n.rstd,
+                    some(&ly.dres1),
                 );
-                be.accumulate(dx_in, some(&ly.dres1));
             }
             be.range_pop();
         }

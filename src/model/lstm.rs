@@ -2,7 +2,7 @@
 //! Internally time-major: the batch (B, T) is uploaded transposed to (T, B) so that every
 //! timestep is one contiguous block (see `ops::lstm`).
 
-use super::{DropoutCtx, Init, Model, ModelConfig, Param};
+use super::{DropoutCtx, Init, LossPass, Model, ModelConfig, Param};
 use crate::backend::Backend;
 use crate::tensor::{Category, ParamIds, TensorId, TensorTable};
 use serde::{Deserialize, Serialize};
@@ -195,11 +195,11 @@ impl Model for LstmModel {
     }
 
     fn set_batch(&self, be: &mut dyn Backend, inputs: &[u32], targets: &[u32]) {
-        be.write_u32(self.tokens, &self.transpose(inputs));
-        be.write_u32(self.targets, &self.transpose(targets));
+        let (i, t) = (self.transpose(inputs), self.transpose(targets));
+        be.write_inputs(&[(self.tokens, &i), (self.targets, &t)]);
     }
 
-    fn forward(&self, be: &mut dyn Backend, _dropout: Option<DropoutCtx>) {
+    fn forward_with(&self, be: &mut dyn Backend, _dropout: Option<DropoutCtx>, loss: LossPass) {
         be.embedding_forward(self.emb, self.tokens, self.wte.param, None);
         let mut x = self.emb;
         for (l, ly) in self.layers.iter().enumerate() {
@@ -217,11 +217,14 @@ impl Model for LstmModel {
             be.range_pop();
         }
         be.matmul_forward(self.logits, x, self.head_w.param, Some(self.head_b.param));
-        be.cross_entropy_forward(self.losses, self.logits, self.targets);
+        self.loss_op(be, loss);
     }
 
-    fn backward(&self, be: &mut dyn Backend, loss_scale: f32, _dropout: Option<DropoutCtx>) {
-        be.cross_entropy_backward(self.dlogits, self.logits, self.targets, loss_scale);
+    fn dlogits(&self) -> TensorId {
+        self.dlogits
+    }
+
+    fn backward_from_logits(&self, be: &mut dyn Backend, _dropout: Option<DropoutCtx>) {
         let top = self.layers.last().expect("at least one layer");
         be.matmul_backward(
             Some(top.dh),

@@ -113,6 +113,16 @@ pub struct DropoutCtx {
     pub step: u64,
 }
 
+/// How a forward pass ends.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LossPass {
+    /// The per-position losses only (evaluation, checks).
+    Forward,
+    /// Training: the losses and, in the same op, their gradient dlogits at this scale (1 /
+    /// scored targets), so the backward starts below the loss.
+    ForwardBackward(f32),
+}
+
 /// A language model bound to a batch size: its tensor table and how to run it.
 pub trait Model: Send {
     fn config(&self) -> &ModelConfig;
@@ -122,11 +132,47 @@ pub trait Model: Send {
     fn batch_shape(&self) -> (usize, usize);
     /// Uploads a batch: inputs and targets (B, T) row-major; IGNORE targets are not scored.
     fn set_batch(&self, be: &mut dyn Backend, inputs: &[u32], targets: &[u32]);
+
+    /// The loss op at the end of the forward pass, as `loss` says.
+    fn loss_op(&self, be: &mut dyn Backend, loss: LossPass) {
+        match loss {
+            LossPass::Forward => {
+                be.cross_entropy_forward(self.losses(), self.logits(), self.targets())
+            }
+            LossPass::ForwardBackward(scale) => be.cross_entropy_forward_backward(
+                self.losses(),
+                self.dlogits(),
+                self.logits(),
+                self.targets(),
+                scale,
+            ),
+        }
+    }
+    /// Forward pass to per-position losses (and with `LossPass::ForwardBackward`, dlogits too:
+    /// gradients and workspace must then be zeroed first); dropout only when `dropout` is given.
+    fn forward_with(&self, be: &mut dyn Backend, dropout: Option<DropoutCtx>, loss: LossPass);
+    /// The backward pass below the loss: from dlogits (already holding the loss's gradient) to
+    /// every parameter's gradient. The same `dropout` as the forward.
+    fn backward_from_logits(&self, be: &mut dyn Backend, dropout: Option<DropoutCtx>);
+    /// The gradient of the logits (workspace).
+    fn dlogits(&self) -> TensorId;
+
     /// Forward pass to per-position losses; dropout only when `dropout` is given (training).
-    fn forward(&self, be: &mut dyn Backend, dropout: Option<DropoutCtx>);
+    fn forward(&self, be: &mut dyn Backend, dropout: Option<DropoutCtx>) {
+        self.forward_with(be, dropout, LossPass::Forward);
+    }
     /// Backward pass of the mean loss (gradients and workspace must be zeroed first); `loss_scale`
     /// is 1 / (number of scored targets). The same `dropout` as the forward.
-    fn backward(&self, be: &mut dyn Backend, loss_scale: f32, dropout: Option<DropoutCtx>);
+    fn backward(&self, be: &mut dyn Backend, loss_scale: f32, dropout: Option<DropoutCtx>) {
+        be.cross_entropy_backward(self.dlogits(), self.logits(), self.targets(), loss_scale);
+        self.backward_from_logits(be, dropout);
+    }
+    /// A training step's forward and backward (gradients and workspace zeroed first): the loss
+    /// and its gradient in one op at the end of the forward, then the backward below it.
+    fn train_pass(&self, be: &mut dyn Backend, dropout: DropoutCtx, loss_scale: f32) {
+        self.forward_with(be, Some(dropout), LossPass::ForwardBackward(loss_scale));
+        self.backward_from_logits(be, Some(dropout));
+    }
     /// The logits tensor and the row in it that holds position (b, t).
     fn logits(&self) -> TensorId;
     fn logits_row(&self, b: usize, t: usize) -> usize;

@@ -112,17 +112,46 @@ fn assert_disjoint<T>(op: &str, a: (&str, DeviceSlice<T>), b: (&str, DeviceSlice
     );
 }
 
-/// The dropout parameters as the kernels take them: seed, step, tensor, p, and the kept scale
-/// computed here by `DropoutKey::scale` so the device multiplies by the very same f32.
-fn dropout_args(args: KernelArgs, key: Option<DropoutKey>) -> KernelArgs {
-    let key = key.unwrap_or(DropoutKey {
+/// Dropout as the kernels take it: the key's seed, tensor and p as arguments, and the step from
+/// device memory (`step`: one u64, e.g. the `step` field of the backend's
+/// [`StepScalars`](super::StepScalars)), so that a step captured into a CUDA graph draws the
+/// masks of the step it replays, not of the step it was captured at. `key.step` is not read.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceDropout {
+    pub key: DropoutKey,
+    pub step: DeviceSlice<u64>,
+}
+
+impl DeviceDropout {
+    /// `key` with its step in a new device allocation of one u64 (for tests and one-off
+    /// launches; the caller frees `step` when done).
+    pub fn on_device(dev: &dyn crate::gpu::Device, key: DropoutKey) -> Result<Self, GpuError> {
+        use crate::gpu::DeviceExt;
+        Ok(DeviceDropout {
+            key,
+            step: dev.upload(&[key.step])?,
+        })
+    }
+}
+
+/// The dropout parameters as the kernels take them: seed, step pointer, tensor, p, and the kept
+/// scale computed here by `DropoutKey::scale` so the device multiplies by the very same f32.
+fn dropout_args(args: KernelArgs, d: Option<DeviceDropout>) -> KernelArgs {
+    let key = d.map(|d| d.key).unwrap_or(DropoutKey {
         p: 0.0,
         seed: 0,
         step: 0,
         tensor: 0,
     });
     args.u64(key.seed)
-        .u64(key.step)
+        .opt_slice(d.map(|d| {
+            assert_eq!(
+                d.step.len(),
+                1,
+                "dropout: the step is one u64 in device memory"
+            );
+            d.step
+        }))
         .u32(key.tensor)
         .f32(key.p)
         .f32(key.scale())
@@ -187,12 +216,12 @@ pub fn causal_softmax_dropout_forward(
     scores: DeviceSlice<f32>,
     r: usize,
     t: usize,
-    dropout: Option<DropoutKey>,
+    dropout: Option<DeviceDropout>,
 ) -> Result<(), GpuError> {
     let op = "causal_softmax_dropout_forward";
     check_len(op, "probs", probs.len(), &[r, t, t]);
     check_len(op, "scores", scores.len(), &[r, t, t]);
-    let dropout = dropout.filter(|d| d.p > 0.0);
+    let dropout = dropout.filter(|d| d.key.p > 0.0);
     let weights = match dropout {
         Some(_) => {
             let w = weights.unwrap_or_else(|| {
@@ -229,7 +258,7 @@ pub fn attention_dropout_weights(
     probs: DeviceSlice<f32>,
     r: usize,
     t: usize,
-    dropout: DropoutKey,
+    dropout: DeviceDropout,
 ) -> Result<(), GpuError> {
     let op = "attention_dropout_weights";
     check_len(op, "weights", weights.len(), &[r, t, t]);
@@ -362,7 +391,7 @@ pub fn causal_softmax_dropout_backward(
     probs: DeviceSlice<f32>,
     r: usize,
     t: usize,
-    dropout: Option<DropoutKey>,
+    dropout: Option<DeviceDropout>,
 ) -> Result<(), GpuError> {
     let op = "causal_softmax_dropout_backward";
     check_len(op, "dscores", dscores.len(), &[r, t, t]);
@@ -372,7 +401,7 @@ pub fn causal_softmax_dropout_backward(
     if r * t == 0 {
         return Ok(());
     }
-    let dropout = dropout.filter(|d| d.p > 0.0);
+    let dropout = dropout.filter(|d| d.key.p > 0.0);
     let config = row_config(op, r, t);
     let args = KernelArgs::new()
         .slice(dscores)

@@ -69,3 +69,39 @@ pub fn cross_entropy_backward(
     // and every slice holds the elements its shape says, which is all the kernel touches.
     unsafe { dev.launch(op, &config, &mut args.params()) }
 }
+
+/// losses (N) as [`cross_entropy_forward`] and dlogits (N, V) OVERWRITTEN with loss_scale ·
+/// (softmax − onehot) (zero rows for IGNORE targets), one launch; `step` is the device's
+/// [`StepScalars`](crate::gpu::kernels::StepScalars), whose `loss_scale` is read there.
+pub fn cross_entropy_forward_backward(
+    dev: &dyn Device,
+    losses: DeviceSlice<f32>,
+    dlogits: DeviceSlice<f32>,
+    logits: DeviceSlice<f32>,
+    targets: DeviceSlice<u32>,
+    step: DeviceSlice<u8>,
+    n: usize,
+    v: usize,
+) -> Result<(), GpuError> {
+    let op = "cross_entropy_forward_backward";
+    check_len(op, "losses", losses.len(), &[n]);
+    check_len(op, "dlogits", dlogits.len(), &[n, v]);
+    check_len(op, "logits", logits.len(), &[n, v]);
+    check_len(op, "targets", targets.len(), &[n]);
+    check_len(op, "step", step.len(), &[super::STEP_SCALARS_BYTES]);
+    if n == 0 {
+        return Ok(());
+    }
+    let config = LaunchConfig::new(blocks(n, ROWS_PER_BLOCK), ROWS_BLOCK);
+    let mut args = KernelArgs::new()
+        .slice(losses)
+        .slice(dlogits)
+        .slice(logits)
+        .slice(targets)
+        .slice(step)
+        .i32(int(op, "N", n))
+        .i32(int(op, "V", v));
+    // SAFETY: the parameters match `cross_entropy_forward_backward` in kernels/loss.cu in order
+    // and type; every slice holds its shape and `step` one StepScalars.
+    unsafe { dev.launch(op, &config, &mut args.params()) }
+}

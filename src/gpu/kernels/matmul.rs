@@ -378,3 +378,263 @@ pub fn bias_backward_with_workspace(
     }
     Ok(())
 }
+
+/// The three projections of one input (q, k, v: separate weights) in one launch: out_j (N, OC) =
+/// inp (N, IC) · w_j (OC, IC)ᵀ + b_j (OC) for j = 0, 1, 2. kernels/matmul.cu.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_forward_qkv(
+    dev: &dyn Device,
+    out: [DeviceSlice<f32>; 3],
+    inp: DeviceSlice<f32>,
+    weight: [DeviceSlice<f32>; 3],
+    bias: [Option<DeviceSlice<f32>>; 3],
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> Result<(), GpuError> {
+    let op = "matmul_forward_qkv";
+    check_len(op, "inp", inp.len(), &[n, ic]);
+    for j in 0..3 {
+        check_len(op, "out", out[j].len(), &[n, oc]);
+        check_len(op, "weight", weight[j].len(), &[oc, ic]);
+        if let Some(b) = bias[j] {
+            check_len(op, "bias", b.len(), &[oc]);
+        }
+    }
+    if n == 0 || oc == 0 {
+        return Ok(());
+    }
+    let config = gemm_config(n, oc, 3);
+    let mut args = KernelArgs::new()
+        .slice(out[0])
+        .slice(out[1])
+        .slice(out[2])
+        .slice(inp)
+        .slice(weight[0])
+        .slice(weight[1])
+        .slice(weight[2])
+        .opt_slice(bias[0])
+        .opt_slice(bias[1])
+        .opt_slice(bias[2])
+        .i32(int(op, "N", n))
+        .i32(int(op, "IC", ic))
+        .i32(int(op, "OC", oc));
+    // SAFETY: the parameters match `matmul_forward_qkv` in kernels/matmul.cu in order and type,
+    // and every slice holds the elements its shape says, which is all the kernel touches.
+    unsafe { dev.launch(op, &config, &mut args.params()) }
+}
+
+/// pre (N, OC) = inp (N, IC) · weight (OC, IC)ᵀ + bias (OC) and out = gelu(pre), one launch.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_forward_gelu(
+    dev: &dyn Device,
+    pre: DeviceSlice<f32>,
+    out: DeviceSlice<f32>,
+    inp: DeviceSlice<f32>,
+    weight: DeviceSlice<f32>,
+    bias: Option<DeviceSlice<f32>>,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> Result<(), GpuError> {
+    let op = "matmul_forward_gelu";
+    check_len(op, "pre", pre.len(), &[n, oc]);
+    check_len(op, "out", out.len(), &[n, oc]);
+    check_len(op, "inp", inp.len(), &[n, ic]);
+    check_len(op, "weight", weight.len(), &[oc, ic]);
+    if let Some(b) = bias {
+        check_len(op, "bias", b.len(), &[oc]);
+    }
+    if n == 0 || oc == 0 {
+        return Ok(());
+    }
+    let config = gemm_config(n, oc, 1);
+    let mut args = KernelArgs::new()
+        .slice(pre)
+        .slice(out)
+        .slice(inp)
+        .slice(weight)
+        .opt_slice(bias)
+        .i32(int(op, "N", n))
+        .i32(int(op, "IC", ic))
+        .i32(int(op, "OC", oc));
+    // SAFETY: the parameters match `matmul_forward_gelu` in kernels/matmul.cu in order and type.
+    unsafe { dev.launch(op, &config, &mut args.params()) }
+}
+
+/// dinp (N, IC) += Σ_j dout_j (N, OC) · w_j (OC, IC), j = 0, 1, 2, one launch.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward_input_qkv(
+    dev: &dyn Device,
+    dinp: DeviceSlice<f32>,
+    dout: [DeviceSlice<f32>; 3],
+    weight: [DeviceSlice<f32>; 3],
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> Result<(), GpuError> {
+    let op = "matmul_backward_input_qkv";
+    check_len(op, "dinp", dinp.len(), &[n, ic]);
+    for j in 0..3 {
+        check_len(op, "dout", dout[j].len(), &[n, oc]);
+        check_len(op, "weight", weight[j].len(), &[oc, ic]);
+    }
+    if n == 0 || ic == 0 {
+        return Ok(());
+    }
+    let config = gemm_config(n, ic, 1);
+    let mut args = KernelArgs::new()
+        .slice(dinp)
+        .slice(dout[0])
+        .slice(dout[1])
+        .slice(dout[2])
+        .slice(weight[0])
+        .slice(weight[1])
+        .slice(weight[2])
+        .i32(int(op, "N", n))
+        .i32(int(op, "IC", ic))
+        .i32(int(op, "OC", oc));
+    // SAFETY: the parameters match `matmul_backward_input_qkv` in kernels/matmul.cu.
+    unsafe { dev.launch(op, &config, &mut args.params()) }
+}
+
+/// dpre (N, IC) += gelu'(pre) ⊙ (dout (N, OC) · weight (OC, IC)), one launch.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward_input_gelu(
+    dev: &dyn Device,
+    dpre: DeviceSlice<f32>,
+    pre: DeviceSlice<f32>,
+    dout: DeviceSlice<f32>,
+    weight: DeviceSlice<f32>,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> Result<(), GpuError> {
+    let op = "matmul_backward_input_gelu";
+    check_len(op, "dpre", dpre.len(), &[n, ic]);
+    check_len(op, "pre", pre.len(), &[n, ic]);
+    check_len(op, "dout", dout.len(), &[n, oc]);
+    check_len(op, "weight", weight.len(), &[oc, ic]);
+    if n == 0 || ic == 0 {
+        return Ok(());
+    }
+    let config = gemm_config(n, ic, 1);
+    let mut args = KernelArgs::new()
+        .slice(dpre)
+        .slice(pre)
+        .slice(dout)
+        .slice(weight)
+        .i32(int(op, "N", n))
+        .i32(int(op, "IC", ic))
+        .i32(int(op, "OC", oc));
+    // SAFETY: the parameters match `matmul_backward_input_gelu` in kernels/matmul.cu.
+    unsafe { dev.launch(op, &config, &mut args.params()) }
+}
+
+/// The splits of N [`linear_backward_params`] uses for `count` layers at this shape.
+pub fn linear_backward_params_splits(n: usize, ic: usize, oc: usize, count: usize) -> usize {
+    let (_, splits) = split_rows(
+        n.max(1),
+        splits_for(n, count * oc.div_ceil(TILE_M) * ic.div_ceil(TILE_N)),
+        TILE_K,
+    );
+    splits
+}
+
+/// Workspace of [`linear_backward_params`]: (partial floats, counters) for `count` layers.
+pub fn linear_backward_params_workspace(
+    n: usize,
+    ic: usize,
+    oc: usize,
+    count: usize,
+    splits: usize,
+) -> (usize, usize) {
+    if n == 0 || splits <= 1 {
+        return (0, 0);
+    }
+    (
+        count * splits * (oc * ic + oc),
+        count * oc.div_ceil(TILE_M) * ic.div_ceil(TILE_N),
+    )
+}
+
+/// The weight and bias gradients of `count` = dweight.len() (1, or 3 for q, k, v sharing `inp`)
+/// linear layers in one launch: dweight_j (OC, IC) += dout_j (N, OC)ᵀ · inp (N, IC), dbias_j (OC)
+/// += Σ_n dout_j; split over N into `splits` chunks (from [`linear_backward_params_splits`] or
+/// fewer), whose partials (`partials`, `counters` from [`linear_backward_params_workspace`];
+/// the counters zero) the last block of each tile adds in split order. Deterministic.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward_params(
+    dev: &dyn Device,
+    dweight: &[DeviceSlice<f32>],
+    dbias: &[Option<DeviceSlice<f32>>],
+    dout: &[DeviceSlice<f32>],
+    inp: DeviceSlice<f32>,
+    partials: Option<DeviceSlice<f32>>,
+    counters: Option<DeviceSlice<u32>>,
+    splits: usize,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> Result<(), GpuError> {
+    let op = "linear_backward_params";
+    let count = dweight.len();
+    assert!(
+        (count == 1 || count == 3) && dbias.len() == count && dout.len() == count,
+        "{op}: 1 or 3 layers, with as many dbias and dout, got {count}, {}, {}",
+        dbias.len(),
+        dout.len()
+    );
+    check_len(op, "inp", inp.len(), &[n, ic]);
+    for j in 0..count {
+        check_len(op, "dweight", dweight[j].len(), &[oc, ic]);
+        check_len(op, "dout", dout[j].len(), &[n, oc]);
+        if let Some(b) = dbias[j] {
+            check_len(op, "dbias", b.len(), &[oc]);
+        }
+    }
+    assert!(splits >= 1, "{op}: splits must be at least 1");
+    if n == 0 || oc == 0 || ic == 0 {
+        return Ok(());
+    }
+    let (chunk, splits) = split_rows(n, splits, TILE_K);
+    let (want_p, want_c) = linear_backward_params_workspace(n, ic, oc, count, splits);
+    let (p, c) = if splits > 1 {
+        let p = partials.unwrap_or_else(|| panic!("{op}: {splits} splits need a workspace"));
+        let c = counters.unwrap_or_else(|| panic!("{op}: {splits} splits need counters"));
+        assert!(
+            p.len() >= want_p && c.len() >= want_c,
+            "shape mismatch in {op}: workspace expected at least {want_p} floats and {want_c} counters, got {} and {}",
+            p.len(),
+            c.len()
+        );
+        (p.ptr(), c.ptr())
+    } else {
+        (0, 0)
+    };
+    let pick = |j: usize| j.min(count - 1);
+    let config = gemm_config(oc, ic, count * splits);
+    let mut args = KernelArgs::new();
+    for j in 0..3 {
+        args = args.slice(dweight[pick(j)]);
+    }
+    for j in 0..3 {
+        args = args.opt_slice(dbias[pick(j)]);
+    }
+    for j in 0..3 {
+        args = args.slice(dout[pick(j)]);
+    }
+    let mut args = args
+        .slice(inp)
+        .ptr(p)
+        .ptr(c)
+        .i32(int(op, "N", n))
+        .i32(int(op, "IC", ic))
+        .i32(int(op, "OC", oc))
+        .i32(int(op, "k_chunk", chunk))
+        .i32(int(op, "splits", splits));
+    // SAFETY: the parameters match `linear_backward_params` in kernels/matmul.cu in order and
+    // type; blockIdx.z < count · splits only selects the first `count` layers, whose slices hold
+    // their shapes; the workspace was checked above.
+    unsafe { dev.launch(op, &config, &mut args.params()) }
+}

@@ -23,6 +23,7 @@ pub mod lstm;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
+pub mod step;
 
 pub use attention::*;
 pub use embedding::*;
@@ -31,3 +32,4 @@ pub use lstm::*;
 pub use matmul::*;
 pub use norm::*;
 pub use optim::*;
+pub use step::*;
