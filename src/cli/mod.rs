@@ -242,6 +242,10 @@ pub struct TrainArgs {
     /// Where to train.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// On the GPU, record the training step once as a CUDA graph and replay it (falls back to
+    /// eager launches, with a note, where capture fails).
+    #[arg(long, value_enum, value_name = "on|off", default_value_t = OnOff::On)]
+    pub cuda_graph: OnOff,
     /// No progress bar (also off when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
@@ -360,8 +364,24 @@ pub struct ProfileStepArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// On the GPU, replay the step as a CUDA graph (on) or launch it eagerly (off).
+    #[arg(long, value_enum, value_name = "on|off", default_value_t = OnOff::On)]
+    pub cuda_graph: OnOff,
     #[command(flatten)]
     pub shape: ShapeArgs,
+}
+
+/// A switch given as `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    pub fn on(self) -> bool {
+        self == OnOff::On
+    }
 }
 
 #[derive(Args, Debug)]

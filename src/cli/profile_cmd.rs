@@ -11,7 +11,7 @@ use crate::backend::{self, Backend};
 use crate::gpu::nvtx;
 use crate::model;
 use crate::rng::Rng;
-use crate::train::train_step;
+use crate::train::{queue_step, train_step};
 use anyhow::{ensure, Result};
 use std::time::Instant;
 
@@ -55,6 +55,7 @@ pub fn run(a: &ProfileStepArgs) -> Result<()> {
     cfg.validate()?;
     let m = model::build(&cfg, tcfg.batch);
     let mut be = backend::create(a.device, m.table().clone(), false)?;
+    be.set_cuda_graph(a.cuda_graph.on());
     let mut rng = Rng::new(tcfg.seed);
     for (id, v) in model::init_params(m.as_ref(), &mut rng) {
         be.write(id, &v);
@@ -80,15 +81,20 @@ pub fn run(a: &ProfileStepArgs) -> Result<()> {
     be.synchronize();
     let warm = t0.elapsed().as_secs_f64();
 
+    // The profiled step is queued as the training loop queues it, then waited for: its counts
+    // are what it issues (the wait and the read-back of its loss come after them).
     let step = a.warmup + 1;
     capture(be.as_mut(), true);
     be.range_push("profile-step");
+    let before = be.device_counts();
     let t0 = Instant::now();
-    let stats = train_step(m.as_ref(), be.as_mut(), &tcfg, step, &inputs, &targets);
+    queue_step(m.as_ref(), be.as_mut(), &tcfg, step, &inputs, &targets);
+    let after = be.device_counts();
     be.synchronize();
     let secs = t0.elapsed().as_secs_f64();
     be.range_pop();
     capture(be.as_mut(), false);
+    let loss = be.take_step_records().last().map_or(f64::NAN, |r| r.loss);
 
     if a.warmup > 0 {
         println!("warm-up: {:.1} ms per step", 1e3 * warm / a.warmup as f64);
@@ -97,8 +103,18 @@ pub fn run(a: &ProfileStepArgs) -> Result<()> {
         "profiled step {step}: {:.2} ms, {:.0} tokens/s, loss {:.4}",
         1e3 * secs,
         (b * t) as f64 / secs.max(1e-12),
-        stats.loss
+        loss
     );
+    match (before, after) {
+        (Some(b0), Some(b1)) => {
+            let c = b1 - b0;
+            println!("step counts: {c}");
+            if let Some(note) = be.step_note() {
+                println!("note:   {note}");
+            }
+        }
+        _ => println!("step counts: none (the CPU backend has no device to count)"),
+    }
     match nvtx::status() {
         Some(Ok(lib)) => println!("nvtx:   ranges sent to {lib}"),
         Some(Err(why)) => println!("nvtx:   off ({why})"),

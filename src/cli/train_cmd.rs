@@ -114,6 +114,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
 
     let model = model::build(&model_cfg, tcfg.batch);
     let mut be = backend::create(a.device, model.table().clone(), false)?;
+    be.set_cuda_graph(a.cuda_graph.on());
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("could not create the run directory {}", run_dir.display()))?;
     let mut elapsed0 = 0.0;
