@@ -238,5 +238,57 @@ fn emu_warp_synchronous_code_with_syncwarp() {
 /// every sanitizer too. (Skipped where the mode is already chosen.)
 #[test]
 fn emu_os_threads_give_the_same_semantics() {
-    common::rerun_with_os_threads("semantics tests", 7);
+    common::rerun_with_os_threads("semantics tests", 8);
+}
+
+#[test]
+fn emu_dynamic_shared_memory_above_48_kib_needs_the_opt_in_and_stops_at_227_kib() {
+    // As the driver (compute capability 9.0): a block gets 48 KiB of shared memory, static and
+    // dynamic together, unless the kernel's MAX_DYNAMIC_SHARED_SIZE_BYTES attribute is raised;
+    // the attribute stops at the opt-in maximum of 227 KiB, static memory included.
+    let dev = device();
+    let out = zeroed::<u32>(&dev, 2 * 64);
+    let kernel = "probe_shared_poison"; // 256 B of static shared memory
+    let try_launch = |bytes: u32| {
+        let mut args = KernelArgs::new().slice(out);
+        // SAFETY: probe_shared_poison(unsigned* out) with out holding (1, 2, 64).
+        unsafe {
+            dev.launch(
+                kernel,
+                &LaunchConfig::new(1, 64).with_shared_bytes(bytes),
+                &mut args.params(),
+            )
+        }
+    };
+    assert!(
+        try_launch(48 * 1024 - 256).is_ok(),
+        "within 48 KiB with the static 256 B"
+    );
+    let e = try_launch(48 * 1024).unwrap_err().to_string();
+    assert!(
+        e.contains("48 KiB") || e.contains("49152"),
+        "static + dynamic over 48 KiB: {e}"
+    );
+    let e = try_launch(64 * 1024).unwrap_err().to_string();
+    assert!(e.contains("cuFuncSetAttribute"), "{e}");
+    dev.set_max_dynamic_shared(kernel, 64 * 1024).unwrap();
+    try_launch(64 * 1024).unwrap();
+    assert!(
+        try_launch(64 * 1024 + 4).is_err(),
+        "above the raised attribute"
+    );
+    let e = dev
+        .set_max_dynamic_shared(kernel, 227 * 1024 + 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("opt-in maximum"), "{e}");
+    assert_eq!(dev.max_shared_optin(), 227 * 1024);
+    dev.set_max_dynamic_shared(kernel, 227 * 1024).unwrap();
+    try_launch(227 * 1024 - 256).unwrap();
+    let e = try_launch(227 * 1024).unwrap_err().to_string();
+    assert!(
+        e.contains("opt in to"),
+        "static + dynamic over 227 KiB: {e}"
+    );
+    assert!(dev.set_max_dynamic_shared("no_such_kernel", 1024).is_err());
 }

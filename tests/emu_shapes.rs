@@ -49,6 +49,12 @@ impl Device for Counting {
     fn counts(&self) -> robo_poet::gpu::DeviceCounts {
         self.inner.counts()
     }
+    fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<(), GpuError> {
+        self.inner.set_max_dynamic_shared(kernel, bytes)
+    }
+    fn max_shared_optin(&self) -> u32 {
+        self.inner.max_shared_optin()
+    }
     fn mem_get_info(&self) -> Result<(usize, usize), GpuError> {
         self.inner.mem_get_info()
     }

@@ -28,6 +28,10 @@ struct LaunchDesc {
     unsigned int query_params;
     unsigned long long* param_sizes;
     unsigned long long param_sizes_cap;
+    // Static + dynamic shared memory a block may use: 48 KiB, or the opt-in maximum when the
+    // kernel's MAX_DYNAMIC_SHARED_SIZE_BYTES attribute was raised (src/gpu/emu.rs checks the
+    // dynamic part against the attribute).
+    unsigned long long shared_limit;
 };
 
 // Under ThreadSanitizer, races are reported per OS thread or TSan fiber: name each after the
@@ -174,10 +178,12 @@ inline void start_block(Launch& L, uint3 idx) {
 inline std::string finish_block(Launch& L) {
     std::string error;
     if (L.aborted) error = L.error;
-    else if (L.static_shared_bytes + L.dyn_bytes > kMaxSharedBytes)
+    else if (L.static_shared_bytes + L.dyn_bytes > L.shared_limit)
         error = block_name(L) + ": uses " + std::to_string(L.static_shared_bytes) + " bytes of static and " +
                 std::to_string(L.dyn_bytes) + " bytes of dynamic shared memory, more than the " +
-                std::to_string(kMaxSharedBytes) + " a block gets without cuFuncSetAttribute";
+                std::to_string(L.shared_limit) +
+                (L.shared_limit == kMaxSharedBytes ? " a block gets without cuFuncSetAttribute"
+                                                   : " a block can opt in to");
     free_block_memory(L);
     return error;
 }
@@ -475,6 +481,7 @@ int launch(void (*kernel)(Args...), const char* name, LaunchDesc* d) noexcept {
         L.grid = dim3(d->grid[0], d->grid[1], d->grid[2]);
         L.block = dim3(d->block[0], d->block[1], d->block[2]);
         L.dyn_bytes = d->shared_bytes;
+        L.shared_limit = d->shared_limit ? d->shared_limit : kMaxSharedBytes;
         L.reverse = d->reverse != 0;
         std::string bad_env = choose_threads(&L.fibers);
         if (!bad_env.empty()) return report(d, kLaunchRejected, bad_env);

@@ -178,6 +178,7 @@ struct Launch {
     const char* kernel;
     dim3 grid, block;
     size_t dyn_bytes;
+    size_t shared_limit = 48 * 1024;
     Body body;
     void* ctx;
     int nthreads, nwarps;

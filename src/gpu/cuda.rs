@@ -86,6 +86,8 @@ pub struct CudaDevice {
     graphs: RefCell<HashMap<u64, sys::CUgraphExec>>,
     next_graph: Cell<u64>,
     counters: Counters,
+    /// CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN.
+    shared_optin: u32,
 }
 
 /// Page-locked staging memory for [`Device::upload_async`]: a ring of slots, each with the event
@@ -153,6 +155,14 @@ impl CudaDevice {
                 Unavailable::Failed(format!("cuCtxSetCurrent: {}", driver_message(e)))
             })?;
         }
+        // SAFETY: `device` came from device::get.
+        let shared_optin = unsafe {
+            result::device::get_attribute(
+                device,
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+        }
+        .map_err(|e| Unavailable::Failed(driver_message(e)))? as u32;
         let stream = result::stream::create(result::stream::StreamKind::Default)
             .map_err(|e| Unavailable::Failed(format!("cuStreamCreate: {}", driver_message(e))))?;
         let mut slots = Vec::with_capacity(STAGING_SLOTS);
@@ -181,6 +191,7 @@ impl CudaDevice {
             graphs: RefCell::new(HashMap::new()),
             next_graph: Cell::new(1),
             counters: Counters::default(),
+            shared_optin,
         };
         dev.load_kernels().map_err(Unavailable::Failed)?;
         Ok(dev)
@@ -524,6 +535,31 @@ impl Device for CudaDevice {
 
     fn counts(&self) -> DeviceCounts {
         self.counters.snapshot()
+    }
+
+    fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<(), GpuError> {
+        let Some(&f) = self.functions.get(kernel) else {
+            return Err(GpuError::UnknownKernel {
+                kernel: kernel.to_string(),
+                available: self.kernel_names().iter().map(|s| s.to_string()).collect(),
+            });
+        };
+        // SAFETY: `f` was loaded by this device and lives until Drop.
+        unsafe {
+            result::function::set_function_attribute(
+                f,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+        }
+        .map_err(|e| GpuError::Driver {
+            op: format!("cuFuncSetAttribute({kernel}, MAX_DYNAMIC_SHARED_SIZE_BYTES, {bytes})"),
+            message: driver_message(e),
+        })
+    }
+
+    fn max_shared_optin(&self) -> u32 {
+        self.shared_optin
     }
 
     fn begin_capture(&self) -> Result<(), GpuError> {

@@ -60,6 +60,15 @@ pub trait Device {
     /// What this device has done so far: launches, memsets, copies, host synchronisations.
     fn counts(&self) -> DeviceCounts;
 
+    /// `cuFuncSetAttribute(kernel, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)`: lets
+    /// `kernel`'s launches use up to `bytes` of dynamic shared memory (without it, a block gets
+    /// 48 KiB in all); refused above [`Device::max_shared_optin`].
+    fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<(), GpuError>;
+
+    /// `CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN`: the most shared memory a block
+    /// can opt in to (227 KiB on compute capability 9.0).
+    fn max_shared_optin(&self) -> u32;
+
     /// `cuStreamBeginCapture`: from now on launches and memsets are recorded, not run.
     fn begin_capture(&self) -> Result<(), GpuError> {
         Err(GpuError::Unsupported {
@@ -175,6 +184,11 @@ impl fmt::Display for GpuError {
 }
 
 impl std::error::Error for GpuError {}
+
+/// Shared memory a block gets without `cuFuncSetAttribute`: 48 KiB, static and dynamic together.
+pub const DEFAULT_SHARED_BYTES: u32 = 48 * 1024;
+/// The opt-in maximum of compute capability 9.0 (the CUDA programming guide's table): 227 KiB.
+pub const SHARED_OPTIN_SM90: u32 = 227 * 1024;
 
 /// A graph recorded by [`Device::begin_capture`] / [`Device::end_capture`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -13,6 +13,7 @@
 
 use super::device::{
     Counted, Counters, Device, DeviceCounts, DevicePtr, GpuError, GraphId, LaunchConfig,
+    DEFAULT_SHARED_BYTES, SHARED_OPTIN_SM90,
 };
 use std::alloc::{self, Layout};
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +36,8 @@ pub struct EmuLaunchDesc {
     pub query_params: u32,
     pub param_sizes: *mut u64,
     pub param_sizes_cap: u64,
+    /// Static + dynamic shared memory a block may use (0: 48 KiB).
+    pub shared_limit: u64,
 }
 
 /// One emulated kernel, as build.rs lists it: the emulated `CUfunction`.
@@ -83,8 +86,6 @@ const GUARD_MIN: usize = 4096;
 const GUARD_MAX: usize = 64 * 1024;
 /// cudaMalloc's alignment.
 const ALIGN: usize = 256;
-/// Dynamic shared memory a launch gets without cuFuncSetAttribute.
-const MAX_DYNAMIC_SHARED: u32 = 48 * 1024;
 
 struct Allocation {
     /// Start of the host block (the leading guard band).
@@ -201,6 +202,8 @@ pub struct EmuDevice {
     capture: Mutex<Option<Capture>>,
     graphs: Mutex<HashMap<u64, Vec<Node>>>,
     next_graph: std::sync::atomic::AtomicU64,
+    /// Each kernel's MAX_DYNAMIC_SHARED_SIZE_BYTES attribute, where raised.
+    max_dynamic_shared: Mutex<HashMap<&'static str, u32>>,
 }
 
 /// Default capacity of an emulated device: an H100's 80 GB.
@@ -224,6 +227,7 @@ impl EmuDevice {
             capture: Mutex::new(None),
             graphs: Mutex::new(HashMap::new()),
             next_graph: std::sync::atomic::AtomicU64::new(1),
+            max_dynamic_shared: Mutex::new(HashMap::new()),
         }
         .with_kernels(KERNELS)
     }
@@ -333,6 +337,7 @@ impl EmuDevice {
             query_params: 1,
             param_sizes: sizes.as_mut_ptr(),
             param_sizes_cap: sizes.len() as u64,
+            shared_limit: 0,
         };
         // SAFETY: in query mode the launcher only writes num_params and param_sizes[..cap].
         let rc = unsafe { (k.launch)(&mut desc) };
@@ -360,6 +365,7 @@ impl EmuDevice {
             config: *config,
             reason,
         };
+        let opted = self.max_dynamic_shared.lock().unwrap().get(k.name).copied();
         // Held for the whole launch: memory cannot be freed or copied while a kernel runs.
         let allocs = self.allocs.lock().unwrap();
         let mut error = vec![0u8; 16 * 1024];
@@ -375,6 +381,11 @@ impl EmuDevice {
             query_params: 0,
             param_sizes: std::ptr::null_mut(),
             param_sizes_cap: 0,
+            shared_limit: if opted.is_some() {
+                SHARED_OPTIN_SM90 as u64
+            } else {
+                DEFAULT_SHARED_BYTES as u64
+            },
         };
         // SAFETY: the descriptor is valid for the call; the caller vouches for the parameters.
         let rc = unsafe { (k.launch)(&mut desc) };
@@ -608,6 +619,32 @@ impl Device for EmuDevice {
         self.counters.snapshot()
     }
 
+    fn set_max_dynamic_shared(&self, kernel: &str, bytes: u32) -> Result<(), GpuError> {
+        let Some(k) = self.kernels.get(kernel) else {
+            return Err(GpuError::UnknownKernel {
+                kernel: kernel.to_string(),
+                available: self.kernel_names().iter().map(|s| s.to_string()).collect(),
+            });
+        };
+        if bytes > SHARED_OPTIN_SM90 {
+            return Err(GpuError::Driver {
+                op: format!("cuFuncSetAttribute({kernel}, MAX_DYNAMIC_SHARED_SIZE_BYTES, {bytes})"),
+                message: format!(
+                    "CUDA_ERROR_INVALID_VALUE: above the device's opt-in maximum of {SHARED_OPTIN_SM90} bytes per block"
+                ),
+            });
+        }
+        self.max_dynamic_shared
+            .lock()
+            .unwrap()
+            .insert(k.name, bytes);
+        Ok(())
+    }
+
+    fn max_shared_optin(&self) -> u32 {
+        SHARED_OPTIN_SM90
+    }
+
     fn begin_capture(&self) -> Result<(), GpuError> {
         let mut cap = self.capture.lock().unwrap();
         if cap.is_some() {
@@ -698,9 +735,19 @@ impl Device for EmuDevice {
             });
         };
         config.validate().map_err(rejected)?;
-        if config.shared_bytes > MAX_DYNAMIC_SHARED {
+        // As the driver: dynamic shared memory up to the kernel's MAX_DYNAMIC_SHARED_SIZE_BYTES
+        // (48 KiB unless raised); static + dynamic is checked per block by the runtime.
+        let max = self
+            .max_dynamic_shared
+            .lock()
+            .unwrap()
+            .get(k.name)
+            .copied()
+            .unwrap_or(DEFAULT_SHARED_BYTES);
+        if config.shared_bytes > max {
             return Err(rejected(format!(
-                "{} bytes of dynamic shared memory need cuFuncSetAttribute (above {MAX_DYNAMIC_SHARED}), which the Device trait does not offer yet",
+                "{} bytes of dynamic shared memory exceed the kernel's maximum of {max} (CUDA_ERROR_INVALID_VALUE); \
+                 above {DEFAULT_SHARED_BYTES} a kernel must opt in with cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), up to {SHARED_OPTIN_SM90}",
                 config.shared_bytes
             )));
         }
