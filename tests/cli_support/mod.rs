@@ -71,6 +71,15 @@ pub fn fails_with(o: &Output, needle: &str) {
     );
 }
 
+/// The current checkpoint folder of a run: the one `checkpoint.latest` names.
+#[track_caller]
+pub fn checkpoint_dir(run: &Path) -> PathBuf {
+    let pointer = run.join("checkpoint.latest");
+    let name =
+        std::fs::read_to_string(&pointer).unwrap_or_else(|e| panic!("{}: {e}", pointer.display()));
+    run.join(name.trim())
+}
+
 /// ~30 KB of deterministic pseudo-English (enough for a validation split).
 pub fn sample_text() -> String {
     let words = [
