@@ -219,6 +219,16 @@ fn runs_that_cannot_fit_are_refused_up_front_with_what_they_need() {
         );
         assert!(!p.join("runs").exists(), "{cmd:?} left a run directory");
     }
+    let t0 = Instant::now();
+    fails_with(
+        &run_within(&["memory", "--layers", "1000000"], p, &[], limit),
+        "--layers 1000000 is more than",
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "memory took {:?}",
+        t0.elapsed()
+    );
     // The check reads the tensor table: a machine of 1000 bytes cannot hold even the tiny
     // model, one of a terabyte can.
     let tiny = args(
