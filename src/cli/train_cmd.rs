@@ -44,9 +44,9 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         );
     }
     let progress = !a.no_progress && std::io::stderr().is_terminal();
-    // A resumed run is locked before anything is read, so a second writer is refused at once; a
-    // new one is created and locked once everything is known to work (no empty folder is left
-    // behind by a bad flag).
+    // A resumed run is locked before its data is loaded, so a second writer is refused at once; a
+    // new run's folder is created and locked once everything is known to work (a bad flag leaves
+    // no empty folder behind).
     let (resume_dir, resume_lock, resume_meta) = match &a.resume {
         Some(dir) => {
             if dir.is_file() {
@@ -135,7 +135,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     }
     model_cfg.validate()?;
     let mut sampler = Sampler::new(tcfg.seed, ds.train.len(), tcfg.batch, model_cfg.seq_len())?;
-    if let (Some(dir), true) = (&resume_dir, start_step >= tcfg.steps) {
+    if let Some(dir) = resume_dir.as_ref().filter(|_| start_step >= tcfg.steps) {
         bail!("{} already finished its {} steps; pass --steps N (more than {start_step}) with --resume to train further", dir.display(), tcfg.steps);
     }
 
