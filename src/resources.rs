@@ -8,7 +8,7 @@
 //! what to change.
 
 use crate::model::footprint::Footprint;
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, ModelKind};
 use crate::tensor::{Category, TensorTable};
 use anyhow::{bail, Result};
 
@@ -96,8 +96,17 @@ fn grouped(n: u128) -> String {
     out
 }
 
+/// Which model a table belongs to, for the flag names in a suggestion.
+fn kind_of(table: &TensorTable) -> ModelKind {
+    if table.get("lstm.0.w_ih").is_some() {
+        ModelKind::Lstm
+    } else {
+        ModelKind::Attention
+    }
+}
+
 /// What to change when `bytes` per category do not fit: the flags behind the largest share.
-fn suggestion(by_category: &[(Category, u128)]) -> &'static str {
+fn suggestion(by_category: &[(Category, u128)], kind: ModelKind) -> &'static str {
     let of = |cats: &[Category]| -> u128 {
         by_category
             .iter()
@@ -110,12 +119,23 @@ fn suggestion(by_category: &[(Category, u128)]) -> &'static str {
         Category::Gradient,
         Category::OptimizerState,
     ]);
-    if per_token >= weights {
-        "most of it is activations, which grow with --batch and --seq-len (attention's with \
-         seq_len²): try a smaller --batch or --seq-len"
-    } else {
-        "most of it is parameters, their gradients and AdamW moments: try a smaller --d-model \
-         (attention), --hidden or --embed (LSTM), or fewer --layers"
+    match (per_token >= weights, kind) {
+        (true, ModelKind::Attention) => {
+            "most of it is activations, which grow with --batch and with --seq-len squared: try a \
+             smaller --batch or --seq-len"
+        }
+        (true, ModelKind::Lstm) => {
+            "most of it is activations, which grow with --batch and --seq-len: try a smaller \
+             --batch or --seq-len"
+        }
+        (false, ModelKind::Attention) => {
+            "most of it is parameters, their gradients and AdamW moments: try a smaller --d-model \
+             or fewer --layers"
+        }
+        (false, ModelKind::Lstm) => {
+            "most of it is parameters, their gradients and AdamW moments: try a smaller --hidden \
+             or --embed, or fewer --layers"
+        }
     }
 }
 
@@ -137,7 +157,7 @@ pub fn check_model_size(cfg: &ModelConfig, batch: usize) -> Result<()> {
             "this configuration needs {} for its tensors ({} parameters), more than any machine has; {}",
             human_bytes(total),
             grouped(f.parameters),
-            suggestion(&by)
+            suggestion(&by, cfg.kind())
         );
     }
     Ok(())
@@ -177,13 +197,14 @@ pub fn ensure_cpu_fits(table: &TensorTable, reserve: u128) -> Result<()> {
         grouped(table.parameter_count() as u128),
         human_bytes(host.bytes as u128),
         host.source,
-        suggestion(&by)
+        suggestion(&by, kind_of(table))
     )
 }
 
 /// Refuses a GPU run whose host-side copies (`reserve` bytes: checkpoint staging) do not fit in
 /// host memory; the device memory itself is checked by the CUDA backend against the driver.
-pub fn ensure_host_reserve(reserve: u128, parameters: usize) -> Result<()> {
+pub fn ensure_host_reserve(reserve: u128, table: &TensorTable) -> Result<()> {
+    let parameters = table.parameter_count();
     let Some(host) = host_memory() else {
         return Ok(());
     };
@@ -191,11 +212,12 @@ pub fn ensure_host_reserve(reserve: u128, parameters: usize) -> Result<()> {
         return Ok(());
     }
     bail!(
-        "this run needs {} of host memory for its checkpoint copies ({} parameters) but the machine has {} available ({}); try a smaller --d-model (attention), --hidden or --embed (LSTM), or fewer --layers",
+        "this run needs {} of host memory for its checkpoint copies ({} parameters) but the machine has {} available ({}); {}",
         human_bytes(reserve),
         grouped(parameters as u128),
         human_bytes(host.bytes as u128),
-        host.source
+        host.source,
+        suggestion(&[(Category::Parameter, reserve)], kind_of(table))
     )
 }
 

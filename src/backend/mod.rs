@@ -284,7 +284,7 @@ pub fn create_reserving(
     let on = |dev: Box<dyn crate::gpu::Device>,
               table: TensorTable|
      -> anyhow::Result<Box<dyn Backend>> {
-        resources::ensure_host_reserve(host_reserve, table.parameter_count())?;
+        resources::ensure_host_reserve(host_reserve, &table)?;
         Ok(Box::new(cuda::CudaBackend::new(dev, table)?))
     };
     match device {

@@ -487,6 +487,7 @@ fn readers_always_see_a_whole_checkpoint_while_a_writer_saves() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let saves = writer.join().unwrap();
+    eprintln!("{reads} whole reads during {saves} saves");
     assert!(reads > 20 && saves > 20, "{reads} reads, {saves} saves");
 }
 
