@@ -1,5 +1,5 @@
-//! `robo-poet train`: data, model, run directory, the loop with progress, evaluation, metrics,
-//! checkpoints, Ctrl-C and resume.
+//! `robo-poet train`: data, model, sizes against the machine, the run directory and its lock, the
+//! loop with progress, evaluation, metrics, checkpoints, Ctrl-C / SIGTERM and resume.
 
 use super::interrupt::{self, Interrupted};
 use super::presets::{self, Length};
