@@ -476,8 +476,9 @@ fn ctrl_c_saves_and_exits_130() {
     stop_with(libc::SIGINT, "Ctrl-C (SIGINT)", 130);
 }
 
-/// The second Ctrl-C quits at once and says which checkpoint is left. Steps of ~1 s (the default
-/// model at batch 32) leave time to send it while the first one's step is still running.
+/// The second Ctrl-C quits at once and says which checkpoint is left. Both are sent early in a
+/// step of the default model at batch 64 (~2 s on 2 cores, far more than the ~50 ms the two
+/// signals take), so the second one arrives while the first one's step still runs.
 #[test]
 fn a_second_ctrl_c_quits_at_once_naming_the_checkpoint_kept() {
     let d = tempfile::tempdir().unwrap();
@@ -495,17 +496,22 @@ fn a_second_ctrl_c_quits_at_once_naming_the_checkpoint_kept() {
         "1000",
         "--check-every",
         "1",
+        "--batch",
+        "64",
         "--device",
         "cpu",
         "--no-progress",
     ];
     let mut bg = Background::start(&slow, p, "train");
     let metrics = p.join("runs/s/metrics.jsonl");
-    wait_until("the first step", Duration::from_secs(120), || {
-        std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty())
-    });
-    // Well inside the next step.
-    std::thread::sleep(Duration::from_millis(150));
+    // Step 1's gradient-norm line is written just before step 2 starts; polled closely, so that
+    // the signals land early in step 2 (past its stop check, which follows the line at once).
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty()) {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no first step");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(30));
     kill(bg.pid(), libc::SIGINT);
     wait_until(
         "the first interrupt's message",
