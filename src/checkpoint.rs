@@ -1,7 +1,9 @@
-//! Checkpoint files on disk: save and load a run's latest checkpoint, crash-safely.
+//! Checkpoint files on disk: save and load a run's latest checkpoint, crash-safely, while other
+//! processes read it.
 //!
-//! A run directory (e.g. `runs/attention-20261128-153000/`) holds its latest checkpoint in
-//! `checkpoint/`, three files:
+//! A run directory (e.g. `runs/attention-20261128-153000/`) holds its checkpoints in versioned
+//! folders `checkpoint.000001/`, `checkpoint.000002/`, ... and a pointer file `checkpoint.latest`
+//! whose one line names the current one. A checkpoint folder holds three files:
 //! - `model.safetensors`: model parameters, F32 little endian, in the order the caller gave them;
 //! - `optimizer.safetensors`: optimizer state tensors, same format;
 //! - `checkpoint.json`: the caller's JSON (config, tokenizer, step, RNG state...), pretty-printed,
@@ -13,39 +15,56 @@
 //!
 //! # Save protocol
 //! A save interrupted at any instant (crash, `kill -9`, power loss) must leave the run with one
-//! complete, consistent checkpoint, so it never writes into the live folder:
-//! 1. write the three files into `checkpoint.tmp/` (a stale one is removed first), fsync each
-//!    file, fsync the folder;
-//! 2. if `checkpoint/` is complete (has `checkpoint.json`), remove a stale `checkpoint.old/` and
-//!    rename `checkpoint/` to `checkpoint.old/`; fsync the run dir. If `checkpoint/` is absent,
-//!    `checkpoint.old/` is left alone: it is then the only good copy. (An incomplete
-//!    `checkpoint/`, which this protocol never produces, is removed instead of rotated.)
-//! 3. rename `checkpoint.tmp/` to `checkpoint/`; fsync the run dir;
-//! 4. remove `checkpoint.old/`.
+//! complete, consistent checkpoint, and a reader (`eval`, `generate` while the run trains) must
+//! see one whole checkpoint, old or new, never a folder mid-swap. So a save never touches a
+//! published folder:
+//! 1. write the three files into `checkpoint.NNNNNN.tmp/` (NNNNNN one more than any version
+//!    present; stale `*.tmp` folders are removed first), fsync each file, fsync the folder;
+//! 2. rename it to `checkpoint.NNNNNN/`; fsync the run dir;
+//! 3. replace `checkpoint.latest` by one atomic rename ([`write_atomic`]): the new checkpoint is
+//!    published;
+//! 4. remove every checkpoint folder but the new one and the previous one (a reader that resolved
+//!    the pointer just before step 3 may still be opening it); failures here are ignored.
 //!
-//! A folder is "complete" when it holds `checkpoint.json`: `checkpoint/` only ever appears by a
-//! rename of a fully written and synced `checkpoint.tmp/`, so that one file stands for all three.
-//! Load uses `checkpoint/` if complete, else `checkpoint.old/` (the state between steps 2 and 3),
-//! and reports which one it used. `checkpoint.tmp/` is never loaded: nothing tells a finished one
-//! from a half-written one, and the next save deletes it.
+//! A save that fails (a full disk, say) removes what it wrote before returning the error, so it
+//! leaves no partial folder behind; one killed mid-way leaves a `*.tmp` or unpublished folder,
+//! which no reader uses and the next save removes.
 //!
-//! Not handled: two processes saving into the same run dir at once.
+//! Readers resolve `checkpoint.latest` and open the files they need at once; an open file stays
+//! readable after the writer deletes its folder (POSIX), and a folder that vanished between the
+//! pointer and the open (two saves overtook the reader) makes the reader resolve again.
+//!
+//! # Old layout
+//! Runs written before the pointer existed hold one `checkpoint/` folder (and, after an
+//! interrupted save, `checkpoint.old/`). Without a pointer, load uses `checkpoint/` if complete
+//! (has `checkpoint.json`), else `checkpoint.old/`. The first save in the new layout publishes
+//! `checkpoint.000001/` and keeps the old folder as the previous version; the next save removes it.
+//!
+//! Two processes saving into one run dir are kept apart by the run lock (`cli::run_lock`), not here.
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const META_FILE: &str = "checkpoint.json";
+/// The pointer file: one line, the name of the current checkpoint folder.
+pub const LATEST_FILE: &str = "checkpoint.latest";
 
+/// Prefix of the versioned folders `checkpoint.NNNNNN`.
+const VERSION_PREFIX: &str = "checkpoint.";
+const TMP_SUFFIX: &str = ".tmp";
+/// The old layout's folders.
 const CHECKPOINT_DIR: &str = "checkpoint";
-const TMP_DIR: &str = "checkpoint.tmp";
+const LEGACY_TMP_DIR: &str = "checkpoint.tmp";
 const OLD_DIR: &str = "checkpoint.old";
+/// How often a reader resolves the pointer again when the folder it named vanished.
+const RESOLVE_TRIES: usize = 20;
 
 /// `"format"` in checkpoint.json.
 const FORMAT: &str = "robo-poet-checkpoint";
@@ -77,9 +96,10 @@ pub struct Checkpoint {
     /// checkpoint.json, including the `format` and `format_version` fields.
     pub meta: Value,
     pub model: Vec<Tensor>,
+    /// Empty when loaded with [`load_model`].
     pub optimizer: Vec<Tensor>,
-    /// The folder actually loaded: `<run>/checkpoint` or, after an interrupted save,
-    /// `<run>/checkpoint.old`.
+    /// The folder actually loaded: `<run>/checkpoint.NNNNNN` or, in the old layout,
+    /// `<run>/checkpoint` or `<run>/checkpoint.old`.
     pub dir: PathBuf,
 }
 
@@ -113,8 +133,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(parent)
 }
 
-/// Saves a checkpoint for `step` into `run_dir/checkpoint/` (creating `run_dir` if needed),
-/// following the crash-safe protocol in the module docs.
+/// Saves a checkpoint for `step` into a new `run_dir/checkpoint.NNNNNN/` (creating `run_dir` if
+/// needed) and publishes it, following the protocol in the module docs.
 ///
 /// `meta` must be a JSON object; its `"step"`, if present, must equal `step` (it is added if
 /// absent). `format`/`format_version` are set here, so a loaded `meta` can be saved back as is.
@@ -126,6 +146,19 @@ pub fn save(
     meta: &Value,
     model: &[TensorRef],
     optimizer: &[TensorRef],
+) -> Result<()> {
+    save_staged(run_dir, step, meta, model, optimizer, &mut |_| Ok(()))
+}
+
+/// [`save`] with the stage hook of [`commit`]; an error from the hook is a failed save (cleaned
+/// up), which is how the tests make a save fail at each stage.
+fn save_staged(
+    run_dir: &Path,
+    step: u64,
+    meta: &Value,
+    model: &[TensorRef],
+    optimizer: &[TensorRef],
+    stage: &mut dyn FnMut(&str) -> io::Result<()>,
 ) -> Result<()> {
     let mut meta = meta.clone();
     let Some(fields) = meta.as_object_mut() else {
@@ -164,17 +197,34 @@ pub fn save(
         (OPTIMIZER_FILE, &optimizer_bytes),
         (META_FILE, &json),
     ];
-    commit(run_dir, &files, &mut |_| Ok(())).map_err(|e| {
-        anyhow!("could not save the checkpoint: {e}; check free disk space and permissions")
+    let version = next_version(run_dir);
+    commit(run_dir, version, &files, stage).map_err(|e| {
+        discard_unpublished(run_dir, version);
+        anyhow!("could not save the checkpoint: {e}{}", io_hint(&e))
     })
 }
 
-/// Steps 1-4 of the save protocol (module docs). Errors name the path involved.
+/// What to do about a failed save, by cause: the disk-space hint only where the disk is the cause.
+fn io_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            "; the disk is full (or over quota): free some space, then resume the run"
+        }
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            "; check that the run directory is writable"
+        }
+        _ => "",
+    }
+}
+
+/// Steps 1-4 of the save protocol (module docs) for folder number `version`. Errors name the
+/// path involved.
 ///
 /// `stage` is called after each file system change with a label; an error from it stops the save
 /// right there, which is how the tests simulate a process killed at that instant.
 fn commit(
     run_dir: &Path,
+    version: u64,
     files: &[(&str, &[u8])],
     stage: &mut dyn FnMut(&str) -> io::Result<()>,
 ) -> io::Result<()> {
@@ -182,56 +232,89 @@ fn commit(
         fs::create_dir_all(run_dir).map_err(|e| with_path(e, "could not create", run_dir))?;
         sync_dir(parent_dir(run_dir))?;
     }
-    let tmp = run_dir.join(TMP_DIR);
-    let current = run_dir.join(CHECKPOINT_DIR);
-    let old = run_dir.join(OLD_DIR);
+    let name = version_name(version);
+    let tmp = run_dir.join(format!("{name}{TMP_SUFFIX}"));
+    let dir = run_dir.join(&name);
+    // What readers use now: kept through this save (module docs, step 4).
+    let previous = resolve(run_dir).ok();
 
-    // 1. Stage the complete checkpoint beside the live one.
-    remove_dir_if_exists(&tmp)?;
+    // 1. Stage the complete checkpoint beside the published ones.
+    remove_stale_temps(run_dir)?;
     fs::create_dir(&tmp).map_err(|e| with_path(e, "could not create", &tmp))?;
-    for (name, bytes) in files {
-        write_synced(&tmp.join(name), bytes)?;
-        stage(name)?;
+    for (file, bytes) in files {
+        write_synced(&tmp.join(file), bytes)?;
+        stage(file)?;
     }
     sync_dir(&tmp)?;
-    stage("1")?;
+    stage("1 staged")?;
 
-    // 2. Keep the live checkpoint as .old until the new one is in place.
-    if is_complete(&current) {
-        remove_dir_if_exists(&old)?;
-        stage("2 removed stale .old")?;
-        fs::rename(&current, &old).map_err(|e| with_path(e, "could not rename", &current))?;
-        // Barrier: the rename below must not reach the disk before this one.
-        sync_dir(run_dir)?;
-    } else {
-        // Not a good copy (see module docs); .old, if any, is the one to keep.
-        remove_dir_if_exists(&current)?;
-    }
-    stage("2")?;
-
-    // 3. Commit.
-    fs::rename(&tmp, &current).map_err(|e| with_path(e, "could not rename", &tmp))?;
+    // 2. A complete folder under its final name, not yet published.
+    fs::rename(&tmp, &dir).map_err(|e| with_path(e, "could not rename", &tmp))?;
     sync_dir(run_dir)?;
-    stage("3")?;
+    stage("2 renamed")?;
 
-    // 4. The save is committed; a leftover .old is harmless (the next save removes it), so a
-    // failed cleanup must not fail the training run.
-    if fs::remove_dir_all(&old).is_ok() {
-        let _ = sync_dir(run_dir);
+    // 3. Publish: one atomic rename of the pointer.
+    write_atomic(&run_dir.join(LATEST_FILE), format!("{name}\n").as_bytes())?;
+    stage("3 published")?;
+
+    // 4. The save is committed; leftovers are harmless (the next save removes them), so a failed
+    // cleanup must not fail the training run.
+    let keep = [Some(dir), previous];
+    for old in checkpoint_folders(run_dir) {
+        if !keep.iter().flatten().any(|k| *k == old) {
+            let _ = fs::remove_dir_all(&old);
+        }
     }
+    let _ = sync_dir(run_dir);
     Ok(())
 }
 
-/// Loads the checkpoint of `run_dir` (see the module docs for which folder is used) and checks
-/// it: format and version, F32 tensors, and the same step in all three files. Tensors come in file
-/// order, which is the order given to [`save`].
+/// After a failed save: removes its temp folder and, unless the pointer names it, its folder.
+fn discard_unpublished(run_dir: &Path, version: u64) {
+    let name = version_name(version);
+    let _ = fs::remove_dir_all(run_dir.join(format!("{name}{TMP_SUFFIX}")));
+    if read_pointer(run_dir).ok().flatten().as_deref() != Some(name.as_str()) {
+        let _ = fs::remove_dir_all(run_dir.join(&name));
+    }
+}
+
+/// Loads the current checkpoint of `run_dir` (see the module docs for which folder is used) and
+/// checks it: format and version, F32 tensors, and the same step in all three files. Tensors come
+/// in file order, which is the order given to [`save`].
 pub fn load(run_dir: &Path) -> Result<Checkpoint> {
-    let (meta, dir) = load_meta(run_dir)?;
+    load_parts(run_dir, true)
+}
+
+/// As [`load`] without the optimizer state: what `eval`, `generate` and `attention-map` need. The
+/// optimizer file is not opened, so a damaged or missing one does not matter.
+pub fn load_model(run_dir: &Path) -> Result<Checkpoint> {
+    load_parts(run_dir, false)
+}
+
+fn load_parts(run_dir: &Path, with_optimizer: bool) -> Result<Checkpoint> {
+    let mut wanted = vec![META_FILE, MODEL_FILE];
+    if with_optimizer {
+        wanted.push(OPTIMIZER_FILE);
+    }
+    let (dir, mut files) = open_current(run_dir, &wanted)?;
     let meta_path = dir.join(META_FILE);
-    // load_meta checked that "step" is a u64.
+    let meta = parse_meta(&read_all(&mut files[0], &meta_path)?, &meta_path)?;
+    // parse_meta checked that "step" is a u64.
     let step = meta.get("step").and_then(Value::as_u64).unwrap_or_default();
-    let model = load_tensor_file(&dir.join(MODEL_FILE), step, &meta_path)?;
-    let optimizer = load_tensor_file(&dir.join(OPTIMIZER_FILE), step, &meta_path)?;
+    let model_path = dir.join(MODEL_FILE);
+    let model = check_tensor_file(
+        &read_all(&mut files[1], &model_path)?,
+        &model_path,
+        step,
+        &meta_path,
+    )?;
+    let optimizer = match files.get_mut(2) {
+        Some(f) => {
+            let path = dir.join(OPTIMIZER_FILE);
+            check_tensor_file(&read_all(f, &path)?, &path, step, &meta_path)?
+        }
+        None => Vec::new(),
+    };
     Ok(Checkpoint {
         meta,
         model,
@@ -243,19 +326,9 @@ pub fn load(run_dir: &Path) -> Result<Checkpoint> {
 /// Reads and checks only checkpoint.json (cheap: no tensors), and returns it with the checkpoint
 /// folder it came from.
 pub fn load_meta(run_dir: &Path) -> Result<(Value, PathBuf)> {
-    let dir = resolve(run_dir)?;
+    let (dir, mut files) = open_current(run_dir, &[META_FILE])?;
     let path = dir.join(META_FILE);
-    let bytes = fs::read(&path).map_err(|e| read_failed(&path, e))?;
-    let meta: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        anyhow!(
-            "{} is not valid JSON (line {}, column {}: {}); {DAMAGED}",
-            path.display(),
-            e.line(),
-            e.column(),
-            json_error_kind(&e)
-        )
-    })?;
-    check_meta(&meta, &path)?;
+    let meta = parse_meta(&read_all(&mut files[0], &path)?, &path)?;
     Ok((meta, dir))
 }
 
@@ -384,27 +457,194 @@ pub fn decode_safetensors(
 // ------------------------------------------------------------------------------------------------
 // Loading helpers
 
-/// The folder to load: `checkpoint/` if complete, else `checkpoint.old/`.
+/// `checkpoint.000012` for version 12.
+fn version_name(version: u64) -> String {
+    format!("{VERSION_PREFIX}{version:06}")
+}
+
+/// The version number of a folder name `checkpoint.NNNNNN` (with `.tmp` when `tmp`).
+fn version_of(name: &str, tmp: bool) -> Option<u64> {
+    let rest = name.strip_prefix(VERSION_PREFIX)?;
+    let digits = if tmp {
+        rest.strip_suffix(TMP_SUFFIX)?
+    } else {
+        rest
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// One more than the highest version present (published, unpublished or temp), so a new save
+/// never reuses a name a reader might hold.
+fn next_version(run_dir: &Path) -> u64 {
+    let names = fs::read_dir(run_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned());
+    names
+        .filter_map(|n| version_of(&n, false).or_else(|| version_of(&n, true)))
+        .max()
+        .unwrap_or(0)
+        + 1
+}
+
+/// Every checkpoint folder of the run, versioned or old-layout, temp ones excluded.
+fn checkpoint_folders(run_dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in fs::read_dir(run_dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if version_of(&name, false).is_some() || name == CHECKPOINT_DIR || name == OLD_DIR {
+            out.push(run_dir.join(name));
+        }
+    }
+    out
+}
+
+fn remove_stale_temps(run_dir: &Path) -> io::Result<()> {
+    for e in fs::read_dir(run_dir)
+        .map_err(|e| with_path(e, "could not list", run_dir))?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if version_of(&name, true).is_some() || name == LEGACY_TMP_DIR {
+            remove_dir_if_exists(&run_dir.join(name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The folder name in `checkpoint.latest`, None when there is no pointer file.
+fn read_pointer(run_dir: &Path) -> Result<Option<String>> {
+    let path = run_dir.join(LATEST_FILE);
+    let text = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_failed(&path, e)),
+    };
+    let name = String::from_utf8_lossy(&text).trim().to_string();
+    if version_of(&name, false).is_none() {
+        bail!(
+            "{} does not name a checkpoint folder (it holds {:?}): {DAMAGED}",
+            path.display(),
+            name.chars().take(40).collect::<String>()
+        );
+    }
+    Ok(Some(name))
+}
+
+/// The folder to load: the one `checkpoint.latest` names, else (old layout) `checkpoint/` if
+/// complete, else `checkpoint.old/`. Errors say what the path is instead and what to do.
 fn resolve(run_dir: &Path) -> Result<PathBuf> {
+    let run = run_dir.display();
+    if run_dir.is_file() {
+        bail!("{run} is a file, not a run directory; pass the folder `robo-poet train` wrote (runs/<name>)");
+    }
+    if !run_dir.is_dir() {
+        bail!("{run} does not exist; check the path, or train a model first with `robo-poet train --out {run}`");
+    }
+    let mut pointer = read_pointer(run_dir)?;
+    let mut tries = 0;
+    while let Some(name) = pointer {
+        let dir = run_dir.join(&name);
+        if is_complete(&dir) {
+            return Ok(dir);
+        }
+        // Two saves may have overtaken us between reading the pointer and looking at the folder
+        // (it is removed once it is neither the current nor the previous checkpoint).
+        let now = read_pointer(run_dir)?;
+        tries += 1;
+        if now.as_deref() == Some(name.as_str()) || tries >= RESOLVE_TRIES {
+            bail!(
+                "{} names {name}, but {} is missing or has no {META_FILE}: {DAMAGED}",
+                run_dir.join(LATEST_FILE).display(),
+                dir.display()
+            );
+        }
+        pointer = now;
+    }
     for sub in [CHECKPOINT_DIR, OLD_DIR] {
         let dir = run_dir.join(sub);
         if is_complete(&dir) {
             return Ok(dir);
         }
     }
-    let run = run_dir.display();
-    if !run_dir.is_dir() {
-        bail!("{run} does not exist; check the path, or train a model first with `robo-poet train --out {run}`");
+    let legacy = run_dir.join(CHECKPOINT_DIR);
+    if legacy.is_dir() {
+        bail!("{} has no {META_FILE}: {DAMAGED}", legacy.display());
     }
-    let expected = run_dir.join(CHECKPOINT_DIR).join(META_FILE);
+    let empty = fs::read_dir(run_dir)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
+    if empty {
+        bail!(
+            "{run} has no checkpoint (expected {LATEST_FILE} or {}); train a model first with `robo-poet train --out {run}`",
+            Path::new(CHECKPOINT_DIR).join(META_FILE).display()
+        );
+    }
     bail!(
-        "{run} has no checkpoint (expected {}); train a model first with `robo-poet train --out {run}`",
-        expected.display()
+        "{run} has no checkpoint (no {LATEST_FILE}, no {}): it is not a run directory of `robo-poet train`, or its first checkpoint was never written; train into a new folder with `robo-poet train --out NEW_DIR`",
+        Path::new(CHECKPOINT_DIR).join(META_FILE).display()
     )
 }
 
 fn is_complete(dir: &Path) -> bool {
     dir.join(META_FILE).is_file()
+}
+
+/// Resolves the current checkpoint folder and opens `names` in it, all at once: once open, a
+/// file stays readable even if a later save removes its folder. A folder that vanished between
+/// resolving and opening was superseded, so the pointer is resolved again.
+fn open_current(run_dir: &Path, names: &[&str]) -> Result<(PathBuf, Vec<File>)> {
+    let mut tries = 0;
+    loop {
+        let dir = resolve(run_dir)?;
+        let mut files = Vec::with_capacity(names.len());
+        let mut failed = None;
+        for name in names {
+            let path = dir.join(name);
+            match File::open(&path) {
+                Ok(f) => files.push(f),
+                Err(e) => {
+                    failed = Some((path, e));
+                    break;
+                }
+            }
+        }
+        let Some((path, e)) = failed else {
+            return Ok((dir, files));
+        };
+        tries += 1;
+        let superseded =
+            e.kind() == io::ErrorKind::NotFound && resolve(run_dir).is_ok_and(|now| now != dir);
+        if !superseded || tries >= RESOLVE_TRIES {
+            return Err(read_failed(&path, e));
+        }
+    }
+}
+
+fn read_all(f: &mut File, path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = vec![];
+    f.read_to_end(&mut bytes)
+        .map_err(|e| read_failed(path, e))?;
+    Ok(bytes)
+}
+
+/// Parses checkpoint.json's bytes and checks its format fields.
+fn parse_meta(bytes: &[u8], path: &Path) -> Result<Value> {
+    let meta: Value = serde_json::from_slice(bytes).map_err(|e| {
+        anyhow!(
+            "{} is not valid JSON (line {}, column {}: {}); {DAMAGED}",
+            path.display(),
+            e.line(),
+            e.column(),
+            json_error_kind(&e)
+        )
+    })?;
+    check_meta(&meta, path)?;
+    Ok(meta)
 }
 
 fn check_meta(meta: &Value, path: &Path) -> Result<()> {
@@ -439,10 +679,14 @@ fn check_meta(meta: &Value, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads one safetensors file of the checkpoint and checks that it belongs to `step`.
-fn load_tensor_file(path: &Path, step: u64, meta_path: &Path) -> Result<Vec<Tensor>> {
-    let bytes = fs::read(path).map_err(|e| read_failed(path, e))?;
-    let (tensors, metadata) = decode_safetensors(&bytes, path)?;
+/// Checks one safetensors file of the checkpoint (its bytes) and that it belongs to `step`.
+fn check_tensor_file(
+    bytes: &[u8],
+    path: &Path,
+    step: u64,
+    meta_path: &Path,
+) -> Result<Vec<Tensor>> {
+    let (tensors, metadata) = decode_safetensors(bytes, path)?;
     let file = path.display();
     if metadata.get("format").map(String::as_str) != Some(TENSOR_FORMAT) {
         bail!(
@@ -553,627 +797,4 @@ fn read_failed(path: &Path, e: io::Error) -> anyhow::Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    /// Owned tensors for tests, borrowed as `TensorRef`s.
-    struct Owned(Vec<(String, Vec<usize>, Vec<f32>)>);
-
-    impl Owned {
-        fn refs(&self) -> Vec<TensorRef<'_>> {
-            self.0
-                .iter()
-                .map(|(name, shape, data)| TensorRef { name, shape, data })
-                .collect()
-        }
-    }
-
-    /// Deterministic values that include the awkward bit patterns (NaN payloads, -0, infinities,
-    /// subnormals), so "same bits back" means something.
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let special = [
-            f32::from_bits(0x7fc0_1234),
-            -0.0,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::from_bits(1),
-            f32::MAX,
-        ];
-        (0..n as u32)
-            .map(|i| match i as usize {
-                k if k < special.len() && seed == 0 => special[k],
-                _ => (i.wrapping_mul(2_654_435_761) ^ seed) as f32 * 1e-9 - 1.5,
-            })
-            .collect()
-    }
-
-    /// Names deliberately not in sorted order, to check that file order is the caller's order.
-    fn model_tensors(seed: u32) -> Owned {
-        Owned(vec![
-            ("wte".into(), vec![7, 4], values(28, seed)),
-            (
-                "blocks.0.attn.w".into(),
-                vec![3, 37, 5],
-                values(3 * 37 * 5, seed + 1),
-            ),
-            ("scale".into(), vec![], values(1, seed + 2)),
-            ("empty".into(), vec![2, 0], vec![]),
-        ])
-    }
-
-    fn optimizer_tensors(seed: u32) -> Owned {
-        Owned(vec![
-            ("wte.m".into(), vec![7, 4], values(28, seed + 10)),
-            ("wte.v".into(), vec![7, 4], values(28, seed + 11)),
-        ])
-    }
-
-    fn save_step(run: &Path, step: u64) {
-        let meta = json!({ "step": step, "config": { "model": "attention", "d": 64 }, "rng": [1u64, u64::MAX] });
-        save(
-            run,
-            step,
-            &meta,
-            &model_tensors(0).refs(),
-            &optimizer_tensors(0).refs(),
-        )
-        .unwrap_or_else(|e| panic!("save of step {step} into {} failed: {e}", run.display()));
-    }
-
-    fn assert_same(got: &[Tensor], want: &Owned, what: &str) {
-        let names: Vec<_> = got.iter().map(|t| t.name.as_str()).collect();
-        let want_names: Vec<_> = want.0.iter().map(|(n, _, _)| n.as_str()).collect();
-        assert_eq!(names, want_names, "{what}: tensor names/order");
-        for (g, (name, shape, data)) in got.iter().zip(&want.0) {
-            assert_eq!(&g.shape, shape, "{what}: shape of {name}");
-            let g_bits: Vec<u32> = g.data.iter().map(|v| v.to_bits()).collect();
-            let w_bits: Vec<u32> = data.iter().map(|v| v.to_bits()).collect();
-            assert_eq!(g_bits, w_bits, "{what}: bits of {name}");
-        }
-    }
-
-    fn err_of<T>(r: Result<T>, what: &str) -> String {
-        match r {
-            Ok(_) => panic!("{what}: expected an error, got Ok"),
-            Err(e) => {
-                let msg = format!("{e:#}");
-                assert!(!msg.contains('\n'), "{what}: error is not one line: {msg}");
-                msg
-            }
-        }
-    }
-
-    fn assert_contains(msg: &str, parts: &[&str], what: &str) {
-        for p in parts {
-            assert!(msg.contains(p), "{what}: error {msg:?} lacks {p:?}");
-        }
-    }
-
-    fn step_of(meta: &Value) -> u64 {
-        meta["step"].as_u64().expect("step")
-    }
-
-    fn leftovers(run: &Path) -> Vec<&'static str> {
-        [TMP_DIR, OLD_DIR]
-            .into_iter()
-            .filter(|d| run.join(d).exists())
-            .collect()
-    }
-
-    #[test]
-    fn round_trip_keeps_names_order_shapes_and_bits() {
-        let dir = tempfile::tempdir().unwrap();
-        let run = dir.path().join("runs/attention-1");
-        save_step(&run, 1200);
-        let ck = load(&run).unwrap();
-        assert_eq!(ck.dir, run.join(CHECKPOINT_DIR));
-        assert_same(&ck.model, &model_tensors(0), "model");
-        assert_same(&ck.optimizer, &optimizer_tensors(0), "optimizer");
-        assert_eq!(ck.meta["format"], FORMAT);
-        assert_eq!(ck.meta["format_version"], FORMAT_VERSION);
-        assert_eq!(ck.meta["step"], 1200);
-        assert_eq!(ck.meta["config"]["model"], "attention");
-        assert_eq!(
-            ck.meta["rng"][1],
-            u64::MAX,
-            "u64 RNG state must survive exactly"
-        );
-        assert!(leftovers(&run).is_empty(), "left {:?}", leftovers(&run));
-        let text = fs::read_to_string(ck.dir.join(META_FILE)).unwrap();
-        assert!(
-            text.contains("\n  \"format\""),
-            "not pretty-printed: {text}"
-        );
-
-        // A loaded meta can be saved back as is (it already has format fields and the step).
-        let meta = ck.meta.clone();
-        save(&run, 1200, &meta, &model_tensors(0).refs(), &[]).unwrap();
-        let again = load(&run).unwrap();
-        assert_eq!(again.meta, ck.meta);
-        assert!(again.optimizer.is_empty());
-        assert_eq!(
-            load_meta(&run).unwrap(),
-            (ck.meta, run.join(CHECKPOINT_DIR))
-        );
-    }
-
-    #[test]
-    fn encoding_follows_the_safetensors_layout() {
-        let t = model_tensors(0);
-        let meta = BTreeMap::from([
-            ("format".into(), "robo-poet".into()),
-            ("step".into(), "7".into()),
-        ]);
-        let bytes = encode_safetensors(&t.refs(), &meta).unwrap();
-        assert_eq!(
-            bytes,
-            encode_safetensors(&t.refs(), &meta).unwrap(),
-            "not deterministic"
-        );
-
-        // By hand: u64 LE header length N, N bytes of JSON, then the data.
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        assert_eq!(n % 8, 0, "header length {n} not 8-aligned");
-        assert_eq!(bytes[8], b'{');
-        let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-        assert_eq!(
-            header["__metadata__"],
-            json!({ "format": "robo-poet", "step": "7" })
-        );
-        let data = &bytes[8 + n..];
-        let mut offset = 0;
-        for (name, shape, values) in &t.0 {
-            let info = &header[name.as_str()];
-            assert_eq!(info["dtype"], "F32", "{name}");
-            assert_eq!(info["shape"], json!(shape), "{name}");
-            let end = offset + 4 * values.len();
-            assert_eq!(info["data_offsets"], json!([offset, end]), "{name}");
-            let le: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            assert_eq!(&data[offset..end], &le[..], "{name}");
-            offset = end;
-        }
-        assert_eq!(data.len(), offset, "trailing bytes after the last tensor");
-
-        // And the reference reader accepts it.
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let scalar = st.tensor("scale").unwrap();
-        assert_eq!(scalar.shape(), &[] as &[usize]);
-        assert_eq!(scalar.data(), &t.0[2].2[0].to_le_bytes());
-    }
-
-    #[test]
-    fn save_rejects_bad_input_without_touching_the_disk() {
-        let dir = tempfile::tempdir().unwrap();
-        let run = dir.path().join("run");
-        let data = [1.0f32; 5];
-        let good = TensorRef {
-            name: "a",
-            shape: &[5],
-            data: &data,
-        };
-        let meta = json!({ "step": 3 });
-        let cases: Vec<(Vec<TensorRef>, Value, &[&str])> = vec![
-            (
-                vec![TensorRef {
-                    name: "w",
-                    shape: &[2, 3],
-                    data: &data,
-                }],
-                meta.clone(),
-                &["model.safetensors", "\"w\"", "[2, 3]", "5 values"],
-            ),
-            (
-                vec![TensorRef {
-                    name: "w",
-                    shape: &[usize::MAX, 3],
-                    data: &data,
-                }],
-                meta.clone(),
-                &["\"w\"", "too many"],
-            ),
-            (vec![good, good], meta.clone(), &["\"a\"", "unique"]),
-            (
-                vec![TensorRef {
-                    name: "__metadata__",
-                    ..good
-                }],
-                meta.clone(),
-                &["__metadata__"],
-            ),
-            (vec![good], json!({ "step": 4 }), &["step 3", "\"step\": 4"]),
-            (vec![good], json!([1, 2]), &["JSON object, not an array"]),
-        ];
-        for (i, (model, meta, parts)) in cases.into_iter().enumerate() {
-            let msg = err_of(save(&run, 3, &meta, &model, &[]), &format!("case {i}"));
-            assert_contains(&msg, parts, &format!("case {i}"));
-        }
-        assert!(!run.exists(), "a rejected save created {}", run.display());
-    }
-
-    /// Writes `bytes` as the model file of a good checkpoint and returns load's error.
-    fn load_with_model_bytes(bytes: &[u8], what: &str) -> String {
-        let dir = tempfile::tempdir().unwrap();
-        save_step(dir.path(), 5);
-        fs::write(dir.path().join(CHECKPOINT_DIR).join(MODEL_FILE), bytes).unwrap();
-        err_of(load(dir.path()), what)
-    }
-
-    #[test]
-    fn damaged_model_file_is_an_error_naming_it() {
-        let good = encode_safetensors(
-            &model_tensors(0).refs(),
-            &BTreeMap::from([
-                ("format".into(), "robo-poet".into()),
-                ("step".into(), "5".into()),
-            ]),
-        )
-        .unwrap();
-        let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
-        let mut cases: Vec<(String, Vec<u8>)> = [
-            0,
-            3,
-            8,
-            9,
-            n / 2,
-            8 + n - 1,
-            8 + n,
-            8 + n + 3,
-            good.len() - 1,
-        ]
-        .into_iter()
-        .map(|cut| {
-            (
-                format!("cut at {cut} of {}", good.len()),
-                good[..cut].to_vec(),
-            )
-        })
-        .collect();
-        cases.push(("trailing byte".into(), [&good[..], &[0]].concat()));
-        cases.push((
-            "garbage".into(),
-            b"not a tensor file, just some words here".to_vec(),
-        ));
-        for claim in [u64::MAX, 1 << 40, 200_000_000, good.len() as u64 - 7] {
-            let mut b = good.clone();
-            b[..8].copy_from_slice(&claim.to_le_bytes());
-            cases.push((format!("header length {claim}"), b));
-        }
-        let header = br#"{"w":{"dtype":"F32","shape":[1000],"data_offsets":[0,4000]}}"#;
-        let beyond = [&(header.len() as u64).to_le_bytes()[..], header, &[0; 16]].concat();
-        cases.push(("offsets beyond the file".into(), beyond));
-        for (what, bytes) in cases {
-            let msg = load_with_model_bytes(&bytes, &what);
-            assert_contains(
-                &msg,
-                &[
-                    "checkpoint/model.safetensors",
-                    "truncated or corrupt",
-                    "retrain",
-                ],
-                &what,
-            );
-        }
-
-        let header = br#"{"h":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}"#;
-        let f16 = [&(header.len() as u64).to_le_bytes()[..], header, &[0; 4]].concat();
-        let msg = load_with_model_bytes(&f16, "F16 tensor");
-        assert_contains(
-            &msg,
-            &["model.safetensors", "\"h\"", "F16", "F32"],
-            "F16 tensor",
-        );
-
-        let missing = encode_safetensors(&model_tensors(0).refs(), &BTreeMap::new()).unwrap();
-        let msg = load_with_model_bytes(&missing, "no __metadata__");
-        assert_contains(
-            &msg,
-            &["model.safetensors", "not written by robo-poet"],
-            "no __metadata__",
-        );
-    }
-
-    #[test]
-    fn decode_never_panics_on_mutated_bytes() {
-        let t = Owned(vec![
-            ("a".into(), vec![2], vec![1.0, 2.0]),
-            ("b".into(), vec![], vec![3.0]),
-        ]);
-        let good =
-            encode_safetensors(&t.refs(), &BTreeMap::from([("k".into(), "v".into())])).unwrap();
-        let what = Path::new("x.safetensors");
-        for i in 0..good.len() {
-            for flip in [0x01u8, 0x10, 0x80, 0xff] {
-                let mut b = good.clone();
-                b[i] ^= flip;
-                // Ok or Err are both fine; a panic fails the test.
-                if let Ok((tensors, _)) = decode_safetensors(&b, what) {
-                    for t in tensors {
-                        let n: usize = t.shape.iter().product();
-                        assert_eq!(n, t.data.len(), "byte {i} ^ {flip:#x}: inconsistent tensor");
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn damaged_or_foreign_json_is_an_error_naming_it() {
-        let cases: [(&str, &[u8], &[&str]); 6] = [
-            (
-                "cut",
-                b"{\n  \"step\": 5,\n  \"con",
-                &["checkpoint.json is not valid JSON (line 3, column", DAMAGED],
-            ),
-            (
-                "garbage",
-                b"\x00\x01binary",
-                &["checkpoint.json is not valid JSON (line 1, column"],
-            ),
-            (
-                "version",
-                br#"{"format":"robo-poet-checkpoint","format_version":2,"step":5}"#,
-                &["checkpoint.json has format_version 2", "reads version 1"],
-            ),
-            (
-                "format",
-                br#"{"format":"other","format_version":1,"step":5}"#,
-                &["checkpoint.json is not a robo-poet checkpoint", "\"other\""],
-            ),
-            (
-                "no format",
-                br#"{"step":5}"#,
-                &["checkpoint.json is not a robo-poet checkpoint", "missing"],
-            ),
-            (
-                "step",
-                br#"{"format":"robo-poet-checkpoint","format_version":1,"step":-1}"#,
-                &["checkpoint.json has no valid \"step\"", "-1"],
-            ),
-        ];
-        for (what, bytes, parts) in cases {
-            let dir = tempfile::tempdir().unwrap();
-            save_step(dir.path(), 5);
-            fs::write(dir.path().join(CHECKPOINT_DIR).join(META_FILE), bytes).unwrap();
-            assert_contains(&err_of(load(dir.path()), what), parts, what);
-            assert_contains(&err_of(load_meta(dir.path()), what), parts, what);
-        }
-    }
-
-    #[test]
-    fn files_from_different_steps_are_a_mixed_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        save_step(&a, 5);
-        save_step(&b, 6);
-        for file in [MODEL_FILE, OPTIMIZER_FILE] {
-            save_step(&a, 5);
-            fs::copy(
-                b.join(CHECKPOINT_DIR).join(file),
-                a.join(CHECKPOINT_DIR).join(file),
-            )
-            .unwrap();
-            let msg = err_of(load(&a), file);
-            assert_contains(
-                &msg,
-                &[
-                    file,
-                    "step 6",
-                    "checkpoint.json says step 5",
-                    "mixes two saves",
-                ],
-                file,
-            );
-        }
-        save_step(&a, 5);
-        fs::remove_file(a.join(CHECKPOINT_DIR).join(OPTIMIZER_FILE)).unwrap();
-        assert_contains(
-            &err_of(load(&a), "missing"),
-            &["optimizer.safetensors is missing"],
-            "missing",
-        );
-    }
-
-    /// Builds `run` from checkpoints saved elsewhere: `dirs` maps a folder name in `run` to the
-    /// step whose complete checkpoint it should hold.
-    fn build_state(root: &Path, run: &Path, dirs: &[(&str, u64)]) {
-        fs::create_dir_all(run).unwrap();
-        for (i, (name, step)) in dirs.iter().enumerate() {
-            let src = root.join(format!("src{i}"));
-            save_step(&src, *step);
-            fs::rename(src.join(CHECKPOINT_DIR), run.join(name)).unwrap();
-        }
-    }
-
-    fn check_then_resave(run: &Path, want_step: u64, want_dir: &str, what: &str) {
-        assert!(has_checkpoint(run), "{what}");
-        let ck = load(run).unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(step_of(&ck.meta), want_step, "{what}");
-        assert_eq!(ck.dir, run.join(want_dir), "{what}");
-        assert_same(&ck.model, &model_tensors(0), what);
-        assert_eq!(load_meta(run).unwrap().1, run.join(want_dir), "{what}");
-
-        save_step(run, 100);
-        let ck = load(run).unwrap();
-        assert_eq!(
-            (step_of(&ck.meta), ck.dir.clone()),
-            (100, run.join(CHECKPOINT_DIR)),
-            "{what}"
-        );
-        assert!(
-            leftovers(run).is_empty(),
-            "{what}: left {:?}",
-            leftovers(run)
-        );
-    }
-
-    #[test]
-    fn interrupted_save_leaves_a_loadable_checkpoint() {
-        let root = tempfile::tempdir().unwrap();
-        let run = |name: &str| root.path().join(name);
-
-        // Killed during step 1: half-written tmp beside the good checkpoint.
-        build_state(root.path(), &run("during-1"), &[(CHECKPOINT_DIR, 1)]);
-        let tmp = run("during-1").join(TMP_DIR);
-        fs::create_dir(&tmp).unwrap();
-        fs::write(tmp.join(MODEL_FILE), b"\x40\0\0\0\0\0\0\0{\"a\":").unwrap();
-        check_then_resave(&run("during-1"), 1, CHECKPOINT_DIR, "half-written tmp");
-
-        // Killed between steps 2 and 3: only .old (and a complete tmp) left.
-        build_state(root.path(), &run("after-2"), &[(OLD_DIR, 1), (TMP_DIR, 2)]);
-        check_then_resave(&run("after-2"), 1, OLD_DIR, "only .old and tmp");
-        build_state(root.path(), &run("only-old"), &[(OLD_DIR, 1)]);
-        check_then_resave(&run("only-old"), 1, OLD_DIR, "only .old");
-
-        // Killed between steps 3 and 4: new checkpoint plus the previous one as .old.
-        build_state(
-            root.path(),
-            &run("after-3"),
-            &[(CHECKPOINT_DIR, 2), (OLD_DIR, 1)],
-        );
-        check_then_resave(&run("after-3"), 2, CHECKPOINT_DIR, "checkpoint and .old");
-
-        // Not produced by the protocol, but must not cost the good .old: an incomplete checkpoint/.
-        build_state(root.path(), &run("bad-current"), &[(OLD_DIR, 1)]);
-        fs::create_dir(run("bad-current").join(CHECKPOINT_DIR)).unwrap();
-        check_then_resave(
-            &run("bad-current"),
-            1,
-            OLD_DIR,
-            "incomplete checkpoint/ and .old",
-        );
-    }
-
-    /// Runs the real save protocol, stopping it after each file system change in turn, from
-    /// several starting states; the run must always load as the state before or after the save.
-    #[test]
-    fn save_killed_at_any_stage_leaves_the_old_or_new_checkpoint() {
-        let stages = [
-            MODEL_FILE,
-            OPTIMIZER_FILE,
-            META_FILE,
-            "1",
-            "2 removed stale .old",
-            "2",
-            "3",
-        ];
-        let starts: [&[(&str, u64)]; 4] = [
-            &[],
-            &[(CHECKPOINT_DIR, 1)],
-            &[(CHECKPOINT_DIR, 2), (OLD_DIR, 1)],
-            &[(OLD_DIR, 1)],
-        ];
-        let (model, optimizer) = (model_tensors(3), optimizer_tensors(3));
-        let meta = json!({ "step": 50 });
-        let encoded = |t: &Owned| {
-            let m = BTreeMap::from([
-                ("format".into(), "robo-poet".into()),
-                ("step".into(), "50".into()),
-            ]);
-            encode_safetensors(&t.refs(), &m).unwrap()
-        };
-        let mut json = serde_json::to_vec_pretty(&meta).unwrap();
-        json.splice(
-            1..1,
-            br#""format":"robo-poet-checkpoint","format_version":1,"#
-                .iter()
-                .copied(),
-        );
-        let (m, o) = (encoded(&model), encoded(&optimizer));
-        let files: [(&str, &[u8]); 3] =
-            [(MODEL_FILE, &m), (OPTIMIZER_FILE, &o), (META_FILE, &json)];
-
-        let root = tempfile::tempdir().unwrap();
-        for (s, start) in starts.iter().enumerate() {
-            for kill_at in stages {
-                let what = format!("start {start:?}, killed after {kill_at:?}");
-                let run = root.path().join(format!("run-{s}-{kill_at}"));
-                build_state(root.path(), &run, start);
-                let before = load_meta(&run).ok().map(|(meta, _)| step_of(&meta));
-
-                let mut reached = false;
-                let result = commit(&run, &files, &mut |label| {
-                    reached |= label == kill_at;
-                    if label == kill_at {
-                        Err(io::Error::other("killed"))
-                    } else {
-                        Ok(())
-                    }
-                });
-                assert_eq!(result.is_err(), reached, "{what}");
-                // "2 removed stale .old" only happens when there is a checkpoint/ to rotate.
-                if !reached {
-                    continue;
-                }
-                let after = load(&run).ok().map(|ck| step_of(&ck.meta));
-                let want = if kill_at == "3" { Some(50) } else { before };
-                assert_eq!(after, want, "{what}");
-                if let Some(50) = after {
-                    assert_same(&load(&run).unwrap().model, &model, &what);
-                }
-                check_then_resave_any(&run, &what);
-            }
-        }
-    }
-
-    fn check_then_resave_any(run: &Path, what: &str) {
-        save_step(run, 100);
-        let ck = load(run).unwrap();
-        assert_eq!(step_of(&ck.meta), 100, "{what}");
-        assert!(
-            leftovers(run).is_empty(),
-            "{what}: left {:?}",
-            leftovers(run)
-        );
-    }
-
-    #[test]
-    fn empty_or_missing_run_dir_has_no_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let empty = dir.path();
-        assert!(!has_checkpoint(empty));
-        let msg = err_of(load_meta(empty), "empty");
-        assert_contains(
-            &msg,
-            &[
-                "has no checkpoint (expected",
-                "checkpoint/checkpoint.json",
-                "robo-poet train --out",
-            ],
-            "empty",
-        );
-        assert_contains(
-            &err_of(load(empty), "empty"),
-            &["has no checkpoint"],
-            "empty",
-        );
-
-        let missing = empty.join("nope");
-        assert!(!has_checkpoint(&missing));
-        let msg = err_of(load_meta(&missing), "missing");
-        assert_contains(
-            &msg,
-            &["nope does not exist", "robo-poet train --out"],
-            "missing",
-        );
-        assert!(!missing.exists(), "loading created the run dir");
-    }
-
-    #[test]
-    fn write_atomic_replaces_the_file_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metrics.json");
-        write_atomic(&path, b"first").unwrap();
-        write_atomic(&path, b"second").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"second");
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["metrics.json"]);
-
-        let err = write_atomic(&dir.path().join("no/such/dir/f.json"), b"x").unwrap_err();
-        assert!(err.to_string().contains("no/such/dir/.f.json.tmp"), "{err}");
-        assert!(write_atomic(Path::new("/"), b"x").is_err());
-    }
-}
+mod tests;

@@ -118,6 +118,27 @@ pub fn reload(source: &DataSource, data_dir: Option<&Path>) -> Result<(DataSourc
     }
 }
 
+/// Refuses a vocabulary with a single token: every target would be that token, the loss would
+/// drop to 0 and the model learn nothing (`--min-count` above every word's count does that).
+fn check_vocabulary(t: &Tokenizer, train_texts: &[&str], min_count: usize) -> Result<()> {
+    if t.vocab_size() >= 2 {
+        return Ok(());
+    }
+    match t.kind() {
+        TokenizerKind::Word => {
+            let mut counts = std::collections::HashMap::new();
+            for w in train_texts.iter().flat_map(|t| crate::data::tokenizer::word_tokens(t)) {
+                *counts.entry(w).or_insert(0usize) += 1;
+            }
+            let top = counts.values().copied().max().unwrap_or(0);
+            bail!("every word of the training text occurs fewer than --min-count {min_count} times, so the vocabulary would be only <unk> and the model would learn nothing; pass a smaller --min-count (the most frequent word occurs {top} times)")
+        }
+        TokenizerKind::Char => bail!(
+            "the text has a single distinct character, so there is nothing to predict; train on other text"
+        ),
+    }
+}
+
 /// Splits the corpus (interleaved 1 KiB blocks, every 10th to validation), fits a tokenizer on
 /// the training split unless one is given (from a checkpoint), and encodes both splits.
 pub fn tokenize(
@@ -132,7 +153,11 @@ pub fn tokenize(
     let all_texts: Vec<&str> = corpus.documents.iter().map(|d| d.text.as_str()).collect();
     let tokenizer = match existing {
         Some(t) => t,
-        None => Tokenizer::fit(kind, &train_texts, &all_texts, min_count),
+        None => {
+            let t = Tokenizer::fit(kind, &train_texts, &all_texts, min_count);
+            check_vocabulary(&t, &train_texts, min_count)?;
+            t
+        }
     };
     let encode = |texts: &[String]| -> Result<Vec<u32>> {
         let mut out = vec![];

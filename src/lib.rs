@@ -11,6 +11,7 @@ pub mod model;
 pub mod ops;
 pub mod philox;
 pub mod plot;
+pub mod resources;
 pub mod rng;
 pub mod sampler;
 pub mod tensor;

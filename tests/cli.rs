@@ -86,13 +86,13 @@ fn train_generate_eval_round_trip() {
         "{out}"
     );
     let run_dir = d.path().join("runs/a");
+    assert!(run_dir.join("metrics.jsonl").is_file());
     for f in [
-        "checkpoint/model.safetensors",
-        "checkpoint/optimizer.safetensors",
-        "checkpoint/checkpoint.json",
-        "metrics.jsonl",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "checkpoint.json",
     ] {
-        assert!(run_dir.join(f).is_file(), "missing {f}");
+        assert!(checkpoint_dir(&run_dir).join(f).is_file(), "missing {f}");
     }
     let lines = metric_lines(d.path(), "runs/a");
     let vals: Vec<f64> = lines
@@ -132,7 +132,7 @@ fn train_generate_eval_round_trip() {
         "eval vs training's last evaluation"
     );
     let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(run_dir.join("checkpoint/checkpoint.json")).unwrap(),
+        &std::fs::read_to_string(checkpoint_dir(&run_dir).join("checkpoint.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(
@@ -170,46 +170,71 @@ fn train_generate_eval_round_trip() {
     );
 }
 
+/// Every metrics.jsonl line without its timing fields (tokens_per_s, elapsed_s): what must be
+/// identical between two runs of the same seed.
+fn untimed(lines: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|l| {
+            let mut l = l.clone();
+            let o = l.as_object_mut().unwrap();
+            o.remove("tokens_per_s");
+            o.remove("elapsed_s");
+            l
+        })
+        .collect()
+}
+
+/// Same seed, same metrics; and a run interrupted and resumed logs exactly the lines of one that
+/// never was, timing aside: the losses, gradient norms and the train_loss means over the log
+/// window (eval-every 10 logs every 2 steps, so a halt at step 3 splits a window: its first half
+/// must come back from the checkpoint).
 #[test]
 fn same_seed_same_losses_and_resume_is_bit_exact() {
     for (name, model) in [("att", TINY_ATT), ("lstm", TINY_LSTM)] {
-        let (d, f) = workdir();
-        let common = ["--steps", "8", "--eval-every", "2", "--dropout"];
-        let extra: Vec<&str> = if name == "att" {
-            common.iter().copied().chain(["0.2"]).collect()
-        } else {
-            vec!["--steps", "8", "--eval-every", "2"]
-        };
-        ok(&train(d.path(), &f, "runs/straight", model, &extra));
-        ok(&train(d.path(), &f, "runs/again", model, &extra));
-        let mut halted = extra.clone();
-        halted.extend_from_slice(&["--halt-at", "3"]);
-        let h = ok(&train(d.path(), &f, "runs/split", model, &halted));
-        assert!(h.contains("robo-poet train --resume runs/split"), "{h}");
-        let r = ok(&run(
-            &[
-                "train",
-                "--resume",
-                "runs/split",
-                "--device",
-                "cpu",
-                "--no-progress",
-            ],
-            d.path(),
-        ));
-        assert!(r.contains("resume: from step 3"), "{r}");
-        let straight = metric_lines(d.path(), "runs/straight");
-        assert_eq!(
-            losses(&straight),
-            losses(&metric_lines(d.path(), "runs/again")),
-            "{name}: same seed, different losses"
-        );
-        assert_eq!(
-            losses(&straight),
-            losses(&metric_lines(d.path(), "runs/split")),
-            "{name}: interrupted + resumed differs from straight"
-        );
-        assert!(losses(&straight).len() >= 8 + 4);
+        for eval_every in ["2", "10"] {
+            let (d, f) = workdir();
+            let mut extra = vec!["--steps", "12", "--eval-every", eval_every];
+            if name == "att" {
+                extra.extend_from_slice(&["--dropout", "0.2"]);
+            }
+            ok(&train(d.path(), &f, "runs/straight", model, &extra));
+            ok(&train(d.path(), &f, "runs/again", model, &extra));
+            let mut halted = extra.clone();
+            halted.extend_from_slice(&["--halt-at", "3"]);
+            let h = ok(&train(d.path(), &f, "runs/split", model, &halted));
+            assert!(h.contains("robo-poet train --resume runs/split"), "{h}");
+            let r = ok(&run(
+                &[
+                    "train",
+                    "--resume",
+                    "runs/split",
+                    "--device",
+                    "cpu",
+                    "--no-progress",
+                ],
+                d.path(),
+            ));
+            assert!(r.contains("resume: from step 3"), "{r}");
+            let what = format!("{name}, eval every {eval_every}");
+            let straight = metric_lines(d.path(), "runs/straight");
+            assert_eq!(
+                losses(&straight),
+                losses(&metric_lines(d.path(), "runs/again")),
+                "{what}: same seed, different losses"
+            );
+            assert_eq!(
+                losses(&straight),
+                losses(&metric_lines(d.path(), "runs/split")),
+                "{what}: interrupted + resumed differs from straight"
+            );
+            let split = untimed(&metric_lines(d.path(), "runs/split"));
+            for (i, (a, b)) in untimed(&straight).iter().zip(&split).enumerate() {
+                assert_eq!(a, b, "{what}: metrics.jsonl line {}", i + 1);
+            }
+            assert_eq!(straight.len(), split.len(), "{what}: metrics.jsonl lines");
+            assert!(losses(&straight).len() >= 6 + 2, "{what}");
+        }
     }
 }
 
@@ -538,7 +563,7 @@ fn bad_inputs_fail_with_one_clear_line() {
         "runs/nothing",
     );
     // Corrupt and truncated checkpoints.
-    let model = p.join("runs/a/checkpoint/model.safetensors");
+    let model = checkpoint_dir(&p.join("runs/a")).join("model.safetensors");
     let bytes = std::fs::read(&model).unwrap();
     std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
     fails_with(
@@ -553,7 +578,11 @@ fn bad_inputs_fail_with_one_clear_line() {
         &run(&["eval", "--checkpoint", "runs/a"], p),
         "model.safetensors",
     );
-    std::fs::write(p.join("runs/a/checkpoint/checkpoint.json"), "{ not json").unwrap();
+    std::fs::write(
+        checkpoint_dir(&p.join("runs/a")).join("checkpoint.json"),
+        "{ not json",
+    )
+    .unwrap();
     fails_with(
         &run(&["eval", "--checkpoint", "runs/a"], p),
         "checkpoint.json",

@@ -1,6 +1,6 @@
 //! The CUDA backend on a real GPU: training parity of the default models with the CPU backend over
-//! 100 steps, determinism, attention row sums. Without a GPU every test says SKIPPED (on stderr) and
-//! returns: these are run by the GPU check bundle (scripts/gpu-bundle.sh, scripts/gpu/run.sh).
+//! 100 steps, determinism, attention row sums. Without a GPU the binary says SKIPPED once (on stderr)
+//! and every test returns: these are run by the GPU check bundle (scripts/gpu-bundle.sh, scripts/gpu/run.sh).
 
 mod common;
 
@@ -10,18 +10,6 @@ use robo_poet::gpu::CudaDevice;
 use robo_poet::model::attention::{AttentionConfig, AttentionStyle};
 use robo_poet::model::lstm::LstmConfig;
 use robo_poet::model::{self, ModelConfig};
-
-fn gpu(test: &str) -> Option<CudaDevice> {
-    match CudaDevice::open() {
-        Ok(d) => Some(d),
-        Err(why) => {
-            // straight to stderr: libtest captures eprintln! of passing tests
-            use std::io::Write as _;
-            writeln!(std::io::stderr(), "SKIPPED {test}: {why}").ok();
-            None
-        }
-    }
-}
 
 fn gpt(t: usize, d: usize, dropout: f32) -> ModelConfig {
     ModelConfig::Attention(AttentionConfig {
@@ -83,7 +71,9 @@ const GRAD_TOL: f64 = 1e-3;
 
 /// 100 steps from the same parameters, batches and dropout masks on the GPU and the CPU.
 fn hundred_steps(test: &str, cfg: &ModelConfig) {
-    let Some(dev) = gpu(test) else { return };
+    let Some(dev) = common::gpu_or_skip() else {
+        return;
+    };
     let p = training_parity(cfg, 8, 100, 7, Box::new(dev)).unwrap();
     for s in p.steps.iter().filter(|s| s.step == 1 || s.step % 10 == 0) {
         eprintln!(
@@ -131,7 +121,7 @@ fn gpu_backend_lstm_training_matches_cpu_for_100_steps() {
 #[test]
 fn gpu_backend_sanitizer_run() {
     for cfg in [gpt(37, 36, 0.1), lstm(21)] {
-        let Some(dev) = gpu("gpu_backend_sanitizer_run") else {
+        let Some(dev) = common::gpu_or_skip() else {
             return;
         };
         let p = training_parity(&cfg, 3, 2, 3, Box::new(dev)).unwrap();
@@ -141,7 +131,7 @@ fn gpu_backend_sanitizer_run() {
 
 #[test]
 fn gpu_backend_is_deterministic() {
-    let Some(dev) = gpu("gpu_backend_is_deterministic") else {
+    let Some(dev) = common::gpu_or_skip() else {
         return;
     };
     let a = training_parity(&gpt(64, 64, 0.2), 4, 3, 9, Box::new(dev)).unwrap();
@@ -169,7 +159,7 @@ fn gpu_backend_is_deterministic() {
 
 #[test]
 fn gpu_backend_attention_rows_sum_to_one() {
-    let Some(dev) = gpu("gpu_backend_attention_rows_sum_to_one") else {
+    let Some(dev) = common::gpu_or_skip() else {
         return;
     };
     let model = model::build(&gpt(128, 128, 0.1), 4);

@@ -496,30 +496,84 @@ pub fn create(
     table: TensorTable,
     quiet: bool,
 ) -> anyhow::Result<Box<dyn Backend>> {
+    create_reserving(device, table, quiet, 0)
+}
+
+/// As [`create`], first checking that the host can hold what the backend allocates there (on the
+/// CPU the whole table) plus `host_reserve` bytes more (train's checkpoint copies): a run that
+/// does not fit is refused before any allocation (`crate::resources`).
+pub fn create_reserving(
+    device: DeviceChoice,
+    table: TensorTable,
+    quiet: bool,
+    host_reserve: u128,
+) -> anyhow::Result<Box<dyn Backend>> {
     use crate::gpu::{CudaDevice, EmuDevice};
-    let cpu = |table| -> Box<dyn Backend> { Box::new(cpu::CpuBackend::new(table)) };
-    let on = |dev: Box<dyn crate::gpu::Device>, table| -> anyhow::Result<Box<dyn Backend>> {
+    use crate::resources;
+    let cpu = |table: TensorTable| -> anyhow::Result<Box<dyn Backend>> {
+        resources::ensure_cpu_fits(&table, host_reserve)?;
+        Ok(Box::new(cpu::CpuBackend::new(table)))
+    };
+    let on = |dev: Box<dyn crate::gpu::Device>,
+              table: TensorTable|
+     -> anyhow::Result<Box<dyn Backend>> {
+        resources::ensure_host_reserve(host_reserve, &table)?;
         Ok(Box::new(cuda::CudaBackend::new(dev, table)?))
     };
     match device {
-        DeviceChoice::Cpu => Ok(cpu(table)),
+        DeviceChoice::Cpu => cpu(table),
         DeviceChoice::Cuda => {
             let dev = CudaDevice::open()
                 .map_err(|e| anyhow::anyhow!("--device cuda: {e}; use --device cpu"))?;
             on(Box::new(dev), table)
         }
-        DeviceChoice::Emu => on(Box::<EmuDevice>::default(), table),
+        // The emulator keeps "device" buffers in host memory.
+        DeviceChoice::Emu => {
+            resources::ensure_cpu_fits(&table, host_reserve)?;
+            on(Box::<EmuDevice>::default(), table)
+        }
         DeviceChoice::Auto => match CudaDevice::open() {
             Ok(dev) => on(Box::new(dev), table),
             Err(why) => {
                 if !quiet {
                     eprintln!(
-                        "note: running on the CPU ({} threads): {why}",
-                        rayon::current_num_threads()
+                        "note: running on the CPU ({} threads): {}",
+                        rayon::current_num_threads(),
+                        short_reason(&why)
                     );
                 }
-                Ok(cpu(table))
+                cpu(table)
             }
         },
+    }
+}
+
+/// Why there is no GPU, in a few words: the first thing a new user reads from `train`, so the
+/// build details (`robo-poet kernels` prints them) are left out.
+pub fn short_reason(why: &crate::gpu::cuda::Unavailable) -> String {
+    use crate::gpu::cuda::Unavailable;
+    match why {
+        Unavailable::NoKernels(_) => {
+            "no CUDA kernels in this build (see README, Developers; details: robo-poet kernels)"
+                .to_string()
+        }
+        Unavailable::NoDriver => "no CUDA driver (libcuda.so not found)".to_string(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::gpu::cuda::Unavailable;
+
+    #[test]
+    fn the_cpu_fallback_note_is_short() {
+        let long = format!("NVRTC was not found at build time: {}", "x".repeat(300));
+        for why in [Unavailable::NoKernels(long), Unavailable::NoDriver] {
+            let s = super::short_reason(&why);
+            assert!(s.len() <= 90, "{} characters: {s}", s.len());
+        }
+        assert!(super::short_reason(&Unavailable::NoKernels(String::new()))
+            .contains("README, Developers"));
     }
 }

@@ -15,7 +15,8 @@ use anyhow::{bail, ensure, Result};
 use serde_json::json;
 
 pub fn run(a: &AttentionMapArgs) -> Result<()> {
-    let meta = run_files::load_meta(&a.checkpoint)?;
+    // One read of one checkpoint folder, without the optimizer state.
+    let (meta, ck) = run_files::load_checkpoint(&a.checkpoint, false)?;
     let c = match &meta.model {
         ModelConfig::Attention(c) => c.clone(),
         ModelConfig::Lstm(_) => bail!(
@@ -48,9 +49,11 @@ pub fn run(a: &AttentionMapArgs) -> Result<()> {
     }
     let n = ids.len();
 
+    crate::resources::check_model_size(&meta.model, 1)?;
     let model = AttentionModel::new(c.clone(), 1);
+    crate::resources::ensure_cpu_fits(model.table(), 0)?;
     let mut be = CpuBackend::new(model.table().clone());
-    run_files::load_into(&a.checkpoint, &model, &mut be, false)?;
+    run_files::write_tensors(&ck, &model, &mut be, false)?;
     // The prompt fills the START of the window, padded after: causality keeps the padding out of
     // the prompt's rows (checked below), so no padded position needs to be shown.
     let mut inputs = ids.clone();

@@ -86,12 +86,13 @@ pub fn run(a: &CheckArgs) -> Result<()> {
     )?;
     let model_cfg = presets::with_vocab(&plan.model, ds.tokenizer.vocab_size());
     model_cfg.validate()?;
+    crate::resources::check_model_size(&model_cfg, plan.train.batch)?;
     let mut tcfg = plan.train;
     // The learning-rate schedule of the run this configuration would make.
     let sampler = Sampler::new(tcfg.seed, ds.train.len(), tcfg.batch, model_cfg.seq_len())?;
     tcfg.steps = match plan.length {
         Length::Steps(s) => s,
-        Length::Epochs(e) => ((e * sampler.steps_per_epoch() as f64).round() as u64).max(1),
+        Length::Epochs(e) => presets::epochs_to_steps(e, sampler.steps_per_epoch())?,
     };
     let setup = Setup {
         model: model_cfg.clone(),
@@ -120,7 +121,10 @@ pub fn run(a: &CheckArgs) -> Result<()> {
         let pb = bar(progress, a.steps, device);
         let mut make = |table: TensorTable| -> Result<Box<dyn Backend>> {
             Ok(match device {
-                "cpu" => Box::new(CpuBackend::new(table)),
+                "cpu" => {
+                    crate::resources::ensure_cpu_fits(&table, 0)?;
+                    Box::new(CpuBackend::new(table))
+                }
                 _ => Box::new(CudaBackend::new(gpu.open()?, table)?),
             })
         };

@@ -5,6 +5,7 @@ use super::GenerateArgs;
 use crate::backend;
 use crate::data::tokenizer::TokenizerKind;
 use crate::model;
+use crate::resources;
 use crate::rng::Rng;
 use anyhow::{ensure, Result};
 use std::io::Write;
@@ -16,12 +17,15 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         a.temperature
     );
     ensure!(a.length > 0, "--length must be at least 1 token");
-    let meta = run_files::load_meta(&a.checkpoint)?;
+    // One read of one checkpoint folder, without the optimizer state (sampling does not use it).
+    let (meta, ck) = run_files::load_checkpoint(&a.checkpoint, false)?;
     let (tok, mut ids) = meta.prompt_tokens(&a.prompt)?;
     let t = meta.model.seq_len();
+    resources::check_model_size(&meta.model, 1)?;
     let model = model::build(&meta.model, 1);
     let mut be = backend::create(a.device, model.table().clone(), true)?;
-    run_files::load_into(&a.checkpoint, model.as_ref(), be.as_mut(), false)?;
+    run_files::write_tensors(&ck, model.as_ref(), be.as_mut(), false)?;
+    drop(ck);
     if ids.len() > t {
         eprintln!(
             "note: the prompt has {} tokens; the model's context is {t}, so it sees the last {t}",
@@ -29,6 +33,12 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         );
     }
     let v = meta.model.vocab_size();
+    if a.top_k > v {
+        eprintln!(
+            "note: --top-k {} is more than the vocabulary ({v} tokens), so every token is a candidate (as with --top-k 0)",
+            a.top_k
+        );
+    }
     let mut rng = Rng::derive(a.seed, "generate");
     let mut out = std::io::stdout().lock();
     write!(out, "{}", tok.decode(&ids))?;

@@ -225,6 +225,12 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
     );
     ensure!(a.batch > 0, "--batch must be at least 1");
     ensure!(
+        a.layers <= crate::resources::MAX_LAYERS,
+        "--layers {} is more than this tool builds (at most {})",
+        a.layers,
+        crate::resources::MAX_LAYERS
+    );
+    ensure!(
         a.vocab > 0,
         "--vocab must be at least 1 (78 is the character vocabulary of Alice + Hamlet)"
     );

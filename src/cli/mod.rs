@@ -5,20 +5,25 @@ mod attention_map_cmd;
 mod check_cmd;
 mod eval_cmd;
 mod generate_cmd;
+pub mod interrupt;
 mod kernels_cmd;
 mod memory_cmd;
 mod plot_cmd;
 pub mod presets;
 mod profile_cmd;
 pub mod run_files;
+pub mod run_lock;
 mod train_cmd;
 
 use crate::backend::DeviceChoice;
 use crate::data::tokenizer::TokenizerKind;
 use crate::model::attention::AttentionStyle;
 use crate::model::ModelKind;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
+
+pub use interrupt::Interrupted;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,7 +44,7 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// CPU threads to use (default: all cores).
+    /// CPU threads to use (default: all cores; at most 4 per core, or 64).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
 }
@@ -176,7 +181,7 @@ pub struct ShapeArgs {
     #[arg(long)]
     pub embed: Option<usize>,
     /// Dropout on the attention weights, after softmax.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub dropout: Option<f32>,
     /// Learned position embeddings (the seed preset has none by default).
     #[arg(long)]
@@ -202,22 +207,22 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "data")]
     pub text: Vec<PathBuf>,
     /// Passes over the training tokens (instead of --steps).
-    #[arg(long, conflicts_with = "steps")]
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "steps")]
     pub epochs: Option<f64>,
     /// Optimizer steps.
     #[arg(long)]
     pub steps: Option<u64>,
     /// Peak learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
     /// Warmup steps.
     #[arg(long)]
     pub warmup: Option<u64>,
     /// AdamW weight decay (matrices and embeddings only).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f32>,
     /// Global gradient-norm clipping threshold (0 turns it off).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub clip: Option<f32>,
     /// Word tokenizer: words seen fewer times than this in training become <unk>.
     #[arg(long, default_value_t = 2)]
@@ -249,11 +254,16 @@ pub struct TrainArgs {
     /// No progress bar (also off when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
-    /// Testing aid: stop as if interrupted (Ctrl-C) after this step.
+    /// Testing aid: stop after this step as Ctrl-C would (save, print the resume command), but
+    /// exit 0.
     #[arg(long, hide = true)]
     pub halt_at: Option<u64>,
     #[command(flatten)]
     pub shape: ShapeArgs,
+    /// The flags given on the command line (`--seed`, ...), whatever their value: a flag with a
+    /// default cannot be told from its absence by its value (filled by [`parse`]).
+    #[arg(skip)]
+    pub given: Vec<String>,
 }
 
 impl TrainArgs {
@@ -277,7 +287,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "The")]
     pub prompt: String,
     /// Softmax temperature (> 0; lower is more conservative).
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.9)]
     pub temperature: f32,
     /// Sample only among the k most likely tokens (0 = all).
     #[arg(long, default_value_t = 0)]
@@ -464,19 +474,48 @@ pub struct AttentionMapArgs {
     pub json: bool,
 }
 
+/// Parses the process's command line (exiting with clap's message on a bad one), noting which
+/// flags of `train` were given.
+pub fn parse() -> Cli {
+    let matches = Cli::command().get_matches();
+    from_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// As [`parse`], from `args` (the first is the program name).
+pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    from_matches(&Cli::command().try_get_matches_from(args)?)
+}
+
+fn from_matches(matches: &ArgMatches) -> Result<Cli, clap::Error> {
+    let mut cli = Cli::from_arg_matches(matches)?;
+    if let (Command::Train(a), Some(("train", sub))) = (&mut cli.command, matches.subcommand()) {
+        let cmd = Cli::command();
+        if let Some(train) = cmd.find_subcommand("train") {
+            a.given = given_flags(train, sub);
+        }
+    }
+    Ok(cli)
+}
+
+/// The long names of `cmd`'s arguments that `m` got from the command line.
+fn given_flags(cmd: &clap::Command, m: &ArgMatches) -> Vec<String> {
+    cmd.get_arguments()
+        .filter(|arg| m.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine))
+        .map(|arg| format!("--{}", arg.get_long().unwrap_or(arg.get_id().as_str())))
+        .collect()
+}
+
 fn parse_tokenizer(s: &str) -> Result<TokenizerKind, String> {
     s.parse::<TokenizerKind>().map_err(|e| e.to_string())
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(n) = cli.threads {
-        anyhow::ensure!(n > 0, "--threads must be at least 1");
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .ok();
-    }
+    crate::resources::start_threads(cli.threads)?;
     match cli.command {
         Command::Train(a) => train_cmd::run(&a),
         Command::Generate(a) => generate_cmd::run(&a),

@@ -12,6 +12,30 @@ use crate::ops::adamw::AdamWConfig;
 use crate::train::TrainConfig;
 use anyhow::{bail, ensure, Result};
 
+/// The longest run accepted, in steps: days at the smallest model's speed. A larger --steps (or
+/// --epochs times the steps per epoch) is a typo, and would otherwise just run "forever".
+pub const MAX_STEPS: u64 = 1_000_000_000;
+
+/// Refuses a run length past [`MAX_STEPS`].
+pub fn check_steps(steps: u64) -> Result<()> {
+    ensure!(
+        steps <= MAX_STEPS,
+        "--steps {steps} is more than {MAX_STEPS} steps (at a millisecond a step, years); pass a smaller --steps"
+    );
+    Ok(())
+}
+
+/// The steps of `epochs` passes over data of `steps_per_epoch` steps (at least 1), refusing a
+/// run past [`MAX_STEPS`].
+pub fn epochs_to_steps(epochs: f64, steps_per_epoch: u64) -> Result<u64> {
+    let steps = (epochs * steps_per_epoch as f64).round();
+    ensure!(
+        steps <= MAX_STEPS as f64,
+        "--epochs {epochs:e} is {steps:.3e} steps of this data ({steps_per_epoch} per epoch), more than {MAX_STEPS}; pass a smaller --epochs"
+    );
+    Ok((steps as u64).max(1))
+}
+
 /// How long to train: a number of steps or of epochs (resolved once the data is known).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Length {
@@ -107,22 +131,26 @@ pub fn plan(a: &TrainArgs) -> Result<Plan> {
     ensure!(model.seq_len() > 0, "--seq-len must be at least 1");
     ensure!(
         train.lr > 0.0 && train.lr.is_finite(),
-        "--lr must be a positive number"
+        "--lr must be positive (got {})",
+        train.lr
     );
     ensure!(
         train.clip >= 0.0,
-        "--clip must be >= 0 (0 turns clipping off)"
+        "--clip must be >= 0 (0 turns clipping off), got {}",
+        train.clip
     );
     ensure!(
         train.adamw.weight_decay >= 0.0,
-        "--weight-decay must be >= 0"
+        "--weight-decay must be >= 0, got {}",
+        train.adamw.weight_decay
     );
     match length {
         Length::Steps(0) => bail!("--steps must be at least 1"),
+        Length::Steps(s) => check_steps(s)?,
         Length::Epochs(e) if !(e > 0.0 && e.is_finite()) => {
-            bail!("--epochs must be a positive number")
+            bail!("--epochs must be a positive number, got {e}")
         }
-        _ => {}
+        Length::Epochs(_) => {}
     }
     if let Some(n) = a.eval_every {
         ensure!(n > 0, "--eval-every must be at least 1");
@@ -239,7 +267,11 @@ mod tests {
             &["--hidden", "8"],
             &["--steps", "0"],
             &["--epochs=-1"],
+            &["--epochs", "-1"],
             &["--lr", "0"],
+            &["--lr", "-0.01"],
+            &["--clip", "-1"],
+            &["--steps", "2000000000"],
         ] {
             let e = plan_of(bad).unwrap_err().to_string();
             assert!(e.contains("--"), "{bad:?}: {e}");
@@ -247,5 +279,12 @@ mod tests {
         assert!(
             Cli::try_parse_from(["robo-poet", "train", "--steps", "3", "--epochs", "2"]).is_err()
         );
+        let e = plan_of(&["--lr", "-0.01"]).unwrap_err().to_string();
+        assert_eq!(e, "--lr must be positive (got -0.01)");
+        assert!(epochs_to_steps(1e30, 100)
+            .unwrap_err()
+            .to_string()
+            .contains("--epochs 1e30 is 1.000e32 steps"));
+        assert_eq!(epochs_to_steps(0.001, 100).unwrap(), 1);
     }
 }

@@ -53,6 +53,7 @@ pub fn run(a: &ProfileStepArgs) -> Result<()> {
     tcfg.steps = a.warmup + 1;
     let cfg = presets::with_vocab(&plan.model, a.vocab);
     cfg.validate()?;
+    crate::resources::check_model_size(&cfg, tcfg.batch)?;
     let m = model::build(&cfg, tcfg.batch);
     let mut be = backend::create(a.device, m.table().clone(), false)?;
     be.set_cuda_graph(a.cuda_graph.on());

@@ -33,6 +33,33 @@ pub struct RunMeta {
     pub best_val_loss: Option<(f64, u64)>,
     pub elapsed_s: f64,
     pub robo_poet_version: String,
+    /// The train-loss log window open at this step (absent in older checkpoints: empty).
+    #[serde(default)]
+    pub log_window: LogWindow,
+}
+
+/// The steps since the last `train_loss` line of metrics.jsonl, whose mean the next line logs.
+/// Saved in the checkpoint so a resumed run logs the same means, bit for bit, as one never
+/// interrupted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogWindow {
+    /// The f64 bits of the sum of the step losses (in step order): a JSON float is not
+    /// guaranteed to parse back to the same bits, an integer is.
+    pub loss_sum_bits: u64,
+    pub steps: u64,
+}
+
+impl LogWindow {
+    pub fn add(&mut self, loss: f64) {
+        self.loss_sum_bits = (self.sum() + loss).to_bits();
+        self.steps += 1;
+    }
+    pub fn sum(&self) -> f64 {
+        f64::from_bits(self.loss_sum_bits)
+    }
+    pub fn mean(&self) -> f64 {
+        self.sum() / self.steps as f64
+    }
 }
 
 impl RunMeta {
@@ -61,7 +88,8 @@ impl RunMeta {
     }
 }
 
-/// Saves parameters, optimizer moments and metadata atomically into `run_dir/checkpoint/`.
+/// Saves parameters, optimizer moments and metadata as the run's new checkpoint, published
+/// atomically (`crate::checkpoint`).
 pub fn save(run_dir: &Path, meta: &RunMeta, model: &dyn Model, be: &dyn Backend) -> Result<()> {
     let t = model.table();
     let mut params = vec![];
@@ -98,12 +126,34 @@ fn refs(v: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<TensorRef<'_>> {
 /// Reads just the metadata of a run's checkpoint.
 pub fn load_meta(run_dir: &Path) -> Result<RunMeta> {
     let (json, dir) = checkpoint::load_meta(run_dir)?;
-    serde_json::from_value(json).with_context(|| {
-        format!(
-            "{} is not a robo-poet checkpoint of this version (unexpected metadata)",
-            dir.join(checkpoint::META_FILE).display()
+    parse_meta(json, &dir)
+}
+
+/// The metadata as a `RunMeta`; a field of the wrong type or missing is named, with its path.
+fn parse_meta(json: serde_json::Value, dir: &Path) -> Result<RunMeta> {
+    serde_path_to_error::deserialize(json).map_err(|e| {
+        let field = e.path().to_string();
+        anyhow::anyhow!(
+            "{} is not a robo-poet checkpoint of this version: field `{field}`: {}; resume from another run or retrain",
+            dir.join(checkpoint::META_FILE).display(),
+            e.inner()
         )
     })
+}
+
+/// A run's checkpoint, read once: its metadata and tensors, from one folder. With `optimizer`
+/// false the optimizer file is not read (generate, eval and attention-map do not need it).
+pub fn load_checkpoint(
+    run_dir: &Path,
+    optimizer: bool,
+) -> Result<(RunMeta, checkpoint::Checkpoint)> {
+    let ck = if optimizer {
+        checkpoint::load(run_dir)?
+    } else {
+        checkpoint::load_model(run_dir)?
+    };
+    let meta = parse_meta(ck.meta.clone(), &ck.dir)?;
+    Ok((meta, ck))
 }
 
 /// Loads a checkpoint into a backend holding `model`; with `optimizer`, the AdamW moments too.
@@ -113,9 +163,19 @@ pub fn load_into(
     be: &mut dyn Backend,
     optimizer: bool,
 ) -> Result<RunMeta> {
-    let ck = checkpoint::load(run_dir)?;
-    let meta: RunMeta = serde_json::from_value(ck.meta.clone())
-        .with_context(|| format!("{} has unexpected metadata", ck.dir.display()))?;
+    let (meta, ck) = load_checkpoint(run_dir, optimizer)?;
+    write_tensors(&ck, model, be, optimizer)?;
+    Ok(meta)
+}
+
+/// Writes a loaded checkpoint's parameters (and, with `optimizer`, its AdamW moments) into a
+/// backend holding `model`, checking every name and shape against the model.
+pub fn write_tensors(
+    ck: &checkpoint::Checkpoint,
+    model: &dyn Model,
+    be: &mut dyn Backend,
+    optimizer: bool,
+) -> Result<()> {
     let file = ck.dir.join(checkpoint::MODEL_FILE);
     let mut params: std::collections::HashMap<&str, &checkpoint::Tensor> =
         ck.model.iter().map(|t| (t.name.as_str(), t)).collect();
@@ -168,7 +228,7 @@ pub fn load_into(
             file.display()
         );
     }
-    Ok(meta)
+    Ok(())
 }
 
 /// Appends JSON lines to `<run>/metrics.jsonl`.
@@ -214,20 +274,42 @@ impl Metrics {
     }
 }
 
-/// `runs/<model>-<UTC timestamp>`, made unique with a suffix if needed.
-pub fn default_run_dir(model: &str) -> PathBuf {
+/// Creates a new `runs/<model>-<UTC timestamp>` (`-2`, `-3`, ... when taken) and returns it.
+/// The folder is made with one `create_dir`, which fails if it exists, so two runs started in the
+/// same second never share one.
+pub fn create_default_run_dir(model: &str) -> Result<PathBuf> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let base = format!("runs/{model}-{}", utc_stamp(secs));
-    let mut dir = PathBuf::from(&base);
-    let mut i = 2;
-    while dir.exists() {
-        dir = PathBuf::from(format!("{base}-{i}"));
-        i += 1;
+    create_unique_dir(Path::new("runs"), &format!("{model}-{}", utc_stamp(secs)))
+}
+
+/// `parent/base`, else `parent/base-2`, `parent/base-3`, ...: the first that did not exist.
+fn create_unique_dir(parent: &Path, base: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("could not create {}", parent.display()))?;
+    for i in 1u32.. {
+        let dir = if i == 1 {
+            parent.join(base)
+        } else {
+            parent.join(format!("{base}-{i}"))
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => bail!("could not create the run directory {}: {e}", dir.display()),
+        }
     }
-    dir
+    unreachable!("u32 suffixes ran out")
+}
+
+/// Whether `dir` holds nothing a run wrote (a leftover `train.lock` aside).
+pub fn is_unused(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|d| {
+        d.flatten()
+            .all(|e| e.file_name() == super::run_lock::LOCK_FILE)
+    })
 }
 
 /// YYYYMMDD-HHMMSS in UTC for a Unix time (civil-from-days, proleptic Gregorian).
@@ -253,6 +335,33 @@ pub fn utc_stamp(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn run_dirs_made_at_once_are_all_distinct() {
+        let d = tempfile::tempdir().unwrap();
+        let parent = d.path().join("runs");
+        let dirs: Vec<std::path::PathBuf> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        super::create_unique_dir(&parent, "attention-20261201-120000").unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let unique: std::collections::BTreeSet<_> = dirs.iter().collect();
+        assert_eq!(unique.len(), 8, "{dirs:?}");
+        assert!(parent.join("attention-20261201-120000-8").is_dir());
+        assert!(super::is_unused(&dirs[0]));
+        std::fs::write(dirs[0].join(super::super::run_lock::LOCK_FILE), "").unwrap();
+        assert!(
+            super::is_unused(&dirs[0]),
+            "a lock file alone leaves it unused"
+        );
+        std::fs::write(dirs[0].join("metrics.jsonl"), "").unwrap();
+        assert!(!super::is_unused(&dirs[0]));
+    }
+
     #[test]
     fn utc_stamp_known_dates() {
         assert_eq!(super::utc_stamp(0), "19700101-000000");

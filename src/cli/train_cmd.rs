@@ -1,13 +1,16 @@
-//! `robo-poet train`: data, model, run directory, the loop with progress, evaluation, metrics,
-//! checkpoints, Ctrl-C and resume.
+//! `robo-poet train`: data, model, sizes against the machine, the run directory and its lock, the
+//! loop with progress, evaluation, metrics, checkpoints, Ctrl-C / SIGTERM and resume.
 
+use super::interrupt::{self, Interrupted};
 use super::presets::{self, Length};
-use super::run_files::{self, Metrics, RunMeta};
+use super::run_files::{self, LogWindow, Metrics, RunMeta};
+use super::run_lock::RunLock;
 use super::TrainArgs;
 use crate::backend::{self, Backend};
 use crate::dataset::{self, DataRequest, Dataset};
 use crate::diagnostics::{self, GradNorms, NormWarnings};
 use crate::model::{self, Model};
+use crate::resources;
 use crate::rng::Rng;
 use crate::sampler::Sampler;
 use crate::train::{self, TrainConfig};
@@ -15,44 +18,62 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::io::IsTerminal;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-static STOP: AtomicBool = AtomicBool::new(false);
-static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
-
-fn install_ctrlc() {
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTS.fetch_add(1, Ordering::SeqCst) == 0 {
-            STOP.store(true, Ordering::SeqCst);
-            eprintln!("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit at once; the last checkpoint stays intact)");
-        } else {
-            std::process::exit(130);
-        }
-    });
-}
+/// The flags `--resume` accepts besides itself: the run's length, its reporting, where the data
+/// and the device are, and how it runs. `--model` and `--tokenizer` are accepted when they match
+/// the checkpoint (`resume_checks`); every other flag would silently not apply, so it is refused.
+const RESUME_FLAGS: [&str; 11] = [
+    "--resume",
+    "--steps",
+    "--eval-every",
+    "--check-every",
+    "--data",
+    "--device",
+    "--cuda-graph",
+    "--no-progress",
+    "--halt-at",
+    "--model",
+    "--tokenizer",
+];
 
 pub fn run(a: &TrainArgs) -> Result<()> {
+    if a.check_every == Some(0) {
+        bail!(
+            "--check-every must be at least 1 (every how many steps the gradient norms are logged)"
+        );
+    }
     let progress = !a.no_progress && std::io::stderr().is_terminal();
-    let (run_dir, resume_meta) = match &a.resume {
-        Some(dir) => (dir.clone(), Some(resume_checks(dir, a)?)),
-        None => {
-            let dir = a.out.clone().unwrap_or_else(|| {
-                run_files::default_run_dir(
-                    &a.model
-                        .unwrap_or(crate::model::ModelKind::Attention)
-                        .to_string(),
-                )
-            });
-            if dir.exists()
-                && std::fs::read_dir(&dir)
-                    .map(|mut d| d.next().is_some())
-                    .unwrap_or(true)
-            {
-                bail!("{} already exists and is not empty; pass --resume {} to continue that run, or choose another --out", dir.display(), dir.display());
+    // A resumed run is locked before its data is loaded, so a second writer is refused at once; a
+    // new run's folder is created and locked once everything is known to work (a bad flag leaves
+    // no empty folder behind).
+    let (resume_dir, resume_lock, resume_meta) = match &a.resume {
+        Some(dir) => {
+            if dir.is_file() {
+                bail!("--resume {} is a file, not a run directory; pass the folder `robo-poet train` wrote (runs/<name>)", dir.display());
             }
-            (dir, None)
+            if !dir.is_dir() {
+                bail!(
+                    "--resume {}: no such run directory; check the path (runs/<name>)",
+                    dir.display()
+                );
+            }
+            // Another train on it first (who), then not a run at all (before leaving a lock file
+            // in someone's folder).
+            RunLock::ensure_free(dir)?;
+            run_files::load_meta(dir)?;
+            let lock = RunLock::acquire(dir)?;
+            (Some(dir.clone()), Some(lock), Some(resume_checks(dir, a)?))
+        }
+        None => {
+            if let Some(dir) = &a.out {
+                if dir.is_dir() {
+                    RunLock::ensure_free(dir)?;
+                }
+                check_new_out(dir)?;
+            }
+            (None, None, None)
         }
     };
 
@@ -86,6 +107,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             let mut t = m.train.clone();
             // Only the run length may change on resume (extending a run).
             if let Some(s) = a.steps {
+                presets::check_steps(s)?;
                 t.steps = s;
             }
             (m.model.clone(), t, m.step)
@@ -97,9 +119,15 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             let probe = Sampler::new(t.seed, ds.train.len(), t.batch, model_cfg.seq_len())?;
             t.steps = match plan.length {
                 Length::Steps(s) => s,
-                Length::Epochs(e) => ((e * probe.steps_per_epoch() as f64).round() as u64).max(1),
+                Length::Epochs(e) => presets::epochs_to_steps(e, probe.steps_per_epoch())?,
             };
             t.eval_every = a.eval_every.unwrap_or_else(|| (t.steps / 10).clamp(1, 500));
+            if t.warmup >= t.steps {
+                eprintln!(
+                    "note: the warmup ({} steps) is not shorter than the run ({} steps): the learning rate rises for the whole run and never reaches --lr {}; pass a smaller --warmup or more --steps",
+                    t.warmup, t.steps, t.lr
+                );
+            }
             (model_cfg, t, 0)
         }
     };
@@ -108,15 +136,22 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     }
     model_cfg.validate()?;
     let mut sampler = Sampler::new(tcfg.seed, ds.train.len(), tcfg.batch, model_cfg.seq_len())?;
-    if start_step >= tcfg.steps {
-        bail!("{} already finished its {} steps; pass --steps N (more than {start_step}) with --resume to train further", run_dir.display(), tcfg.steps);
+    if let Some(dir) = resume_dir.as_ref().filter(|_| start_step >= tcfg.steps) {
+        bail!("{} already finished its {} steps; pass --steps N (more than {start_step}) with --resume to train further", dir.display(), tcfg.steps);
     }
 
+    // Sizes before any allocation: the model's footprint from its configuration, then the table
+    // against the memory of the device that will hold it.
+    resources::check_model_size(&model_cfg, tcfg.batch)?;
     let model = model::build(&model_cfg, tcfg.batch);
-    let mut be = backend::create(a.device, model.table().clone(), false)?;
+    let copies = resources::checkpoint_copies_bytes(model.table());
+    let mut be = backend::create_reserving(a.device, model.table().clone(), false, copies)?;
     be.set_cuda_graph(a.cuda_graph.on());
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("could not create the run directory {}", run_dir.display()))?;
+
+    let (run_dir, _lock) = match (resume_dir, resume_lock) {
+        (Some(dir), Some(lock)) => (dir, lock),
+        _ => new_run_dir(a)?,
+    };
     let mut elapsed0 = 0.0;
     if resume_meta.is_some() {
         let m = run_files::load_into(&run_dir, model.as_ref(), be.as_mut(), true)?;
@@ -138,7 +173,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         start_step,
     );
     let mut metrics = Metrics::open(&run_dir, resume_meta.as_ref().map(|m| m.step))?;
-    install_ctrlc();
+    interrupt::install(&run_dir);
 
     let mut meta = RunMeta {
         step: start_step,
@@ -152,6 +187,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         best_val_loss: resume_meta.as_ref().and_then(|m| m.best_val_loss),
         elapsed_s: elapsed0,
         robo_poet_version: env!("CARGO_PKG_VERSION").to_string(),
+        log_window: LogWindow::default(),
     };
     if start_step == 0 {
         // A checkpoint of the initial state: the run can be resumed even if the first eval never comes.
@@ -174,13 +210,18 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let tokens_per_step = (tcfg.batch * model_cfg.seq_len()) as f64;
     let t_start = Instant::now();
     let mut train_secs = 0.0f64;
-    // (loss sum, steps, seconds) since the last log line. Steps are queued without waiting
-    // (on the GPU nothing waits for the host); their records are read back when a log line, a
-    // gradient check, an evaluation or a stop needs them.
-    let mut window = (0.0f64, 0usize, 0.0f64);
+    // The losses since the last log line, carried over a resume (their mean is the next logged
+    // train_loss), and the steps and seconds timed in this process since then (tokens_per_s).
+    // Steps are queued without waiting (on the GPU nothing waits for the host); their records
+    // are read back when a log line, a gradient check, an evaluation or a stop needs them.
+    let mut window = resume_meta
+        .as_ref()
+        .map(|m| m.log_window)
+        .unwrap_or_default();
+    let mut timed = (0usize, 0.0f64);
     let mut since_read = Instant::now();
     let log_every = (tcfg.eval_every / 5).clamp(1, 50);
-    let check_every = a.check_every.unwrap_or(log_every).max(1);
+    let check_every = a.check_every.unwrap_or(log_every);
     let mut warnings = NormWarnings::default();
     let mut step = start_step;
     let mut last = None;
@@ -192,10 +233,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         step += 1;
         train::queue_step(model.as_ref(), be.as_mut(), &tcfg, step, &inputs, &targets);
         let halted = a.halt_at == Some(step);
-        if halted {
-            STOP.store(true, Ordering::SeqCst);
-        }
-        let stopping = STOP.load(Ordering::SeqCst);
+        let signalled = interrupt::requested();
+        let stopping = halted || signalled.is_some();
         let log_now = step % log_every == 0 || step == tcfg.steps;
         let check_now = step % check_every == 0;
         let eval_now = step % tcfg.eval_every == 0 || step == tcfg.steps;
@@ -205,7 +244,6 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         let records = be.take_step_records();
         let dt = since_read.elapsed().as_secs_f64();
         train_secs += dt;
-        window.2 += dt;
         for r in &records {
             if !r.loss.is_finite() || !r.grad_norm.is_finite() || !r.updated {
                 pb.abandon();
@@ -219,9 +257,9 @@ pub fn run(a: &TrainArgs) -> Result<()> {
                     r.step, r.loss, r.grad_norm, run_dir.display(), tcfg.lr
                 );
             }
-            window.0 += r.loss;
-            window.1 += 1;
+            window.add(r.loss);
         }
+        timed = (timed.0 + records.len(), timed.1 + dt);
         let Some(st) = records.last().copied().or(last) else {
             continue;
         };
@@ -233,12 +271,13 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             tokens_per_step * records.len() as f64 / dt.max(1e-9) / 1e3
         ));
         let lr = tcfg.lr_at(step);
-        if log_now && window.1 > 0 {
+        if log_now && window.steps > 0 {
             metrics.write(&json!({
-                "step": step, "train_loss": window.0 / window.1 as f64, "grad_norm": st.grad_norm, "lr": lr,
-                "tokens_per_s": tokens_per_step * window.1 as f64 / window.2.max(1e-9), "elapsed_s": elapsed0 + t_start.elapsed().as_secs_f64(),
+                "step": step, "train_loss": window.mean(), "grad_norm": st.grad_norm, "lr": lr,
+                "tokens_per_s": tokens_per_step * timed.0 as f64 / timed.1.max(1e-9), "elapsed_s": elapsed0 + t_start.elapsed().as_secs_f64(),
             }))?;
-            window = (0.0, 0, 0.0);
+            window = LogWindow::default();
+            timed = (0, 0.0);
         }
         if check_now {
             let norms = GradNorms::from_sums(model.as_ref(), &be.last_grad_sq());
@@ -279,12 +318,19 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         if eval_now || stopping {
             meta.step = step;
             meta.elapsed_s = elapsed0 + t_start.elapsed().as_secs_f64();
+            meta.log_window = window;
             run_files::save(&run_dir, &meta, model.as_ref(), be.as_ref())?;
         }
         if stopping {
             pb.abandon();
-            eprintln!("stopped after step {step}: checkpoint saved. Continue with: robo-poet train --resume {}", run_dir.display());
-            return Ok(());
+            let why = signalled.map_or(String::new(), |s| {
+                format!(" ({})", interrupt::name(s.signal))
+            });
+            eprintln!("stopped after step {step}{why}: checkpoint saved. Continue with: robo-poet train --resume {}", run_dir.display());
+            return match signalled {
+                Some(s) => Err(Interrupted { signal: s.signal }.into()),
+                None => Ok(()),
+            };
         }
         since_read = Instant::now();
     }
@@ -300,6 +346,50 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     );
     println!("run saved in {}; generate with: robo-poet generate --checkpoint {} --prompt \"To be or not to be\"", run_dir.display(), run_dir.display());
     Ok(())
+}
+
+/// Refuses an `--out` that cannot hold a new run: a file, or a folder a run already wrote into.
+fn check_new_out(dir: &Path) -> Result<()> {
+    if dir.is_file() {
+        bail!(
+            "--out {} is a file, not a folder; choose another --out (a new or empty folder)",
+            dir.display()
+        );
+    }
+    if dir.is_dir() && !run_files::is_unused(dir) {
+        if crate::checkpoint::has_checkpoint(dir) {
+            bail!(
+                "{} already holds a run; pass --resume {} to continue it, or choose another --out",
+                dir.display(),
+                dir.display()
+            );
+        }
+        bail!(
+            "{} already exists and is not empty; choose another --out (a new or empty folder)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Creates (or takes, when empty) the new run's folder and locks it. The emptiness check is
+/// repeated under the lock: another `train` may have started there since the first look.
+fn new_run_dir(a: &TrainArgs) -> Result<(PathBuf, RunLock)> {
+    let dir = match &a.out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("could not create the run directory {}", dir.display()))?;
+            dir.clone()
+        }
+        None => run_files::create_default_run_dir(
+            &a.model
+                .unwrap_or(crate::model::ModelKind::Attention)
+                .to_string(),
+        )?,
+    };
+    let lock = RunLock::acquire(&dir)?;
+    check_new_out(&dir)?;
+    Ok((dir, lock))
 }
 
 /// Checks that a resume target holds a checkpoint compatible with the flags given.
@@ -319,25 +409,14 @@ fn resume_checks(dir: &Path, a: &TrainArgs) -> Result<RunMeta> {
             dir.display()
         );
     }
-    let fixed = [
-        ("--batch", a.shape.batch.is_some()),
-        ("--seq-len", a.shape.seq_len.is_some()),
-        ("--d-model", a.shape.d_model.is_some()),
-        ("--layers", a.shape.layers.is_some()),
-        ("--heads", a.shape.heads.is_some()),
-        ("--hidden", a.shape.hidden.is_some()),
-        ("--embed", a.shape.embed.is_some()),
-        ("--dropout", a.shape.dropout.is_some()),
-        ("--lr", a.lr.is_some()),
-        ("--warmup", a.warmup.is_some()),
-        ("--weight-decay", a.weight_decay.is_some()),
-        ("--clip", a.clip.is_some()),
-        ("--epochs", a.epochs.is_some()),
-        ("--text", !a.text.is_empty()),
-    ];
-    let given: Vec<&str> = fixed.iter().filter(|f| f.1).map(|f| f.0).collect();
-    if !given.is_empty() {
-        bail!("{} cannot change when resuming: the run continues with the configuration saved in {} (only --steps, --eval-every, --check-every, --data and --device may be given)", given.join(", "), dir.display());
+    let refused: Vec<&str> = a
+        .given
+        .iter()
+        .map(String::as_str)
+        .filter(|f| !RESUME_FLAGS.contains(f))
+        .collect();
+    if !refused.is_empty() {
+        bail!("{} cannot be given with --resume: the run continues with the configuration saved in {} (only --steps, --eval-every, --check-every, --data and --device may be given)", refused.join(", "), dir.display());
     }
     Ok(m)
 }

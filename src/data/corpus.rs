@@ -258,10 +258,17 @@ pub fn missing_corpus_message(searched: &[PathBuf]) -> String {
         msg.push_str("  (no folders)\n");
     }
     for dir in searched {
-        let state = if dir.is_dir() {
-            "folder exists but lacks a book"
+        let state = if dir.is_file() {
+            "a file, not a folder: pass the folder that holds the books".to_string()
+        } else if dir.is_dir() {
+            let missing: Vec<String> = BOOKS
+                .iter()
+                .filter(|b| !dir.join(b.clean_file).is_file() && !dir.join(b.raw_file).is_file())
+                .map(|b| format!("{} ({} or {})", b.title, b.clean_file, b.raw_file))
+                .collect();
+            format!("folder exists but lacks {}", missing.join(" and "))
         } else {
-            "no such folder"
+            "no such folder".to_string()
         };
         msg.push_str(&format!("  {} ({state})\n", dir.display()));
     }
@@ -448,6 +455,26 @@ mod tests {
         assert_eq!(c.documents[1].name, "hamlet_shakespeare.txt");
         assert_eq!(c.documents[0].text.len(), 151_095);
         assert_eq!(c.documents[1].text.len(), 180_471);
+    }
+
+    #[test]
+    fn missing_message_says_which_book_is_missing_and_what_a_path_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let only_alice = tmp.path().join("alice-only");
+        std::fs::create_dir(&only_alice).unwrap();
+        std::fs::write(only_alice.join("alice_raw.txt"), "x").unwrap();
+        let file = tmp.path().join("book.txt");
+        std::fs::write(&file, "x").unwrap();
+        let m = missing_corpus_message(&[only_alice, file, tmp.path().join("nope")]);
+        assert!(
+            m.contains(
+                "folder exists but lacks Hamlet (hamlet_shakespeare.txt or hamlet_raw.txt))"
+            ),
+            "{m}"
+        );
+        assert!(!m.contains("lacks Alice"), "{m}");
+        assert!(m.contains("book.txt (a file, not a folder"), "{m}");
+        assert!(m.contains("nope (no such folder)"), "{m}");
     }
 
     #[test]

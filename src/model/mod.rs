@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod flops;
+pub mod footprint;
 pub mod lstm;
 pub mod memory;
 

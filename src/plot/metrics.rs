@@ -52,18 +52,25 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics> {
             dir.display()
         );
     }
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("could not read {}", path.display()))?;
+    // Bytes, not a String: one line of garbage (a crash mid-write, a disk error) costs that line,
+    // not the whole file.
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("could not read {}", path.display()))?;
     let name = dir
         .canonicalize()
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| dir.display().to_string());
-    parse(&text, &name, &path.display().to_string())
+    parse_bytes(&bytes, &name, &path.display().to_string())
 }
 
 /// Parses the text of a metrics.jsonl (`file` names it in messages).
 pub fn parse(text: &str, name: &str, file: &str) -> Result<RunMetrics> {
+    parse_bytes(text.as_bytes(), name, file)
+}
+
+/// Parses the bytes of a metrics.jsonl; a line that is not UTF-8 is skipped with a warning.
+pub fn parse_bytes(bytes: &[u8], name: &str, file: &str) -> Result<RunMetrics> {
     let mut train = BTreeMap::new();
     let mut val = BTreeMap::new();
     let mut grad = BTreeMap::new();
@@ -71,7 +78,12 @@ pub fn parse(text: &str, name: &str, file: &str) -> Result<RunMetrics> {
     let mut warnings = vec![];
     let mut used = 0usize;
     let mut nonblank = 0usize;
-    for (i, line) in text.lines().enumerate() {
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let Ok(line) = std::str::from_utf8(raw) else {
+            nonblank += 1;
+            warnings.push(format!("{file} line {}: not UTF-8 text; skipped", i + 1));
+            continue;
+        };
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -213,6 +225,21 @@ mod tests {
         assert_eq!(m.warnings.len(), 2, "{:?}", m.warnings);
         assert!(m.warnings[0].contains("m.jsonl line 2"), "{:?}", m.warnings);
         assert!(m.warnings[1].contains("m.jsonl line 4"), "{:?}", m.warnings);
+    }
+
+    #[test]
+    fn a_line_of_non_utf8_bytes_is_skipped_not_the_file() {
+        let bytes = b"{\"step\":1,\"train_loss\":2.0}\n\xff\xfe{\"step\":2}\r\n{\"step\":3,\"train_loss\":1.5}\r\n";
+        let m = parse_bytes(bytes, "r", "m.jsonl").unwrap();
+        assert_eq!(m.train_loss, vec![(1, 2.0), (3, 1.5)]);
+        assert_eq!(m.warnings, ["m.jsonl line 2: not UTF-8 text; skipped"]);
+        let e = parse_bytes(b"\xff\n", "r", "m.jsonl")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no usable line") && e.contains("not UTF-8"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,10 +1,39 @@
 //! Shared by the kernel test files: one test body run on two devices.
 
+/// The GPU, or None when there is none, after saying so once per test binary: one short line
+/// for all its skipped `gpu_` tests instead of a long one per test (the details are what
+/// `robo-poet kernels` prints).
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub fn gpu_or_skip() -> Option<robo_poet::gpu::CudaDevice> {
+    match robo_poet::gpu::CudaDevice::open() {
+        Ok(dev) => Some(dev),
+        Err(why) => {
+            gpu_skipped(&why);
+            None
+        }
+    }
+}
+
+/// Prints, once per process, why the `gpu_` tests of this binary are skipped.
+pub fn gpu_skipped(why: &robo_poet::gpu::Unavailable) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // straight to stderr: libtest captures eprintln! of passing tests
+        use std::io::Write as _;
+        writeln!(
+            std::io::stderr(),
+            "SKIPPED the gpu_ tests of this binary: {}",
+            robo_poet::backend::short_reason(why)
+        )
+        .ok();
+    });
+}
+
 /// Each `fn emu_name / gpu_name (dev) { body }` defines two tests from one body, `dev` being the
 /// device (pass `&dev` where a `&dyn Device` is wanted): `emu_name` on the emulated device
-/// (`EmuDevice`), and `gpu_name` on the GPU (`CudaDevice`), which prints
-/// `SKIPPED gpu_name: <why>` on stderr and returns when there is none. `cargo test emu` and
-/// `cargo test gpu` select them.
+/// (`EmuDevice`), and `gpu_name` on the GPU (`CudaDevice`), which returns at once when there is
+/// none (the binary says so once, [`gpu_skipped`]). `cargo test emu` and `cargo test gpu` select
+/// them.
 #[macro_export]
 macro_rules! device_tests {
     ($( $(#[$m:meta])* fn $emu:ident / $gpu:ident ($dev:ident) $body:block )*) => { $(
@@ -20,11 +49,7 @@ macro_rules! device_tests {
         fn $gpu() {
             match robo_poet::gpu::CudaDevice::open() {
                 Ok($dev) => $body
-                // straight to stderr: libtest captures eprintln! of passing tests
-                Err(why) => {
-                    use std::io::Write as _;
-                    writeln!(std::io::stderr(), "SKIPPED {}: {why}", stringify!($gpu)).ok();
-                }
+                Err(why) => $crate::common::gpu_skipped(&why),
             }
         }
     )* };
