@@ -225,13 +225,18 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let mut warnings = NormWarnings::default();
     let mut step = start_step;
     let mut last = None;
-    if let Some(note) = be.step_note() {
-        eprintln!("note: {note}");
-    }
+    let mut noted = false;
     while step < tcfg.steps {
         let (inputs, targets) = sampler.batch(step, &ds.train);
         step += 1;
         train::queue_step(model.as_ref(), be.as_mut(), &tcfg, step, &inputs, &targets);
+        if !noted {
+            // after the first step: a CUDA graph capture that failed has fallen back by now
+            if let Some(note) = be.step_note().filter(|_| a.cuda_graph.on()) {
+                say(&pb, format!("note: {note}"));
+            }
+            noted = true;
+        }
         let halted = a.halt_at == Some(step);
         let signalled = interrupt::requested();
         let stopping = halted || signalled.is_some();
