@@ -45,6 +45,7 @@ fn models(t: usize) -> [(&'static str, ModelConfig); 2] {
                 n_heads: 1,
                 pos_emb: false,
                 dropout: 0.1,
+                attention: Default::default(),
             }),
         ),
         (

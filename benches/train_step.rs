@@ -25,6 +25,7 @@ fn configs() -> Vec<(&'static str, ModelConfig, usize)> {
             n_heads,
             pos_emb,
             dropout: 0.1,
+            attention: Default::default(),
         })
     };
     vec![

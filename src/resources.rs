@@ -295,6 +295,7 @@ mod tests {
             n_heads: 4,
             pos_emb: true,
             dropout: 0.1,
+            attention: Default::default(),
         })
     }
 

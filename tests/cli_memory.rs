@@ -29,6 +29,7 @@ fn seed_pair(t: usize) -> (ModelConfig, ModelConfig) {
             n_heads: 1,
             pos_emb: false,
             dropout: 0.1,
+            attention: Default::default(),
         }),
         ModelConfig::Lstm(LstmConfig {
             vocab_size: 78,
@@ -49,7 +50,7 @@ fn default_report_names_both_models_and_a_ratio() {
         "attn/LSTM",
         "seq_len 128",
         "attention probabilities (B,NH,T,T)",
-        "attention scratch (B,NH,T,T)",
+        "attention scratch (B,NH,T[,T])",
         "LSTM gates (T,B,4H)",
         "LSTM cell states (T,B,H)",
         "forward + backward",
@@ -135,5 +136,50 @@ fn bad_input_fails_with_one_error_line() {
         let errors: Vec<&str> = all.lines().filter(|l| l.starts_with("error:")).collect();
         assert_eq!(errors.len(), 1, "{args:?}: expected one error line:\n{all}");
         assert!(errors[0].contains(needle), "{args:?}: {}", errors[0]);
+    }
+}
+
+#[test]
+fn attention_both_shows_the_two_paths_and_each_crossover() {
+    let out = stdout_ok(&memory(&[
+        "--attention",
+        "both",
+        "--seq-len",
+        "128,1024,4096",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let configs = v["configs"].as_array().unwrap();
+    for c in configs {
+        let t = c["seq_len"].as_u64().unwrap();
+        let (m, f) = (&c["attention"], &c["attention_fused"]);
+        assert_eq!(m["config"]["attention"], "materialized");
+        assert_eq!(f["config"]["attention"], "fused");
+        let row = |r: &serde_json::Value, key: &str| {
+            r["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["row"] == key)
+                .unwrap()["bytes"]
+                .as_u64()
+                .unwrap()
+        };
+        // materialized: (B,NH,T,T) probabilities and scratch; fused: a value per row of each
+        assert_eq!(row(m, "attention_probs"), 4 * t * t * 4);
+        assert_eq!(row(f, "attention_probs"), 0);
+        assert_eq!(row(f, "attention_lse"), 4 * t * 4);
+        assert_eq!(row(f, "attention_scratch"), 4 * t * 4);
+        assert!(f["total_bytes"].as_u64() < m["total_bytes"].as_u64());
+    }
+    // at the seed width the materialized path passes the LSTM at 1024; the fused one does not
+    assert_eq!(v["memory_crossover_seq_len"], 1024);
+    assert!(
+        v["fused_memory_crossover_seq_len"].is_null()
+            || v["fused_memory_crossover_seq_len"].as_u64() > Some(1024)
+    );
+    let text = stdout_ok(&memory(&["--attention", "both", "--seq-len", "128,1024"]));
+    for needle in ["materialized", "fused/LSTM", "Memory crossover (fused)"] {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
     }
 }

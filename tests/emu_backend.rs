@@ -8,7 +8,7 @@ use robo_poet::backend::cuda::CudaBackend;
 use robo_poet::backend::parity::{training_parity, Parity};
 use robo_poet::backend::Backend;
 use robo_poet::gpu::EmuDevice;
-use robo_poet::model::attention::{AttentionConfig, AttentionStyle};
+use robo_poet::model::attention::{AttentionConfig, AttentionImpl, AttentionStyle};
 use robo_poet::model::lstm::LstmConfig;
 use robo_poet::model::{self, ModelConfig};
 
@@ -24,6 +24,7 @@ fn gpt(dropout: f32) -> ModelConfig {
         n_heads: 3,
         pos_emb: true,
         dropout,
+        attention: Default::default(),
     })
 }
 
@@ -37,6 +38,7 @@ fn seed_style() -> ModelConfig {
         n_heads: 1,
         pos_emb: false,
         dropout: 0.1,
+        attention: Default::default(),
     })
 }
 
@@ -99,6 +101,41 @@ fn emu_backend_seed_attention_training_steps_match_the_cpu_backend() {
 fn emu_backend_lstm_training_steps_match_the_cpu_backend() {
     let p = training_parity(&lstm(), 3, 2, 13, Box::new(EmuDevice::new())).unwrap();
     assert_parity("lstm", &p, 1e-5, 1e-4);
+}
+
+/// The same configuration with fused attention.
+fn fused(cfg: ModelConfig) -> ModelConfig {
+    match cfg {
+        ModelConfig::Attention(c) => ModelConfig::Attention(AttentionConfig {
+            attention: AttentionImpl::Fused,
+            ..c
+        }),
+        other => other,
+    }
+}
+
+#[test]
+fn emu_backend_fused_attention_training_steps_match_the_cpu_and_the_materialized_path() {
+    // Both attention presets' styles, with dropout: the fused kernels against the CPU backend's
+    // fused reference (the same tolerances as the materialized path), and against the
+    // materialized kernels on the same device (the same math, the same masks: losses equal to
+    // rounding, which would not hold if a mask bit or a tile differed).
+    for (what, cfg, seed) in [("gpt", gpt(0.1), 21), ("seed attention", seed_style(), 22)] {
+        let f =
+            training_parity(&fused(cfg.clone()), 2, 3, seed, Box::new(EmuDevice::new())).unwrap();
+        assert_parity(&format!("{what}, fused"), &f, 1e-5, 1e-4);
+        let m = training_parity(&cfg, 2, 3, seed, Box::new(EmuDevice::new())).unwrap();
+        for (a, b) in f.steps.iter().zip(&m.steps) {
+            let rel = (a.dev_loss - b.dev_loss).abs() / b.dev_loss.abs();
+            assert!(
+                rel <= 1e-5,
+                "{what} step {}: fused loss {} vs materialized {} ({rel:.1e})",
+                a.step,
+                a.dev_loss,
+                b.dev_loss
+            );
+        }
+    }
 }
 
 #[test]

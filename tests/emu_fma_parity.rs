@@ -84,6 +84,7 @@ fn emu_fma_parity_default_gpt_30_steps() {
         n_heads: 4,
         pos_emb: true,
         dropout: 0.1,
+        attention: Default::default(),
     });
     let p = training_parity(&cfg, 1, STEPS, 7, Box::new(EmuDevice::new())).unwrap();
     report("default GPT, FMA", &p);

@@ -31,6 +31,7 @@ fn seed(t: usize) -> ModelConfig {
         n_heads: 1,
         pos_emb: false,
         dropout: 0.1,
+        attention: Default::default(),
     })
 }
 
@@ -44,6 +45,7 @@ fn gpt(t: usize, d: usize) -> ModelConfig {
         n_heads: 4,
         pos_emb: true,
         dropout: 0.1,
+        attention: Default::default(),
     })
 }
 
@@ -132,6 +134,21 @@ fn emu_step_seed_model_fits_its_launch_budget() {
 }
 
 #[test]
+fn emu_step_seed_model_with_fused_attention_fits_its_budget() {
+    let cfg = match seed(9) {
+        ModelConfig::Attention(c) => ModelConfig::Attention(AttentionConfig {
+            attention: robo_poet::model::attention::AttentionImpl::Fused,
+            ..c
+        }),
+        other => other,
+    };
+    let (eager, _, _) = run(&cfg, false, 2);
+    let (graph, _, _) = run(&cfg, true, 2);
+    // fused attention: 1 forward and 3 backward launches of the 16
+    assert_budget("seed, fused attention", eager, graph, 20);
+}
+
+#[test]
 fn emu_step_default_gpt_fits_its_launch_budget() {
     let (eager, _, _) = run(&gpt(9, 16), false, 2);
     let (graph, _, _) = run(&gpt(9, 16), true, 2);
@@ -155,7 +172,14 @@ fn emu_step_graph_replay_matches_eager_launches_bit_for_bit() {
     // Five steps with dropout: every replay must draw its own step's masks, bias corrections and
     // learning rate from device memory. A value baked into the graph at capture would repeat the
     // first step's and differ from the eager run within a step.
-    for cfg in [gpt(7, 12), seed(11)] {
+    let fused = |c: ModelConfig| match c {
+        ModelConfig::Attention(a) => ModelConfig::Attention(AttentionConfig {
+            attention: robo_poet::model::attention::AttentionImpl::Fused,
+            ..a
+        }),
+        other => other,
+    };
+    for cfg in [gpt(7, 12), seed(11), fused(gpt(7, 12)), fused(seed(11))] {
         let (_, eager_r, eager_p) = run(&cfg, false, 5);
         let (_, graph_r, graph_p) = run(&cfg, true, 5);
         assert_eq!(eager_r.len(), 5);

@@ -21,6 +21,7 @@ fn gpt(t: usize, d: usize, dropout: f32) -> ModelConfig {
         n_heads: 4,
         pos_emb: true,
         dropout,
+        attention: Default::default(),
     })
 }
 
@@ -45,6 +46,7 @@ fn default_gpt() -> ModelConfig {
         n_heads: 4,
         pos_emb: true,
         dropout: 0.1,
+        attention: Default::default(),
     })
 }
 

@@ -541,6 +541,104 @@ impl Backend for CpuBackend {
         self.put(p.v, v);
     }
 
+    fn attention_fused_forward(
+        &mut self,
+        out: TensorId,
+        lse: TensorId,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        dropout: Option<DropoutKey>,
+    ) {
+        let s = shapes::attention_fused(
+            &self.table,
+            "attention_fused_forward",
+            q,
+            lse,
+            &[("out", out), ("k", k), ("v", v)],
+            &[],
+        );
+        let (mut o, mut l) = (self.take(out), self.take(lse));
+        ops::attention_fused::fused_attention_forward(
+            &mut o,
+            &mut l,
+            self.f(q),
+            self.f(k),
+            self.f(v),
+            s,
+            dropout,
+        );
+        self.put(out, o);
+        self.put(lse, l);
+    }
+
+    fn attention_fused_backward(
+        &mut self,
+        dq: TensorId,
+        dk: TensorId,
+        dv: TensorId,
+        dout: TensorId,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        out: TensorId,
+        lse: TensorId,
+        delta: TensorId,
+        dropout: Option<DropoutKey>,
+    ) {
+        let s = shapes::attention_fused(
+            &self.table,
+            "attention_fused_backward",
+            q,
+            lse,
+            &[
+                ("dq", dq),
+                ("dk", dk),
+                ("dv", dv),
+                ("dout", dout),
+                ("k", k),
+                ("v", v),
+                ("out", out),
+            ],
+            &[("delta", delta)],
+        );
+        let (mut gq, mut gk, mut gv) = (self.take(dq), self.take(dk), self.take(dv));
+        ops::attention_fused::fused_attention_backward(
+            &mut gq,
+            &mut gk,
+            &mut gv,
+            self.f(dout),
+            self.f(q),
+            self.f(k),
+            self.f(v),
+            self.f(out),
+            self.f(lse),
+            s,
+            dropout,
+        );
+        self.put(dq, gq);
+        self.put(dk, gk);
+        self.put(dv, gv);
+    }
+
+    fn attention_lse_check(
+        &mut self,
+        q: TensorId,
+        k: TensorId,
+        lse: TensorId,
+        tol: f32,
+    ) -> RowCheck {
+        let s =
+            shapes::attention_fused(&self.table, "attention_lse_check", q, lse, &[("k", k)], &[]);
+        let (max_dev, bad_rows) =
+            ops::attention_fused::lse_row_check(self.f(q), self.f(k), self.f(lse), s, tol);
+        RowCheck {
+            max_dev,
+            bad_rows,
+            rows: s.b * s.nh * s.t,
+        }
+    }
+
     fn run_step(&mut self, _info: &StepInfo, step: &mut dyn FnMut(&mut dyn Backend)) {
         step(self);
     }

@@ -142,6 +142,45 @@ pub trait Backend {
         dropout: Option<DropoutKey>,
     );
 
+    /// Causal attention without a T×T tensor (flash-style): out (B,T,C) and each row's
+    /// logsumexp lse (B,NH,T) saved; dropout after softmax as in `attention_forward`, with the
+    /// same mask bits. NH comes from lse's shape.
+    fn attention_fused_forward(
+        &mut self,
+        out: TensorId,
+        lse: TensorId,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        dropout: Option<DropoutKey>,
+    );
+    /// dq, dk, dv (B,T,C) += the gradients of `attention_fused_forward`, from its output `out`
+    /// and `lse`; `delta` (B,NH,T) is workspace (the rows' dO · O).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_fused_backward(
+        &mut self,
+        dq: TensorId,
+        dk: TensorId,
+        dv: TensorId,
+        dout: TensorId,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        out: TensorId,
+        lse: TensorId,
+        delta: TensorId,
+        dropout: Option<DropoutKey>,
+    );
+    /// The fused path's row check: |Σ_j exp(s_ij − lse_i) − 1| recomputed for every row from q, k
+    /// and the saved lse (on the GPU a kernel: only the two results cross to the host).
+    fn attention_lse_check(
+        &mut self,
+        q: TensorId,
+        k: TensorId,
+        lse: TensorId,
+        tol: f32,
+    ) -> RowCheck;
+
     /// One LSTM layer over a time-major sequence: x (T,B,E) → h, c (T,B,H), gates (T,B,4H).
     fn lstm_forward(
         &mut self,
@@ -486,6 +525,15 @@ pub enum DeviceChoice {
     /// CUDA host path end to end without a GPU.
     #[value(hide = true)]
     Emu,
+}
+
+/// Whether `device` will run the CUDA backend (for `auto`: whether a GPU works here).
+pub fn uses_cuda(device: DeviceChoice) -> bool {
+    match device {
+        DeviceChoice::Cpu => false,
+        DeviceChoice::Cuda | DeviceChoice::Emu => true,
+        DeviceChoice::Auto => crate::gpu::CudaDevice::open().is_ok(),
+    }
 }
 
 /// Builds the backend for a device choice and a tensor table. `--device cuda` without a usable

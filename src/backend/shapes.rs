@@ -332,6 +332,48 @@ pub fn attention_forward(
     s
 }
 
+/// Fused attention geometry from q (B,T,C) and a per-row tensor lse (B,NH,T) (NH dividing C);
+/// every `qkv_like` tensor (B,T,C), every `rows_like` one like lse.
+#[track_caller]
+pub fn attention_fused(
+    t: &TensorTable,
+    op: &str,
+    q: TensorId,
+    lse: TensorId,
+    qkv_like: &[(&str, TensorId)],
+    rows_like: &[(&str, TensorId)],
+) -> AttnShape {
+    let qs = t.shape(q);
+    assert!(
+        qs.len() == 3,
+        "shape mismatch in {op}: q ({}) expected (B, T, C), got {}",
+        t.name(q),
+        Shape(qs)
+    );
+    let (b, tt, c) = (qs[0], qs[1], qs[2]);
+    let ls = t.shape(lse);
+    assert!(
+        ls.len() == 3 && ls[1] > 0 && c % ls[1] == 0,
+        "shape mismatch in {op}: lse ({}) expected (B, NH, T) with NH dividing C = {c}, got {}",
+        t.name(lse),
+        Shape(ls)
+    );
+    let nh = ls[1];
+    expect(t, op, "lse", lse, &[b, nh, tt]);
+    for &(arg, id) in qkv_like {
+        expect(t, op, arg, id, &[b, tt, c]);
+    }
+    for &(arg, id) in rows_like {
+        expect(t, op, arg, id, &[b, nh, tt]);
+    }
+    AttnShape {
+        b,
+        t: tt,
+        nh,
+        hs: c / nh,
+    }
+}
+
 /// attention_row_check: probs (B,NH,T,T) f32. Returns (rows B·NH·T, T).
 #[track_caller]
 pub fn attention_row_check(t: &TensorTable, probs: TensorId) -> (usize, usize) {

@@ -84,7 +84,8 @@ pub fn run(a: &CheckArgs) -> Result<()> {
         ta.min_count,
         None,
     )?;
-    let model_cfg = presets::with_vocab(&plan.model, ds.tokenizer.vocab_size());
+    let mut model_cfg = presets::with_vocab(&plan.model, ds.tokenizer.vocab_size());
+    presets::default_attention(&mut model_cfg, a.shape.attention, a.device);
     model_cfg.validate()?;
     crate::resources::check_model_size(&model_cfg, plan.train.batch)?;
     let mut tcfg = plan.train;

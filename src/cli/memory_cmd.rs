@@ -3,10 +3,10 @@
 //! tensor tables (`model::memory`) and counted analytically (`model::flops`). On a working GPU
 //! it also allocates each configuration on the CUDA backend and shows what the driver measured.
 
-use super::MemoryArgs;
+use super::{MemoryArgs, MemoryAttention};
 use crate::backend::cuda::{CudaBackend, DeviceMemory};
 use crate::gpu::{CudaDevice, Device};
-use crate::model::attention::{AttentionConfig, AttentionStyle};
+use crate::model::attention::{AttentionConfig, AttentionImpl, AttentionStyle};
 use crate::model::flops::{step_flops, FlopTerm, Flops};
 use crate::model::lstm::LstmConfig;
 use crate::model::memory::{memory_rows, mib, MemoryRow};
@@ -50,12 +50,20 @@ struct CudaMemory {
 #[derive(Serialize)]
 struct Pair {
     seq_len: usize,
+    /// The attention model on the chosen path (the materialized one with `--attention both`).
     attention: ModelReport,
+    /// With `--attention both`: the fused path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attention_fused: Option<ModelReport>,
     lstm: ModelReport,
     /// attention total bytes / LSTM total bytes.
     memory_ratio: f64,
     /// attention FLOPs / LSTM FLOPs (forward + backward).
     flop_ratio: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fused_memory_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fused_flop_ratio: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -74,11 +82,19 @@ struct Report {
     layers: usize,
     heads: usize,
     gpu: Gpu,
+    /// The attention path of `attention` (materialized with `--attention both`, `attention_fused`
+    /// then holding the fused one).
+    attention_path: AttentionImpl,
     configs: Vec<Pair>,
     /// Smallest swept seq_len where attention's total bytes exceed the LSTM's.
     memory_crossover_seq_len: Option<usize>,
     /// Smallest swept seq_len where attention's FLOPs exceed the LSTM's.
     flop_crossover_seq_len: Option<usize>,
+    /// With `--attention both`: the same for the fused path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fused_memory_crossover_seq_len: Option<Option<usize>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fused_flop_crossover_seq_len: Option<Option<usize>>,
     /// With --plot: the file and the numbers drawn in it.
     #[serde(skip_serializing_if = "Option::is_none")]
     plot: Option<PlotReport>,
@@ -119,7 +135,7 @@ fn parse_lengths(s: &str) -> Result<Vec<usize>> {
     Ok(v)
 }
 
-fn configs(a: &MemoryArgs, t: usize) -> Result<(ModelConfig, ModelConfig)> {
+fn configs(a: &MemoryArgs, t: usize, path: AttentionImpl) -> Result<(ModelConfig, ModelConfig)> {
     let att = AttentionConfig {
         style: a.style,
         vocab_size: a.vocab,
@@ -130,6 +146,7 @@ fn configs(a: &MemoryArgs, t: usize) -> Result<(ModelConfig, ModelConfig)> {
         // As the presets: the seed has no position embeddings, the GPT style learns them.
         pos_emb: a.style == AttentionStyle::Gpt,
         dropout: 0.1,
+        attention: path,
     };
     att.validate()?;
     let lstm = LstmConfig {
@@ -234,9 +251,26 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
         a.vocab > 0,
         "--vocab must be at least 1 (78 is the character vocabulary of Alice + Hamlet)"
     );
-    let pairs: Vec<(usize, ModelConfig, ModelConfig)> = lengths
+    let (path, both) = match a.attention {
+        Some(MemoryAttention::Fused) => (AttentionImpl::Fused, false),
+        Some(MemoryAttention::Materialized) => (AttentionImpl::Materialized, false),
+        Some(MemoryAttention::Both) => (AttentionImpl::Materialized, true),
+        None if crate::backend::uses_cuda(crate::backend::DeviceChoice::Auto) => {
+            (AttentionImpl::Fused, false)
+        }
+        None => (AttentionImpl::Materialized, false),
+    };
+    let pairs: Vec<(usize, ModelConfig, ModelConfig, Option<ModelConfig>)> = lengths
         .iter()
-        .map(|&t| configs(a, t).map(|(x, y)| (t, x, y)))
+        .map(|&t| {
+            let (x, y) = configs(a, t, path)?;
+            let fused = if both {
+                Some(configs(a, t, AttentionImpl::Fused)?.0)
+            } else {
+                None
+            };
+            Ok((t, x, y, fused))
+        })
         .collect::<Result<_>>()?;
     let gpu = match CudaDevice::open() {
         Ok(dev) => Gpu {
@@ -249,18 +283,31 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
         },
     };
     let mut configs = vec![];
-    for (t, att, lstm) in pairs {
+    for (t, att, lstm, fused) in pairs {
         let attention = model_report(att, a.batch, gpu.measured)?;
         let lstm = model_report(lstm, a.batch, gpu.measured)?;
+        let attention_fused = fused
+            .map(|f| model_report(f, a.batch, gpu.measured))
+            .transpose()?;
         configs.push(Pair {
             seq_len: t,
             memory_ratio: ratio(attention.total_bytes as f64, lstm.total_bytes as f64),
             flop_ratio: ratio(attention.flops_total as f64, lstm.flops_total as f64),
+            fused_memory_ratio: attention_fused
+                .as_ref()
+                .map(|f| ratio(f.total_bytes as f64, lstm.total_bytes as f64)),
+            fused_flop_ratio: attention_fused
+                .as_ref()
+                .map(|f| ratio(f.flops_total as f64, lstm.flops_total as f64)),
             attention,
+            attention_fused,
             lstm,
         });
     }
     let crossover = |f: &dyn Fn(&Pair) -> bool| configs.iter().find(|p| f(p)).map(|p| p.seq_len);
+    fn fused_of(p: &Pair) -> &ModelReport {
+        p.attention_fused.as_ref().expect("--attention both")
+    }
     let mut report = Report {
         style: a.style,
         vocab: a.vocab,
@@ -270,6 +317,11 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
         heads: a.heads,
         memory_crossover_seq_len: crossover(&|p| p.attention.total_bytes > p.lstm.total_bytes),
         flop_crossover_seq_len: crossover(&|p| p.attention.flops_total > p.lstm.flops_total),
+        fused_memory_crossover_seq_len: both
+            .then(|| crossover(&|p| fused_of(p).total_bytes > p.lstm.total_bytes)),
+        fused_flop_crossover_seq_len: both
+            .then(|| crossover(&|p| fused_of(p).flops_total > p.lstm.flops_total)),
+        attention_path: path,
         gpu,
         configs,
         plot: None,
@@ -334,136 +386,200 @@ fn gflop(f: u64) -> String {
     format!("{:.3} GFLOP", f as f64 / 1e9)
 }
 
+/// The attention columns of the text report: (title, ratio title, the report of a pair).
+type Column = (&'static str, &'static str, fn(&Pair) -> &ModelReport);
+
+fn columns(r: &Report) -> Vec<Column> {
+    if r.configs
+        .first()
+        .is_some_and(|p| p.attention_fused.is_some())
+    {
+        vec![
+            ("materialized", "mat/LSTM", |p| &p.attention),
+            ("fused", "fused/LSTM", |p| {
+                p.attention_fused.as_ref().expect("both paths")
+            }),
+        ]
+    } else {
+        vec![("attention", "attn/LSTM", |p| &p.attention)]
+    }
+}
+
 fn text(r: &Report) -> String {
     let mut s = String::new();
     let style = match r.style {
         AttentionStyle::Seed => "seed-style attention (no position embeddings)",
         AttentionStyle::Gpt => "GPT-style attention (learned position embeddings)",
     };
+    let cols = columns(r);
+    let paths = if cols.len() == 2 {
+        "materialized and fused".to_string()
+    } else {
+        r.attention_path.to_string()
+    };
     let _ = writeln!(
         s,
         "Memory and FLOPs of one training step, analytic (every tensor of each model's table, f32/u32):\n  \
-         {style}: {} layer(s), {} head(s), d_model {}\n  \
+         {style}: {} layer(s), {} head(s), d_model {}, {paths} attention\n  \
          LSTM: {} layer(s), embed = hidden = {}\n  \
          vocab {}, batch {}",
         r.layers, r.heads, r.d_model, r.layers, r.d_model, r.vocab, r.batch
     );
     let w = 44;
-    for p in &r.configs {
-        let _ = writeln!(
-            s,
-            "\nseq_len {}\n  {:<w$} {:>14} {:>14} {:>10}",
-            p.seq_len, "memory", "attention", "LSTM", "attn/LSTM"
-        );
-        for (i, row) in MemoryRow::ALL.iter().enumerate() {
-            let (x, y) = (p.attention.rows[i].bytes, p.lstm.rows[i].bytes);
-            let cell = |b: usize| if b == 0 { "-".into() } else { fmt_mib(b) };
-            let _ = writeln!(
-                s,
-                "  {:<w$} {:>14} {:>14} {:>10}",
-                row.label(),
-                cell(x),
-                cell(y),
-                if x > 0 && y > 0 {
-                    fmt_ratio(x as f64 / y as f64)
-                } else {
-                    "-".into()
-                }
-            );
+    let line = |s: &mut String, label: &str, cells: Vec<String>| {
+        let mut l = format!("  {label:<w$}");
+        for c in cells {
+            let _ = write!(l, " {c:>14}");
         }
-        let _ = writeln!(
-            s,
-            "  {:<w$} {:>14} {:>14} {:>10}",
-            "total",
-            fmt_mib(p.attention.total_bytes),
-            fmt_mib(p.lstm.total_bytes),
-            fmt_ratio(p.memory_ratio)
-        );
-        if let (Some(x), Some(y)) = (&p.attention.cuda, &p.lstm.cuda) {
-            for (label, xb, yb) in [
+        let _ = writeln!(s, "{}", l.trim_end());
+    };
+    let cell = |b: usize| if b == 0 { "-".to_string() } else { fmt_mib(b) };
+    let share = |x: f64, y: f64| {
+        if x > 0.0 && y > 0.0 {
+            fmt_ratio(x / y)
+        } else {
+            "-".into()
+        }
+    };
+    for p in &r.configs {
+        let _ = writeln!(s, "\nseq_len {}", p.seq_len);
+        let mut head: Vec<String> = cols.iter().map(|c| c.0.to_string()).collect();
+        head.push("LSTM".into());
+        head.extend(cols.iter().map(|c| c.1.to_string()));
+        line(&mut s, "memory", head);
+        for (i, row) in MemoryRow::ALL.iter().enumerate() {
+            let y = p.lstm.rows[i].bytes;
+            let xs: Vec<usize> = cols.iter().map(|c| (c.2)(p).rows[i].bytes).collect();
+            let mut cells: Vec<String> = xs.iter().map(|&x| cell(x)).collect();
+            cells.push(cell(y));
+            cells.extend(xs.iter().map(|&x| share(x as f64, y as f64)));
+            line(&mut s, row.label(), cells);
+        }
+        let mut cells: Vec<String> = cols.iter().map(|c| fmt_mib((c.2)(p).total_bytes)).collect();
+        cells.push(fmt_mib(p.lstm.total_bytes));
+        cells.extend(cols.iter().map(|c| {
+            fmt_ratio(ratio(
+                (c.2)(p).total_bytes as f64,
+                p.lstm.total_bytes as f64,
+            ))
+        }));
+        line(&mut s, "total", cells);
+        if let Some(y) = p
+            .lstm
+            .cuda
+            .as_ref()
+            .filter(|_| cols.iter().all(|c| (c.2)(p).cuda.is_some()))
+        {
+            for (label, pick) in [
                 (
                     "CUDA backend: table + cuda.* workspace",
-                    x.analytic_bytes,
-                    y.analytic_bytes,
+                    (|m: &CudaMemory| m.analytic_bytes) as fn(&CudaMemory) -> usize,
                 ),
                 (
                     "CUDA: driver-measured (free before - after)",
-                    x.measured_bytes,
-                    y.measured_bytes,
+                    |m: &CudaMemory| m.measured_bytes,
                 ),
             ] {
-                let _ = writeln!(
-                    s,
-                    "  {:<w$} {:>14} {:>14} {:>10}",
-                    label,
-                    fmt_mib(xb),
-                    fmt_mib(yb),
-                    fmt_ratio(xb as f64 / yb as f64)
-                );
+                let xs: Vec<usize> = cols
+                    .iter()
+                    .map(|c| pick((c.2)(p).cuda.as_ref().expect("checked")))
+                    .collect();
+                let mut cells: Vec<String> = xs.iter().map(|&x| fmt_mib(x)).collect();
+                cells.push(fmt_mib(pick(y)));
+                cells.extend(xs.iter().map(|&x| fmt_ratio(x as f64 / pick(y) as f64)));
+                line(&mut s, label, cells);
             }
         }
-        let _ = writeln!(
-            s,
-            "  {:<w$} {:>14} {:>14} {:>10}",
-            "FLOPs per step (multiply-add = 2)", "attention", "LSTM", "attn/LSTM"
-        );
-        for (label, x, y) in [
-            ("forward", p.attention.flops.forward, p.lstm.flops.forward),
+        let mut head: Vec<String> = cols.iter().map(|c| c.0.to_string()).collect();
+        head.push("LSTM".into());
+        head.extend(cols.iter().map(|c| c.1.to_string()));
+        line(&mut s, "FLOPs per step (multiply-add = 2)", head);
+        for (label, pick) in [
             (
-                "backward",
-                p.attention.flops.backward,
-                p.lstm.flops.backward,
+                "forward",
+                (|f: &ModelReport| f.flops.forward) as fn(&ModelReport) -> u64,
             ),
-            (
-                "forward + backward",
-                p.attention.flops_total,
-                p.lstm.flops_total,
-            ),
+            ("backward", |f: &ModelReport| f.flops.backward),
+            ("forward + backward", |f: &ModelReport| f.flops_total),
         ] {
-            let _ = writeln!(
-                s,
-                "  {:<w$} {:>14} {:>14} {:>10}",
-                label,
-                gflop(x),
-                gflop(y),
-                fmt_ratio(x as f64 / y as f64)
+            let xs: Vec<u64> = cols.iter().map(|c| pick((c.2)(p))).collect();
+            let mut cells: Vec<String> = xs.iter().map(|&x| gflop(x)).collect();
+            cells.push(gflop(pick(&p.lstm)));
+            cells.extend(
+                xs.iter()
+                    .map(|&x| fmt_ratio(x as f64 / pick(&p.lstm) as f64)),
             );
+            line(&mut s, label, cells);
         }
     }
     if r.configs.len() > 1 {
-        let _ = writeln!(
-            s,
-            "\nSummary\n  {:>8} {:>14} {:>14} {:>10} {:>15} {:>15} {:>10}",
-            "seq_len", "attention", "LSTM", "mem ratio", "attention", "LSTM", "FLOP ratio"
-        );
+        let _ = writeln!(s, "\nSummary");
+        let mut head = vec!["seq_len".to_string()];
+        for c in &cols {
+            head.push(format!("{} MiB", c.0));
+        }
+        head.push("LSTM MiB".into());
+        for c in &cols {
+            head.push(format!("mem {}", c.1));
+        }
+        for c in &cols {
+            head.push(format!("FLOP {}", c.1));
+        }
+        let row = |cells: Vec<String>| -> String {
+            let mut l = String::from(" ");
+            for c in cells {
+                let _ = write!(l, " {c:>16}");
+            }
+            l.trim_end().to_string()
+        };
+        let _ = writeln!(s, "{}", row(head));
         for p in &r.configs {
-            let _ = writeln!(
-                s,
-                "  {:>8} {:>14} {:>14} {:>10} {:>15} {:>15} {:>10}",
-                p.seq_len,
-                fmt_mib(p.attention.total_bytes),
-                fmt_mib(p.lstm.total_bytes),
-                fmt_ratio(p.memory_ratio),
-                gflop(p.attention.flops_total),
-                gflop(p.lstm.flops_total),
-                fmt_ratio(p.flop_ratio)
-            );
+            let mut cells = vec![p.seq_len.to_string()];
+            for c in &cols {
+                cells.push(fmt_mib((c.2)(p).total_bytes));
+            }
+            cells.push(fmt_mib(p.lstm.total_bytes));
+            for c in &cols {
+                cells.push(fmt_ratio(ratio(
+                    (c.2)(p).total_bytes as f64,
+                    p.lstm.total_bytes as f64,
+                )));
+            }
+            for c in &cols {
+                cells.push(fmt_ratio(ratio(
+                    (c.2)(p).flops_total as f64,
+                    p.lstm.flops_total as f64,
+                )));
+            }
+            let _ = writeln!(s, "{}", row(cells));
         }
     }
     let cross = |c: Option<usize>| match c {
         Some(t) => format!("seq_len {t}"),
         None => "none in the sweep".into(),
     };
+    let first = if cols.len() == 2 {
+        " (materialized)"
+    } else {
+        ""
+    };
     let _ = writeln!(
         s,
-        "\nMemory crossover (smallest swept seq_len where attention's total exceeds the LSTM's): {}",
+        "\nMemory crossover{first} (smallest swept seq_len where attention's total exceeds the LSTM's): {}",
         cross(r.memory_crossover_seq_len)
     );
     let _ = writeln!(
         s,
-        "FLOP crossover (smallest swept seq_len where attention's FLOPs exceed the LSTM's): {}",
+        "FLOP crossover{first} (smallest swept seq_len where attention's FLOPs exceed the LSTM's): {}",
         cross(r.flop_crossover_seq_len)
     );
+    if let (Some(m), Some(f)) = (
+        r.fused_memory_crossover_seq_len,
+        r.fused_flop_crossover_seq_len,
+    ) {
+        let _ = writeln!(s, "Memory crossover (fused): {}", cross(m));
+        let _ = writeln!(s, "FLOP crossover (fused): {}", cross(f));
+    }
     if r.gpu.measured {
         let _ = writeln!(
             s,
@@ -483,7 +599,11 @@ fn text(r: &Report) -> String {
 fn csv(r: &Report) -> String {
     let mut s = String::from("seq_len,model,quantity,name,value,unit\n");
     for p in &r.configs {
-        for (model, m) in [("attention", &p.attention), ("lstm", &p.lstm)] {
+        let mut models = vec![("attention", &p.attention), ("lstm", &p.lstm)];
+        if let Some(f) = &p.attention_fused {
+            models.insert(1, ("attention_fused", f));
+        }
+        for (model, m) in models {
             let mut line = |q: &str, name: &str, v: u64, unit: &str| {
                 let _ = writeln!(s, "{},{model},{q},{name},{v},{unit}", p.seq_len);
             };

@@ -186,6 +186,11 @@ pub struct ShapeArgs {
     /// Learned position embeddings (the seed preset has none by default).
     #[arg(long)]
     pub pos_emb: bool,
+    /// How attention is computed: fused (flash-style, nothing T×T stored) or materialized (the
+    /// probabilities stored, the seed's exact structure); the same math. [default: fused where
+    /// the CUDA backend runs, materialized on the CPU]
+    #[arg(long, value_enum)]
+    pub attention: Option<crate::model::attention::AttentionImpl>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -381,6 +386,14 @@ pub struct ProfileStepArgs {
     pub shape: ShapeArgs,
 }
 
+/// `memory --attention`: one attention path, or both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MemoryAttention {
+    Fused,
+    Materialized,
+    Both,
+}
+
 /// A switch given as `on` or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OnOff {
@@ -427,6 +440,11 @@ pub struct MemoryArgs {
     /// embeddings) or GPT-style blocks (layernorm, output projection, 4x MLP, position embeddings).
     #[arg(long, value_enum, default_value_t = AttentionStyle::Seed)]
     pub style: AttentionStyle,
+    /// The attention path accounted: fused (nothing T×T), materialized (the probabilities
+    /// stored) or both side by side, each with its crossover with the LSTM. [default: fused where
+    /// the CUDA backend runs, materialized on the CPU, as `train`]
+    #[arg(long, value_enum)]
+    pub attention: Option<MemoryAttention>,
     /// Print one JSON object (every row of every configuration, in bytes and MiB) instead of text.
     #[arg(long)]
     pub json: bool,

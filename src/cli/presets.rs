@@ -4,8 +4,9 @@
 //! about 15 minutes on a 2-core CPU; docs/RESULTS.md records what they reach.
 
 use super::{Preset, TrainArgs};
+use crate::backend::DeviceChoice;
 use crate::data::tokenizer::TokenizerKind;
-use crate::model::attention::{AttentionConfig, AttentionStyle};
+use crate::model::attention::{AttentionConfig, AttentionImpl, AttentionStyle};
 use crate::model::lstm::LstmConfig;
 use crate::model::{ModelConfig, ModelKind};
 use crate::ops::adamw::AdamWConfig;
@@ -64,6 +65,7 @@ pub fn plan(a: &TrainArgs) -> Result<Plan> {
                 n_heads: 1,
                 pos_emb: false,
                 dropout: 0.1,
+                attention: Default::default(),
             }),
             base_train(4, 1e-3, 100, 0.0, 1.0),
             Length::Epochs(25.0),
@@ -78,6 +80,7 @@ pub fn plan(a: &TrainArgs) -> Result<Plan> {
                 n_heads: 4,
                 pos_emb: true,
                 dropout: if word { 0.2 } else { 0.1 },
+                attention: Default::default(),
             }),
             base_train(32, if word { 1e-3 } else { 2e-3 }, if word { 20 } else { 100 }, 0.1, 1.0),
             Length::Steps(if word { 250 } else { 3000 }),
@@ -97,6 +100,7 @@ pub fn plan(a: &TrainArgs) -> Result<Plan> {
             set(&mut c.n_layers, a.shape.layers);
             set(&mut c.n_heads, a.shape.heads);
             set(&mut c.dropout, a.shape.dropout);
+            set(&mut c.attention, a.shape.attention);
             c.pos_emb |= a.shape.pos_emb;
             ensure!(
                 a.shape.hidden.is_none() && a.shape.embed.is_none(),
@@ -110,8 +114,8 @@ pub fn plan(a: &TrainArgs) -> Result<Plan> {
             set(&mut c.n_layers, a.shape.layers);
             ensure!(a.shape.d_model.is_none() && a.shape.heads.is_none(), "--d-model and --heads are attention flags; the LSTM's sizes are --hidden and --embed");
             ensure!(
-                a.shape.dropout.is_none() && !a.shape.pos_emb,
-                "--dropout and --pos-emb apply to the attention model only"
+                a.shape.dropout.is_none() && !a.shape.pos_emb && a.shape.attention.is_none(),
+                "--dropout, --pos-emb and --attention apply to the attention model only"
             );
         }
     }
@@ -186,6 +190,23 @@ fn set<T: Copy>(slot: &mut T, v: Option<T>) {
 }
 
 /// Fills in the vocabulary size once the tokenizer exists.
+/// The attention implementation when `--attention` was not given: fused where the CUDA backend
+/// will run (it has the fused kernels), materialized on the CPU (whose reference GEMMs are faster
+/// with the probabilities stored).
+pub fn default_attention(
+    model: &mut ModelConfig,
+    given: Option<AttentionImpl>,
+    device: DeviceChoice,
+) {
+    if let (ModelConfig::Attention(c), None) = (model, given) {
+        c.attention = if crate::backend::uses_cuda(device) {
+            AttentionImpl::Fused
+        } else {
+            AttentionImpl::Materialized
+        };
+    }
+}
+
 pub fn with_vocab(model: &ModelConfig, vocab: usize) -> ModelConfig {
     let mut m = model.clone();
     match &mut m {

@@ -51,7 +51,8 @@ pub fn run(a: &ProfileStepArgs) -> Result<()> {
     let plan = presets::plan(&train_args(a))?;
     let mut tcfg = plan.train;
     tcfg.steps = a.warmup + 1;
-    let cfg = presets::with_vocab(&plan.model, a.vocab);
+    let mut cfg = presets::with_vocab(&plan.model, a.vocab);
+    presets::default_attention(&mut cfg, a.shape.attention, a.device);
     cfg.validate()?;
     crate::resources::check_model_size(&cfg, tcfg.batch)?;
     let m = model::build(&cfg, tcfg.batch);

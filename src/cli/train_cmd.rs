@@ -114,7 +114,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         }
         None => {
             let plan = presets::plan(a)?;
-            let model_cfg = presets::with_vocab(&plan.model, ds.tokenizer.vocab_size());
+            let mut model_cfg = presets::with_vocab(&plan.model, ds.tokenizer.vocab_size());
+            presets::default_attention(&mut model_cfg, a.shape.attention, a.device);
             let mut t = plan.train;
             let probe = Sampler::new(t.seed, ds.train.len(), t.batch, model_cfg.seq_len())?;
             t.steps = match plan.length {

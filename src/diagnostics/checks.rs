@@ -213,6 +213,29 @@ fn attention_rows(
 ) {
     const CHECK: &str = "attention weights: rows sum to 1, nothing above the diagonal";
     let probs = attention_probs(model);
+    let fused = model.attention_lse().len();
+    if probs.is_empty() && fused > 0 {
+        model.set_batch(be, inputs, targets);
+        model.forward(be, Some(DropoutCtx { seed, step: 1 }));
+        // Fused attention stores no probabilities: every row's Σ_j exp(s_ij − lse_i) is
+        // recomputed from q, k and the saved logsumexp (a kernel on the GPU). Tiles above the
+        // diagonal are never computed (the causal leakage line checks causality).
+        let RowCheck {
+            max_dev,
+            bad_rows: bad,
+            rows,
+        } = super::attention_row_check(model, be).expect("an attention model");
+        report.push(
+            CHECK,
+            device,
+            format!(
+                "fused: max |Σ exp(s − lse) − 1| {max_dev:.2e} over {rows} rows of {fused} layer(s), {bad} over tolerance; nothing above the diagonal is computed"
+            ),
+            &format!("≤ {ROW_SUM_TOL:.0e}"),
+            Status::of(bad == 0 && max_dev <= ROW_SUM_TOL),
+        );
+        return;
+    }
     if probs.is_empty() {
         report.push(
             CHECK,
@@ -340,6 +363,11 @@ fn dropout_after_softmax(
     let [q, k, v, out] = ["q", "k", "v", "out"].map(|n| table.add(n, Category::Activation, &btc));
     let probs = table.add("probs", Category::Activation, &[b, nh, t, t]);
     let scratch = table.add("scratch", Category::Workspace, &[b, nh, t, t]);
+    let fused = c.attention == crate::model::attention::AttentionImpl::Fused;
+    let (lse, fused_out) = (
+        table.add("lse", Category::Activation, &[b, nh, t]),
+        table.add("fused_out", Category::Activation, &btc),
+    );
     let mut be = make(table)?;
     let mut rng = Rng::derive(seed, "dropout-check");
     let n = b * t * nh * hs;
@@ -361,7 +389,14 @@ fn dropout_after_softmax(
         tensor: 0,
     };
     be.attention_forward(out, probs, q, k, v, scratch, Some(key));
-    let (w, pr) = (be.read(out), be.read(probs));
+    // Fused attention: its output with one-hot values is its dropped-out weights, checked against
+    // the step-by-step probabilities (the same mask bits; kept weights to f32 rounding of the
+    // online softmax).
+    if fused {
+        be.attention_fused_forward(fused_out, lse, q, k, v, Some(key));
+    }
+    let (w, pr) = (be.read(if fused { fused_out } else { out }), be.read(probs));
+    let scale_tol = if fused { 1e-5 } else { 1e-6 };
     let scale = 1.0 / (1.0 - p as f64);
     let (mut total, mut kept, mut scale_err, mut above, mut max_dev) =
         (0usize, 0usize, 0.0f64, 0.0f32, 0.0f64);
@@ -393,16 +428,17 @@ fn dropout_after_softmax(
     } else {
         " (the config has no dropout; checked at p 0.1)".into()
     };
+    let path = if fused { "fused " } else { "" };
     report.push(
         CHECK,
         device,
         format!(
-            "p {p}: kept {keep:.4} of {total} weights; kept = prob/(1−p) within {scale_err:.1e} (relative), dropped = 0; probs rows sum to 1 within {max_dev:.1e}; max |w| above the diagonal {above:.0e}{note}"
+            "{path}p {p}: kept {keep:.4} of {total} weights; kept = prob/(1−p) within {scale_err:.1e} (relative), dropped = 0; probs rows sum to 1 within {max_dev:.1e}; max |w| above the diagonal {above:.0e}{note}"
         ),
-        &format!("{:.4} ± {:.4}; ≤ 1e-6", 1.0 - p as f64, 5.0 * sigma),
+        &format!("{:.4} ± {:.4}; ≤ {scale_tol:.0e}", 1.0 - p as f64, 5.0 * sigma),
         Status::of(
             (keep - (1.0 - p as f64)).abs() <= 5.0 * sigma
-                && scale_err <= 1e-6
+                && scale_err <= scale_tol
                 && above == 0.0
                 && max_dev <= ROW_SUM_TOL as f64,
         ),
@@ -472,6 +508,7 @@ pub fn tiny_like(cfg: &ModelConfig) -> ModelConfig {
             n_heads: 2,
             pos_emb: c.pos_emb,
             dropout: 0.2,
+            attention: Default::default(),
         }),
         ModelConfig::Lstm(c) => ModelConfig::Lstm(LstmConfig {
             vocab_size: 11,

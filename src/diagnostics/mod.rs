@@ -151,11 +151,19 @@ pub fn attention_probs(model: &dyn Model) -> Vec<(String, TensorId)> {
 
 /// The row-sum check of every attention layer after a forward pass, as one (None for an LSTM).
 pub fn attention_row_check(model: &dyn Model, be: &mut dyn Backend) -> Option<RowCheck> {
-    model
+    // materialized layers: their saved probabilities; fused ones: Σ_j exp(s_ij − lse_i)
+    // recomputed from q, k and the saved logsumexp
+    let probs: Vec<RowCheck> = model
         .attention_probs()
         .into_iter()
         .map(|id| be.attention_row_check(id, ROW_SUM_TOL))
-        .reduce(RowCheck::merge)
+        .collect();
+    let lse: Vec<RowCheck> = model
+        .attention_lse()
+        .into_iter()
+        .map(|(q, k, lse)| be.attention_lse_check(q, k, lse, ROW_SUM_TOL))
+        .collect();
+    probs.into_iter().chain(lse).reduce(RowCheck::merge)
 }
 
 #[cfg(test)]
@@ -191,6 +199,7 @@ mod tests {
                 n_heads: 2,
                 pos_emb: true,
                 dropout: 0.0,
+                attention: Default::default(),
             }),
             2,
         )

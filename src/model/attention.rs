@@ -20,6 +20,28 @@ pub enum AttentionStyle {
     Gpt,
 }
 
+/// How the attention layer is computed (the same math either way; the tensor table differs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionImpl {
+    /// Step by step, the probabilities (B, NH, T, T) saved for the backward pass, a T×T scratch
+    /// shared by the layers: the seed's exact structure.
+    #[default]
+    Materialized,
+    /// Flash-style: nothing T×T; the output and the row logsumexp (B, NH, T) saved, the
+    /// probabilities recomputed in the backward pass (one launch forward, three backward).
+    Fused,
+}
+
+impl std::fmt::Display for AttentionImpl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttentionImpl::Materialized => "materialized",
+            AttentionImpl::Fused => "fused",
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AttentionConfig {
     pub style: AttentionStyle,
@@ -31,6 +53,9 @@ pub struct AttentionConfig {
     pub pos_emb: bool,
     /// Dropout on the attention weights, after softmax.
     pub dropout: f32,
+    /// How attention is computed (checkpoints from before the option are materialized).
+    #[serde(default)]
+    pub attention: AttentionImpl,
 }
 
 impl AttentionConfig {
@@ -40,14 +65,15 @@ impl AttentionConfig {
             AttentionStyle::Gpt => "GPT-style attention",
         };
         format!(
-            "{style}: {} layer(s), {} head(s), d_model {}, seq_len {}, vocab {}, {}position embeddings, attention dropout {}",
+            "{style}: {} layer(s), {} head(s), d_model {}, seq_len {}, vocab {}, {}position embeddings, attention dropout {}, {} attention",
             self.n_layers,
             self.n_heads,
             self.d_model,
             self.seq_len,
             self.vocab_size,
             if self.pos_emb { "learned " } else { "no " },
-            self.dropout
+            self.dropout,
+            self.attention
         )
     }
 
@@ -68,6 +94,16 @@ impl AttentionConfig {
             self.dropout
         );
         anyhow::ensure!(self.vocab_size > 0, "the vocabulary is empty");
+        if self.attention == AttentionImpl::Fused {
+            let hs = self.d_model / self.n_heads;
+            let max = crate::gpu::kernels::fused_max_head_size(
+                crate::gpu::device::SHARED_OPTIN_SM90 as usize,
+            );
+            anyhow::ensure!(
+                hs <= max,
+                "--attention fused takes head sizes up to {max} (d_model / heads = {hs} here: the GPU kernels' tiles must fit 227 KiB of shared memory); use more --heads or --attention materialized"
+            );
+        }
         Ok(())
     }
 }
@@ -118,7 +154,10 @@ struct Layer {
     qa: TensorId,
     ka: TensorId,
     va: TensorId,
-    probs: TensorId, // (B,NH,T,T)
+    /// (B,NH,T,T), materialized attention only.
+    probs: Option<TensorId>,
+    /// (B,NH,T), fused attention only: each row's logsumexp.
+    lse: Option<TensorId>,
     att: TensorId,
     attproj: Option<TensorId>,
     res1: Option<TensorId>,
@@ -162,7 +201,9 @@ pub struct AttentionModel {
     targets: TensorId,
     emb: TensorId,
     demb: TensorId,
-    attn_scratch: TensorId, // (B,NH,T,T) workspace of every layer's attention
+    /// Workspace of every layer's attention: (B,NH,T,T) materialized, (B,NH,T) fused (the rows'
+    /// dO · O of the backward pass).
+    attn_scratch: TensorId,
     logits: TensorId,
     dlogits: TensorId,
     losses: TensorId,
@@ -233,8 +274,14 @@ impl AttentionModel {
         let targets = bd.table.add_u32("targets", Category::Input, &[b, t]);
         let emb = bd.act("emb".into(), &[b, t, d]);
         let demb = bd.work("d.emb".into(), &[b, t, d]);
-        // One T×T scratch shared by every layer's attention, forward and backward.
-        let attn_scratch = bd.work("attn.scratch".into(), &[b, nh, t, t]);
+        // One scratch shared by every layer's attention, forward and backward: T×T materialized,
+        // a value per row fused.
+        let fused = c.attention == AttentionImpl::Fused;
+        let attn_scratch = if fused {
+            bd.work("attn.delta".into(), &[b, nh, t])
+        } else {
+            bd.work("attn.scratch".into(), &[b, nh, t, t])
+        };
         // The seed style uses PyTorch's Linear default, U(±1/sqrt(in)), expressed as a normal of
         // the same variance so both styles share one init path.
         let seed_std = 1.0 / (3.0 * d as f32).sqrt();
@@ -253,7 +300,8 @@ impl AttentionModel {
             let qa = bd.act(format!("{p}.q"), &[b, t, d]);
             let ka = bd.act(format!("{p}.k"), &[b, t, d]);
             let va = bd.act(format!("{p}.v"), &[b, t, d]);
-            let probs = bd.act(format!("{p}.attn.probs"), &[b, nh, t, t]);
+            let probs = (!fused).then(|| bd.act(format!("{p}.attn.probs"), &[b, nh, t, t]));
+            let lse = fused.then(|| bd.act(format!("{p}.attn.lse"), &[b, nh, t]));
             let att = bd.act(format!("{p}.attn.out"), &[b, t, d]);
             let attproj = gpt.then(|| bd.work(format!("{p}.attn.proj.out"), &[b, t, d]));
             let res1 = gpt.then(|| bd.act(format!("{p}.res1"), &[b, t, d]));
@@ -282,6 +330,7 @@ impl AttentionModel {
                 ka,
                 va,
                 probs,
+                lse,
                 att,
                 attproj,
                 res1,
@@ -345,7 +394,13 @@ impl Model for AttentionModel {
         &self.cfg
     }
     fn attention_probs(&self) -> Vec<TensorId> {
-        self.layers.iter().map(|l| l.probs).collect()
+        self.layers.iter().filter_map(|l| l.probs).collect()
+    }
+    fn attention_lse(&self) -> Vec<(TensorId, TensorId, TensorId)> {
+        self.layers
+            .iter()
+            .filter_map(|l| l.lse.map(|lse| (l.qa, l.ka, lse)))
+            .collect()
     }
     fn table(&self) -> &TensorTable {
         &self.table
@@ -391,15 +446,26 @@ impl Model for AttentionModel {
                 [ly.q.w.param, ly.k.w.param, ly.v.w.param],
                 [Some(ly.q.b.param), Some(ly.k.b.param), Some(ly.v.b.param)],
             );
-            be.attention_forward(
-                ly.att,
-                ly.probs,
-                ly.qa,
-                ly.ka,
-                ly.va,
-                self.attn_scratch,
-                self.dropout_key(dropout, l),
-            );
+            match (ly.probs, ly.lse) {
+                (Some(probs), _) => be.attention_forward(
+                    ly.att,
+                    probs,
+                    ly.qa,
+                    ly.ka,
+                    ly.va,
+                    self.attn_scratch,
+                    self.dropout_key(dropout, l),
+                ),
+                (None, Some(lse)) => be.attention_fused_forward(
+                    ly.att,
+                    lse,
+                    ly.qa,
+                    ly.ka,
+                    ly.va,
+                    self.dropout_key(dropout, l),
+                ),
+                (None, None) => unreachable!("a layer saves probabilities or a logsumexp"),
+            }
             normed = false;
             if let (Some(proj), Some(ln2), Some(fc), Some(fp)) =
                 (&ly.proj, &ly.ln2, &ly.fc, &ly.fc_proj)
@@ -514,18 +580,34 @@ impl Model for AttentionModel {
                 );
                 proj.backward(be, ly.datt, dres1, ly.att);
             }
-            be.attention_backward(
-                ly.dqa,
-                ly.dka,
-                ly.dva,
-                ly.datt,
-                ly.qa,
-                ly.ka,
-                ly.va,
-                ly.probs,
-                self.attn_scratch,
-                self.dropout_key(dropout, l),
-            );
+            match (ly.probs, ly.lse) {
+                (Some(probs), _) => be.attention_backward(
+                    ly.dqa,
+                    ly.dka,
+                    ly.dva,
+                    ly.datt,
+                    ly.qa,
+                    ly.ka,
+                    ly.va,
+                    probs,
+                    self.attn_scratch,
+                    self.dropout_key(dropout, l),
+                ),
+                (None, Some(lse)) => be.attention_fused_backward(
+                    ly.dqa,
+                    ly.dka,
+                    ly.dva,
+                    ly.datt,
+                    ly.qa,
+                    ly.ka,
+                    ly.va,
+                    ly.att,
+                    lse,
+                    self.attn_scratch,
+                    self.dropout_key(dropout, l),
+                ),
+                (None, None) => unreachable!("a layer saves probabilities or a logsumexp"),
+            }
             let (inp, dinp) = match &ly.ln1 {
                 Some(n) => (n.out, n.dout),
                 None => (x_in, dx_in),

@@ -12,6 +12,12 @@
 //!   causal mask does not halve them here). The causal softmax touches only the T(T+1)/2 entries
 //!   on and below the diagonal: 5 FLOPs each forward (max, subtract, exp, sum, scale), 4 backward
 //!   (the p·dp dot product, then p·(dp − dot)).
+//! - Fused attention (`--attention fused`): tiles above the diagonal are skipped, so the products
+//!   are counted over the T(T+1)/2 live entries: q·kᵀ and weighted values forward; backward the
+//!   scores recomputed twice (once per backward kernel), dO·vᵀ twice, and dv, dk, dq: 7 products
+//!   of 2·HS per live entry. (The value and gradient products also multiply the zero upper half
+//!   of each diagonal tile; that work is not counted.) Its softmax is 5 FLOPs per live entry
+//!   forward and 6 backward (the exp recomputed in both backward kernels, then p·(dp − D)).
 //! - LayerNorm (per element): 8 forward (mean, variance, normalise, affine), 17 backward (the two
 //!   row sums, dW, db, dinp), as in `ops::norm`. Per-row divisions and square roots are ignored.
 //! - GELU (tanh form, per element): 9 forward, 20 backward, as in `ops::norm::gelu{,_grad}`.
@@ -27,7 +33,7 @@
 //! 1/sqrt(HS) score scale (folded into the GEMM), AdamW and gradient clipping (~15 FLOPs per
 //! parameter, the same order for both models).
 
-use super::attention::{AttentionConfig, AttentionStyle};
+use super::attention::{AttentionConfig, AttentionImpl, AttentionStyle};
 use super::lstm::LstmConfig;
 use super::ModelConfig;
 use serde::Serialize;
@@ -92,6 +98,25 @@ pub fn attention_matmuls(b: usize, nh: usize, t: usize, hs: usize) -> Flops {
     }
 }
 
+/// The products of fused attention, over the live (causal) entries only.
+pub fn fused_attention_matmuls(b: usize, nh: usize, t: usize, hs: usize) -> Flops {
+    let live = u(t) * (u(t) + 1) / 2;
+    let one = 2 * u(b) * u(nh) * live * u(hs);
+    Flops {
+        forward: 2 * one,
+        backward: 7 * one,
+    }
+}
+
+/// The online softmax of fused attention over R rows, live entries only.
+pub fn fused_softmax(r: usize, t: usize) -> Flops {
+    let live = u(r) * u(t) * (u(t) + 1) / 2;
+    Flops {
+        forward: 5 * live,
+        backward: 6 * live,
+    }
+}
+
 /// Causal softmax over R rows of T×T, entries on and below the diagonal only.
 pub fn causal_softmax(r: usize, t: usize) -> Flops {
     let live = u(r) * u(t) * (u(t) + 1) / 2;
@@ -153,18 +178,33 @@ fn attention_terms(c: &AttentionConfig, b: usize) -> Vec<FlopTerm> {
         forward: f.forward * u(k),
         backward: f.backward * u(k),
     };
+    let fused = c.attention == AttentionImpl::Fused;
     let mut terms = vec![
         FlopTerm {
             name: "projections",
             flops: times(proj, l),
         },
-        FlopTerm {
-            name: "attention T×T matmuls",
-            flops: times(attention_matmuls(b, nh, t, d / nh), l),
+        if fused {
+            FlopTerm {
+                name: "attention products (fused, causal entries)",
+                flops: times(fused_attention_matmuls(b, nh, t, d / nh), l),
+            }
+        } else {
+            FlopTerm {
+                name: "attention T×T matmuls",
+                flops: times(attention_matmuls(b, nh, t, d / nh), l),
+            }
         },
         FlopTerm {
             name: "causal softmax",
-            flops: times(causal_softmax(b * nh, t), l),
+            flops: times(
+                if fused {
+                    fused_softmax(b * nh, t)
+                } else {
+                    causal_softmax(b * nh, t)
+                },
+                l,
+            ),
         },
     ];
     if gpt {
@@ -236,6 +276,9 @@ mod tests {
         assert_eq!(attention_matmuls(1, 1, 2, 3), f(48, 96));
         // T 2: 3 live entries (1 + 2).
         assert_eq!(causal_softmax(1, 2), f(15, 12));
+        // fused, B 1, NH 1, T 2, HS 3: 3 live entries × 3 MACs = 18 FLOPs per product
+        assert_eq!(fused_attention_matmuls(1, 1, 2, 3), f(36, 126));
+        assert_eq!(fused_softmax(1, 2), f(15, 18));
         assert_eq!(layernorm(2, 5), f(80, 170));
         assert_eq!(gelu(3), f(27, 60));
         // T 2, B 1, E 1, H 1: input 2·2·1·4 = 16, bias 8, recurrent (1 step) 2·1·4 = 8.
@@ -261,6 +304,7 @@ mod tests {
             n_heads: 1,
             pos_emb: false,
             dropout: 0.1,
+            attention: Default::default(),
         });
         // q, k, v: 3 × (2·2·3·3 + 2·3) = 3 × 42 = 126 forward, 3 × (72 + 6) = 234 backward.
         // T×T matmuls 48 / 96, softmax 15 / 12, head 2·2·3·5 + 10 = 70 / 130.
@@ -282,6 +326,7 @@ mod tests {
             n_heads: 2,
             pos_emb: true,
             dropout: 0.0,
+            attention: Default::default(),
         });
         let dd = f(2 * 2 * 4 * 4 + 8, 4 * 2 * 4 * 4 + 8); // q, k, v, proj: 72 / 136
         let fc = f(2 * 2 * 4 * 16 + 32, 4 * 2 * 4 * 16 + 32); // 288 / 544, and fc_proj alike

@@ -7,7 +7,7 @@
 //! `AttentionModel::new` and `LstmModel::new` tensor for tensor; a test checks them against the
 //! built table for every style and option.
 
-use super::attention::{AttentionConfig, AttentionStyle};
+use super::attention::{AttentionConfig, AttentionImpl, AttentionStyle};
 use super::lstm::LstmConfig;
 use super::ModelConfig;
 use crate::tensor::Category;
@@ -103,7 +103,11 @@ fn attention(c: &AttentionConfig, batch: usize) -> Footprint {
     .map(|x| N(x as u128));
     let gpt = N(u128::from(c.style == AttentionStyle::Gpt));
     let pos = N(u128::from(c.pos_emb));
-    let (btd, bt, tt) = (b * t * d, b * t, b * nh * t * t);
+    // Per layer, the attention saves the probabilities (B,NH,T,T) materialized or the row
+    // logsumexp (B,NH,T) fused, and its shared scratch is T×T or a value per row.
+    let fused = c.attention == AttentionImpl::Fused;
+    let (btd, bt) = (b * t * d, b * t);
+    let tt = if fused { b * nh * t } else { b * nh * t * t };
     // A layernorm: weight and bias; out, mean, rstd saved; the gradient of out as workspace.
     let (norm_p, norm_a, norm_w) = (2 * d, btd + 2 * bt, btd);
     let linear = |o: N, i: N| o * i + o;
@@ -162,7 +166,12 @@ mod tests {
     fn matches_the_built_table_for_every_style_and_option() {
         for style in [AttentionStyle::Seed, AttentionStyle::Gpt] {
             for pos_emb in [false, true] {
-                for (layers, heads) in [(1, 1), (3, 2)] {
+                for ((layers, heads), attention) in [(1, 1), (3, 2)].into_iter().flat_map(|lh| {
+                    [
+                        (lh, AttentionImpl::Materialized),
+                        (lh, AttentionImpl::Fused),
+                    ]
+                }) {
                     let cfg = ModelConfig::Attention(AttentionConfig {
                         style,
                         vocab_size: 11,
@@ -172,6 +181,7 @@ mod tests {
                         n_heads: heads,
                         pos_emb,
                         dropout: 0.1,
+                        attention,
                     });
                     check(&cfg, 3);
                 }
@@ -200,6 +210,7 @@ mod tests {
             n_heads: 4,
             pos_emb: true,
             dropout: 0.1,
+            attention: Default::default(),
         });
         let f = Footprint::of(&cfg, 1 << 20);
         assert!(f.total_bytes() > u64::MAX as u128, "{f:?}");

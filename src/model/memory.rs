@@ -14,15 +14,19 @@ pub enum MemoryRow {
     Parameters,
     Gradients,
     OptimizerState,
-    /// `blocks.{l}.attn.probs` (B, NH, T, T), every layer: the saved softmax output.
+    /// `blocks.{l}.attn.probs` (B, NH, T, T), every layer: the saved softmax output
+    /// (materialized attention).
     AttentionProbs,
+    /// `blocks.{l}.attn.lse` (B, NH, T), every layer: each row's logsumexp (fused attention).
+    AttentionLse,
     /// `lstm.{l}.gates` (T, B, 4H), every layer: the saved gate activations.
     LstmGates,
     /// `lstm.{l}.c` (T, B, H), every layer: the saved cell states.
     LstmCellStates,
     /// Saved activations not split out above.
     OtherActivations,
-    /// `attn.scratch` (B, NH, T, T), shared by all layers: dropped-out weights, score gradients.
+    /// `attn.scratch` (B, NH, T, T), shared by all layers: dropped-out weights, score gradients
+    /// (materialized); `attn.delta` (B, NH, T) fused: each row's dO · O.
     AttentionScratch,
     /// Workspace not split out above (gradients of activations).
     OtherWorkspace,
@@ -30,11 +34,12 @@ pub enum MemoryRow {
 }
 
 impl MemoryRow {
-    pub const ALL: [MemoryRow; 10] = [
+    pub const ALL: [MemoryRow; 11] = [
         MemoryRow::Parameters,
         MemoryRow::Gradients,
         MemoryRow::OptimizerState,
         MemoryRow::AttentionProbs,
+        MemoryRow::AttentionLse,
         MemoryRow::LstmGates,
         MemoryRow::LstmCellStates,
         MemoryRow::OtherActivations,
@@ -50,10 +55,11 @@ impl MemoryRow {
             MemoryRow::Gradients => "gradients",
             MemoryRow::OptimizerState => "optimizer state (AdamW m, v)",
             MemoryRow::AttentionProbs => "saved: attention probabilities (B,NH,T,T)",
+            MemoryRow::AttentionLse => "saved: attention row logsumexp (B,NH,T)",
             MemoryRow::LstmGates => "saved: LSTM gates (T,B,4H)",
             MemoryRow::LstmCellStates => "saved: LSTM cell states (T,B,H)",
             MemoryRow::OtherActivations => "saved: other activations",
-            MemoryRow::AttentionScratch => "workspace: attention scratch (B,NH,T,T)",
+            MemoryRow::AttentionScratch => "workspace: attention scratch (B,NH,T[,T])",
             MemoryRow::OtherWorkspace => "workspace: other",
             MemoryRow::Inputs => "inputs (tokens, targets)",
         }
@@ -66,6 +72,7 @@ impl MemoryRow {
             MemoryRow::Gradients => "gradients",
             MemoryRow::OptimizerState => "optimizer_state",
             MemoryRow::AttentionProbs => "attention_probs",
+            MemoryRow::AttentionLse => "attention_lse",
             MemoryRow::LstmGates => "lstm_gates",
             MemoryRow::LstmCellStates => "lstm_cell_states",
             MemoryRow::OtherActivations => "other_activations",
@@ -82,6 +89,7 @@ impl MemoryRow {
             MemoryRow::Gradients => Category::Gradient,
             MemoryRow::OptimizerState => Category::OptimizerState,
             MemoryRow::AttentionProbs
+            | MemoryRow::AttentionLse
             | MemoryRow::LstmGates
             | MemoryRow::LstmCellStates
             | MemoryRow::OtherActivations => Category::Activation,
@@ -101,6 +109,9 @@ impl MemoryRow {
             Category::Activation if n.starts_with("blocks.") && n.ends_with(".attn.probs") => {
                 MemoryRow::AttentionProbs
             }
+            Category::Activation if n.starts_with("blocks.") && n.ends_with(".attn.lse") => {
+                MemoryRow::AttentionLse
+            }
             Category::Activation if n.starts_with("lstm.") && n.ends_with(".gates") => {
                 MemoryRow::LstmGates
             }
@@ -108,7 +119,9 @@ impl MemoryRow {
                 MemoryRow::LstmCellStates
             }
             Category::Activation => MemoryRow::OtherActivations,
-            Category::Workspace if n == "attn.scratch" => MemoryRow::AttentionScratch,
+            Category::Workspace if n == "attn.scratch" || n == "attn.delta" => {
+                MemoryRow::AttentionScratch
+            }
             Category::Workspace => MemoryRow::OtherWorkspace,
         }
     }
@@ -137,7 +150,7 @@ pub fn mib(bytes: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::attention::{AttentionConfig, AttentionStyle};
+    use crate::model::attention::{AttentionConfig, AttentionImpl, AttentionStyle};
     use crate::model::lstm::LstmConfig;
     use crate::model::{build, ModelConfig};
 
@@ -152,7 +165,15 @@ mod tests {
                 n_heads,
                 pos_emb: style == AttentionStyle::Gpt,
                 dropout: 0.1,
+                attention: AttentionImpl::Materialized,
             })
+        };
+        let fused = |c: ModelConfig| match c {
+            ModelConfig::Attention(a) => ModelConfig::Attention(AttentionConfig {
+                attention: AttentionImpl::Fused,
+                ..a
+            }),
+            other => other,
         };
         let lstm = |n_layers| {
             ModelConfig::Lstm(LstmConfig {
@@ -169,6 +190,8 @@ mod tests {
             (att(AttentionStyle::Gpt, 3, 4), 2),
             (lstm(1), 4),
             (lstm(2), 3),
+            (fused(att(AttentionStyle::Seed, 2, 2)), 3),
+            (fused(att(AttentionStyle::Gpt, 3, 4)), 2),
         ]
     }
 
@@ -208,6 +231,13 @@ mod tests {
         assert_eq!(get(MemoryRow::LstmGates), 2 * 16 * 3 * 32 * 4);
         assert_eq!(get(MemoryRow::LstmCellStates), 2 * 16 * 3 * 8 * 4);
         assert_eq!(get(MemoryRow::AttentionProbs), 0);
+        // fused: (B, NH, T) per layer, and a (B, NH, T) scratch; nothing T×T
+        let (cfg, batch) = &configs()[5]; // seed style, 2 layers, 2 heads, B 3, T 16, fused
+        let rows = memory_rows(build(cfg, *batch).table());
+        let get = |r| rows.iter().find(|(x, _)| *x == r).unwrap().1;
+        assert_eq!(get(MemoryRow::AttentionProbs), 0);
+        assert_eq!(get(MemoryRow::AttentionLse), 2 * 3 * 2 * 16 * 4);
+        assert_eq!(get(MemoryRow::AttentionScratch), 3 * 2 * 16 * 4);
         assert_eq!(mib(3 << 20), 3.0);
     }
 }

@@ -179,8 +179,14 @@ pub trait Model: Send {
     fn logits_row(&self, b: usize, t: usize) -> usize;
     fn losses(&self) -> TensorId;
     fn targets(&self) -> TensorId;
-    /// Each attention layer's probabilities (B, NH, T, T), in layer order (none for an LSTM).
+    /// Each attention layer's probabilities (B, NH, T, T), in layer order (none for an LSTM or
+    /// fused attention).
     fn attention_probs(&self) -> Vec<TensorId> {
+        Vec::new()
+    }
+    /// Each fused attention layer's (q, k, lse): what its row check recomputes the probabilities
+    /// from (none for an LSTM or materialized attention).
+    fn attention_lse(&self) -> Vec<(TensorId, TensorId, TensorId)> {
         Vec::new()
     }
 }

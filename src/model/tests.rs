@@ -17,6 +17,7 @@ fn tiny_configs() -> Vec<ModelConfig> {
             n_heads,
             pos_emb,
             dropout,
+            attention: Default::default(),
         })
     };
     vec![

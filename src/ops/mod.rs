@@ -13,6 +13,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod attention_fused;
 pub mod costs;
 pub mod embedding;
 pub mod gemm;

@@ -870,6 +870,119 @@ impl Backend for CudaBackend {
         ));
     }
 
+    fn attention_fused_forward(
+        &mut self,
+        out: TensorId,
+        lse: TensorId,
+        q: TensorId,
+        kk: TensorId,
+        v: TensorId,
+        dropout: Option<DropoutKey>,
+    ) {
+        let s = shapes::attention_fused(
+            &self.table,
+            "attention_fused_forward",
+            q,
+            lse,
+            &[("out", out), ("k", kk), ("v", v)],
+            &[],
+        );
+        let dropout = self.device_dropout(dropout);
+        let r = k::attention_fused_forward(
+            self.device(),
+            self.f(out),
+            self.f(lse),
+            self.f(q),
+            self.f(kk),
+            self.f(v),
+            s,
+            dropout,
+        );
+        self.ok(r);
+    }
+
+    fn attention_fused_backward(
+        &mut self,
+        dq: TensorId,
+        dk: TensorId,
+        dv: TensorId,
+        dout: TensorId,
+        q: TensorId,
+        kk: TensorId,
+        v: TensorId,
+        out: TensorId,
+        lse: TensorId,
+        delta: TensorId,
+        dropout: Option<DropoutKey>,
+    ) {
+        let s = shapes::attention_fused(
+            &self.table,
+            "attention_fused_backward",
+            q,
+            lse,
+            &[
+                ("dq", dq),
+                ("dk", dk),
+                ("dv", dv),
+                ("dout", dout),
+                ("k", kk),
+                ("v", v),
+                ("out", out),
+            ],
+            &[("delta", delta)],
+        );
+        let dropout = self.device_dropout(dropout);
+        let r = k::attention_fused_backward(
+            self.device(),
+            self.f(dq),
+            self.f(dk),
+            self.f(dv),
+            self.f(dout),
+            self.f(q),
+            self.f(kk),
+            self.f(v),
+            self.f(out),
+            self.f(lse),
+            self.f(delta),
+            s,
+            dropout,
+        );
+        self.ok(r);
+    }
+
+    fn attention_lse_check(
+        &mut self,
+        q: TensorId,
+        kk: TensorId,
+        lse: TensorId,
+        tol: f32,
+    ) -> RowCheck {
+        let s = shapes::attention_fused(
+            &self.table,
+            "attention_lse_check",
+            q,
+            lse,
+            &[("k", kk)],
+            &[],
+        );
+        let r = k::attention_lse_check(
+            self.device(),
+            self.row_check,
+            self.f(q),
+            self.f(kk),
+            self.f(lse),
+            s,
+            tol,
+        );
+        self.ok(r);
+        let (max_dev, bad_rows) = self.ok(k::read_row_sum_check(self.device(), self.row_check));
+        RowCheck {
+            max_dev,
+            bad_rows: bad_rows as usize,
+            rows: s.b * s.nh * s.t,
+        }
+    }
+
     fn lstm_forward(
         &mut self,
         h: TensorId,

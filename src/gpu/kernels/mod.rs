@@ -17,6 +17,7 @@ pub(crate) fn int(op: &str, what: &str, v: usize) -> i32 {
 }
 
 pub mod attention;
+pub mod attention_fused;
 pub mod embedding;
 pub mod loss;
 pub mod lstm;
@@ -26,6 +27,7 @@ pub mod optim;
 pub mod step;
 
 pub use attention::*;
+pub use attention_fused::*;
 pub use embedding::*;
 pub use loss::*;
 pub use lstm::*;
