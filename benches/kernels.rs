@@ -225,6 +225,7 @@ fn gpu_ops<'a>(
     let (out, dx, dw) = (zeros(n * c), zeros(n * c), zeros(c * c));
     let (dq, dk, dv) = (zeros(n * c), zeros(n * c), zeros(n * c));
     let (gates, c_prev) = (up(randn(&mut rng, b * 4 * c)), up(randn(&mut rng, b * c)));
+    let (lse, delta) = (zeros(r * t), zeros(r * t));
     let (cc, h) = (zeros(b * c), zeros(b * c));
     // The split-N workspace allocated once, as the CUDA backend does (not inside the timing).
     let splits = k::matmul_backward_weight_splits(n, c, c);
@@ -330,6 +331,43 @@ fn gpu_ops<'a>(
                 ok(k::lstm_cell_forward(dev, gates, Some(c_prev), cc, h, b, c))
             })),
         ),
+        (
+            "fused attention forward",
+            costs::fused_attention_forward(b, t, s.nh, a.hs, true),
+            events(Box::new(move || {
+                ok(k::attention_fused_forward(
+                    dev,
+                    out,
+                    lse,
+                    q,
+                    kk,
+                    v,
+                    a,
+                    Some(drop),
+                ))
+            })),
+        ),
+        (
+            "fused attention backward",
+            costs::fused_attention_backward(b, t, s.nh, a.hs, true),
+            events(Box::new(move || {
+                ok(k::attention_fused_backward(
+                    dev,
+                    dq,
+                    dk,
+                    dv,
+                    x,
+                    q,
+                    kk,
+                    v,
+                    out,
+                    lse,
+                    delta,
+                    a,
+                    Some(drop),
+                ))
+            })),
+        ),
     ]
 }
 
@@ -367,6 +405,178 @@ fn run(c: &mut Criterion, gpu: Option<&CudaDevice>, totals: &Totals) {
             });
         }
         g.finish();
+    }
+}
+
+/// The fused-vs-materialized sweep: attention forward + backward at (B 8, NH 4, HS 64), the
+/// shape of the GPU check's PyTorch SDPA peer, over T.
+const SWEEP_T: [usize; 6] = [128, 256, 512, 1024, 2048, 4096];
+const SWEEP: (usize, usize, usize) = (8, 4, 64);
+
+/// One path's forward + backward at `a` on `dev`, as the CUDA backend runs it (dropout on).
+fn attention_pass<'a>(dev: &'a dyn Device, a: AttnShape, fused: bool) -> Box<dyn FnMut() + 'a> {
+    let (n, rows, tt) = (a.b * a.t * a.c(), a.b * a.nh * a.t, a.b * a.nh * a.t * a.t);
+    let mut rng = Rng::new(3);
+    let up = |v: Vec<f32>| -> DeviceSlice<f32> { dev.upload(&v).expect("upload") };
+    let (q, kk, v, dout) = (
+        up(randn(&mut rng, n)),
+        up(randn(&mut rng, n)),
+        up(randn(&mut rng, n)),
+        up(randn(&mut rng, n)),
+    );
+    // zeroed on the device: the T×T buffers are GiBs at T 4096
+    let zeros = |len: usize| -> DeviceSlice<f32> {
+        let s = dev.alloc_slice::<f32>(len).expect("alloc");
+        dev.zero(s).expect("memset");
+        s
+    };
+    let (out, dq, dk, dv) = (zeros(n), zeros(n), zeros(n), zeros(n));
+    let drop = k::DeviceDropout::on_device(dev, key()).expect("upload");
+    let ok = |r: Result<(), robo_poet::gpu::GpuError>| r.expect("kernel launch");
+    if fused {
+        let (lse, delta) = (zeros(rows), zeros(rows));
+        Box::new(move || {
+            ok(k::attention_fused_forward(
+                dev,
+                out,
+                lse,
+                q,
+                kk,
+                v,
+                a,
+                Some(drop),
+            ));
+            ok(k::attention_fused_backward(
+                dev,
+                dq,
+                dk,
+                dv,
+                dout,
+                q,
+                kk,
+                v,
+                out,
+                lse,
+                delta,
+                a,
+                Some(drop),
+            ));
+        })
+    } else {
+        let (r, t) = (a.b * a.nh, a.t);
+        let (probs, w) = (zeros(tt), zeros(tt));
+        Box::new(move || {
+            ok(k::attention_scores_forward(dev, probs, q, kk, a));
+            ok(k::causal_softmax_dropout_forward(
+                dev,
+                probs,
+                Some(w),
+                probs,
+                r,
+                t,
+                Some(drop),
+            ));
+            ok(k::attention_values_forward(dev, out, w, v, a));
+            ok(k::attention_dropout_weights(dev, w, probs, r, t, drop));
+            ok(k::attention_values_backward(dev, dv, w, dout, w, v, a));
+            ok(k::causal_softmax_dropout_backward(
+                dev,
+                w,
+                w,
+                probs,
+                r,
+                t,
+                Some(drop),
+            ));
+            ok(k::attention_scores_backward(dev, dq, dk, w, q, kk, a));
+        })
+    }
+}
+
+/// Launches of each path's forward + backward, counted on the emulated device (tiny shape: the
+/// count does not depend on it).
+fn attention_launches() -> (u64, u64) {
+    let dev = robo_poet::gpu::EmuDevice::default();
+    let a = AttnShape {
+        b: 1,
+        t: 5,
+        nh: 2,
+        hs: 4,
+    };
+    let count = |fused| {
+        let mut pass = attention_pass(&dev, a, fused);
+        let before = dev.counts();
+        pass();
+        (dev.counts() - before).launches
+    };
+    (count(false), count(true))
+}
+
+/// fused vs materialized attention, forward + backward, over T: CUDA-event timed on a GPU (with
+/// criterion); without one, the analytic FLOPs and bytes of both and the emulator's launch count.
+fn attention_sweep(c: &mut Criterion, gpu: Option<&CudaDevice>) {
+    let (b, nh, hs) = SWEEP;
+    let (mat_launches, fused_launches) = attention_launches();
+    let mut rows = vec![];
+    for t in SWEEP_T {
+        let a = AttnShape { b, t, nh, hs };
+        let mat = costs::attention_forward(b, t, nh, hs, true)
+            + costs::attention_backward(b, t, nh, hs, true);
+        let fus = costs::fused_attention_forward(b, t, nh, hs, true)
+            + costs::fused_attention_backward(b, t, nh, hs, true);
+        let mut ms = [f64::NAN, f64::NAN];
+        if let Some(dev) = gpu {
+            let timer = CudaTimer::new().expect("CUDA events");
+            let mut g = c.benchmark_group(format!("attention fwd+bwd B{b} NH{nh} HS{hs}"));
+            let quick = criterion_config::quick();
+            g.sample_size(10)
+                .sampling_mode(SamplingMode::Flat)
+                .warm_up_time(Duration::from_millis(if quick { 100 } else { 300 }))
+                .measurement_time(Duration::from_millis(if quick { 400 } else { 1500 }));
+            for (i, fused) in [false, true].into_iter().enumerate() {
+                let mut pass = attention_pass(dev, a, fused);
+                let mut total = (Duration::ZERO, 0u64);
+                let name = if fused { "fused" } else { "materialized" };
+                g.bench_function(BenchmarkId::new(name, t), |bench| {
+                    bench.iter_custom(|iters| {
+                        let d = timer
+                            .time(|| {
+                                for _ in 0..iters {
+                                    pass();
+                                }
+                            })
+                            .expect("CUDA event timing");
+                        total = (total.0 + d, total.1 + iters);
+                        d
+                    })
+                });
+                ms[i] = 1e3 * total.0.as_secs_f64() / total.1.max(1) as f64;
+            }
+            g.finish();
+        }
+        rows.push((t, mat, fus, ms));
+    }
+    println!("\nattention forward + backward, fused vs materialized, B {b} NH {nh} HS {hs}, dropout 0.1 ({}):", if gpu.is_some() { "CUDA events" } else { "no GPU: analytic counts; launches from the emulated device" });
+    println!("| T | materialized ms | fused ms | materialized / fused | materialized GFLOP | fused GFLOP | materialized MB | fused MB | launches materialized / fused |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (t, mat, fus, ms) in rows {
+        let f = |x: f64| {
+            if x.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{x:.3}")
+            }
+        };
+        println!(
+            "| {t} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {mat_launches} / {fused_launches} |",
+            f(ms[0]),
+            f(ms[1]),
+            if ms[0].is_nan() { "-".to_string() } else { format!("{:.2}x", ms[0] / ms[1]) },
+            mat.flops as f64 / 1e9,
+            fus.flops as f64 / 1e9,
+            mat.bytes as f64 / 1e6,
+            fus.bytes as f64 / 1e6
+        );
     }
 }
 
@@ -411,6 +621,7 @@ fn main() {
     let mut c = criterion_config::criterion().configure_from_args();
     let totals = Totals::default();
     run(&mut c, gpu.as_ref(), &totals);
+    attention_sweep(&mut c, gpu.as_ref());
     c.final_summary();
     let t = totals.borrow();
     if t.is_empty() {

@@ -111,13 +111,13 @@ step parity "GPU backend tests (100-step parity)" 55 "$LOGS/gpu_backend.log" \
 # 3. speed
 step speed "attention_vs_lstm bench (train step)" 40 "$LOGS/bench_attention_vs_lstm.log" \
   env ROBO_POET_BENCH_QUICK=1 "$TESTS/attention_vs_lstm" --bench "train step"
-step speed "kernel bench" 30 "$LOGS/bench_kernels.log" \
+step speed "kernel bench (+ fused vs materialized attention, T 128..4096)" 35 "$LOGS/bench_kernels.log" \
   env ROBO_POET_BENCH_QUICK=1 "$TESTS/kernels" --bench
 step speed "profile-step (seed, default GPT, LSTM)" 15 "$LOGS/profile_step.log" \
   env ROBO_POET_NVTX_LIBRARY="$NVTX_LIB" bash -c \
   'for m in "--preset seed" "" "--model lstm"; do "$0" profile-step --device cuda $m || exit 1; done' "$BIN"
-step speed "PyTorch peer (eager, TF32, torch.compile; SDPA)" 105 "$LOGS/peer_pytorch.log" \
-  python3 "$HERE/peer_pytorch.py" --json "$LOGS/peer_pytorch.json" --deadline-s 80 --per-measurement-s 30
+step speed "PyTorch peer (eager, TF32, torch.compile; SDPA)" 100 "$LOGS/peer_pytorch.log" \
+  python3 "$HERE/peer_pytorch.py" --json "$LOGS/peer_pytorch.json" --deadline-s 75 --per-measurement-s 30
 
 # 4. accounting: the memory sweep with driver-measured bytes; the seed's validations on the GPU.
 # (JSON on stdout into its own file, notes on stderr into the log; check exits 1 when a line fails.)

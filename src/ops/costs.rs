@@ -105,6 +105,52 @@ pub fn attention_backward(b: usize, t: usize, nh: usize, hs: usize, dropout: boo
     }
 }
 
+/// Tiles of 32 rows (kernels/attention_fused.cu's FA_TILE) covering T.
+fn fused_tiles(t: usize) -> u64 {
+    u(t.div_ceil(32))
+}
+
+/// Fused attention forward (kernels/attention_fused.cu): the two products over the causal entries
+/// only (tiles above the diagonal skipped), the online softmax (5 FLOPs per causal entry) and
+/// dropout; bytes: q read and out written once, k and v read by every query tile up to the
+/// diagonal (nt(nt+1)/2 tile loads each, nt = ceil(T/32)), the row logsumexp written. Nothing
+/// T×T goes through memory.
+pub fn fused_attention_forward(b: usize, t: usize, nh: usize, hs: usize, dropout: bool) -> Cost {
+    let r = b * nh;
+    let (btc, nt) = (u(b) * u(t) * u(nh) * u(hs), fused_tiles(t));
+    let d = if dropout { 1 } else { 0 };
+    let kv_loads = u(r) * nt * (nt + 1) / 2 * 32 * u(hs);
+    Cost {
+        flops: 2 * 2 * causal(r, t) * u(hs) + 5 * causal(r, t) + d * causal(r, t),
+        bytes: F32 * (btc + btc + 2 * kv_loads + u(r) * u(t)),
+    }
+}
+
+/// Fused attention backward: D = rowsum(dO ⊙ O), then dk and dv over key tiles and dq over query
+/// tiles, recomputing the probabilities: 7 products over the causal entries (the scores and
+/// dO·vᵀ in both kernels; dv, dk, dq) and 6 FLOPs per causal entry of softmax backward (+ the
+/// mask); bytes: dO and O read for D; each key tile reads its k, v once and q, dO, lse, D of every
+/// query tile from the diagonal on; each query tile reads q, dO, lse, D once and k, v of every
+/// key tile up to the diagonal; dq, dk, dv accumulated (read and written).
+pub fn fused_attention_backward(b: usize, t: usize, nh: usize, hs: usize, dropout: bool) -> Cost {
+    let r = b * nh;
+    let (btc, nt) = (u(b) * u(t) * u(nh) * u(hs), fused_tiles(t));
+    let d = if dropout { 1 } else { 0 };
+    let pair_loads = u(r) * nt * (nt + 1) / 2 * 32 * u(hs); // one (32, HS) tile per pair
+    let rows = u(r) * u(t);
+    Cost {
+        flops: 7 * 2 * causal(r, t) * u(hs) + 6 * causal(r, t) + 2 * d * causal(r, t) + 2 * btc,
+        bytes: F32
+            * (2 * btc + rows
+                // dk/dv kernel: k, v once; q, dO per pair; lse, D per pair's rows
+                + 2 * btc + 2 * pair_loads + 2 * u(r) * nt * (nt + 1) / 2 * 32
+                // dq kernel: q, dO, lse, D once; k, v per pair
+                + 2 * btc + 2 * rows + 2 * pair_loads
+                // dq, dk, dv read and written
+                + 6 * btc),
+    }
+}
+
 /// One LSTM cell step over gates (B, 4H): 3 sigmoids, 2 tanh, c = f·c₋₁ + i·g, h = o·tanh(c)
 /// (9 FLOPs per (b, h)); reads gates and c₋₁, writes the activated gates back, c and h.
 pub fn lstm_cell_forward(b: usize, hid: usize) -> Cost {
