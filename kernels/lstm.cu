@@ -4,6 +4,13 @@
 // tanh_fast, 1 − 2 / (e^{2u} + 1), which saturates cleanly to ±1.
 // CPU reference: src/ops/lstm.rs (lstm_cell_forward, lstm_cell_backward).
 // Host launchers: src/gpu/kernels/lstm.rs.
+//
+// The persistent forms run a whole layer's recurrence in ONE cooperative launch: block b owns the
+// hidden units j in [b·U, (b+1)·U) with all four of their gates, so the cell update is local to
+// the block; its rows of W_hh stay in shared memory for the whole sequence; h of the previous step
+// (B, H) is read from global memory (L2); a grid barrier (grid.cuh) separates the timesteps.
+
+#include "grid.cuh"
 
 // ----------------------------------------------------------------------------------------------
 // kernels
@@ -78,8 +85,156 @@ extern "C" __global__ void lstm_cell_backward(float* dgates,         // (B, 4H),
     if (dc_out) dc_out[ci] = d_c * fg;
 }
 
+#define LSTM_PT_THREADS 256  // threads per block of the persistent kernels
+
+// gates (T, B, 4H): on entry x·W_ihᵀ + b for every step (one GEMM before the launch); on exit the
+// activations. For each t: block b adds h[t−1] · W_hh[rows of its units]ᵀ to its units' four gate
+// pre-activations (one warp per (row n, gate row r) dot product of length H: lanes stride k, a
+// fixed shuffle tree adds them), then applies the cell to its (n, j) and writes c[t], h[t]; the
+// grid barrier then publishes h[t] to every block. Shared memory: W slice [4U][H] (row q·U + u is
+// W_hh row q·H + j0 + u).
+extern "C" __global__ void __launch_bounds__(LSTM_PT_THREADS)
+    lstm_persistent_forward(float* gates,          // (T, B, 4H)
+                            float* c,              // (T, B, H)
+                            float* h,              // (T, B, H)
+                            const float* w_hh,     // (4H, H)
+                            unsigned int* barrier, // (2), zero before the first launch
+                            int T, int B, int H, int U) {
+    extern __shared__ float lstm_smem[];
+    float* Ws = lstm_smem;  // [4U][H]
+    const int j0 = blockIdx.x * U;
+    const int units = min(U, H - j0);  // the last block may own fewer
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+    const int warps = LSTM_PT_THREADS / 32;
+    for (int e = threadIdx.x; e < 4 * U * H; e += LSTM_PT_THREADS) {
+        const int r = e / H;  // q·U + u
+        const int k = e % H;
+        const int q = r / U;
+        const int u = r % U;
+        Ws[e] = u < units ? w_hh[(size_t)(q * H + j0 + u) * H + k] : 0.0f;
+    }
+    __syncthreads();  // the W slice is in place
+    const size_t gstep = (size_t)B * 4 * H;
+    const size_t hstep = (size_t)B * H;
+    for (int t = 0; t < T; t++) {
+        float* g = gates + (size_t)t * gstep;
+        if (t > 0) {
+            const float* hp = h + (size_t)(t - 1) * hstep;
+            for (int o = warp; o < B * 4 * units; o += warps) {
+                const int n = o / (4 * units);
+                const int r = o % (4 * units);
+                const int q = r / units;
+                const int u = r % units;
+                const float* w = Ws + (size_t)(q * U + u) * H;
+                const float* x = hp + (size_t)n * H;
+                float acc = 0.0f;
+                for (int k = lane; k < H; k += 32) acc += x[k] * w[k];
+                for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+                if (lane == 0) g[(size_t)n * 4 * H + q * H + j0 + u] += acc;
+            }
+            __syncthreads();  // the block's pre-activations of step t are complete
+        }
+        for (int e = threadIdx.x; e < B * units; e += LSTM_PT_THREADS) {
+            const int n = e / units;
+            const int j = j0 + e % units;
+            float* gn = g + (size_t)n * 4 * H + j;
+            const float ig = lstm_sigmoid(gn[0]);
+            const float fg = lstm_sigmoid(gn[H]);
+            const float gg = lstm_tanh(gn[2 * H]);
+            const float og = lstm_sigmoid(gn[3 * H]);
+            gn[0] = ig;
+            gn[H] = fg;
+            gn[2 * H] = gg;
+            gn[3 * H] = og;
+            const size_t idx = (size_t)t * hstep + (size_t)n * H + j;
+            const float cp = t > 0 ? c[idx - hstep] : 0.0f;
+            const float cv = fg * cp + ig * gg;
+            c[idx] = cv;
+            h[idx] = og * lstm_tanh(cv);
+        }
+        if (t + 1 < T) grid_sync(barrier);  // h[t] of every unit, before any block reads it
+    }
+}
+
+// Backward through time of lstm_persistent_forward: dgates (T, B, 4H) written for every step, dh
+// (T, B, H) on entry the gradient reaching each h from above (the layer on top or the head) and on
+// exit the total (the recurrent part added). For t from T−1 down: block b first adds to its units'
+// dh[t] the recurrent gradient dgates[t+1] · W_hh[:, its units] (one warp per (n, u), lanes stride
+// the 4H rows, a fixed shuffle tree), then runs the cell backward of its (n, j), the running
+// gradient of c kept in shared memory across the steps; the grid barrier publishes dgates[t].
+// Shared memory: the W_hh columns of its units [U][4H], the running dc [B][U].
+extern "C" __global__ void __launch_bounds__(LSTM_PT_THREADS)
+    lstm_persistent_backward(float* dgates,         // (T, B, 4H), written
+                             float* dh,             // (T, B, H), in: from above; out: total
+                             const float* gates,    // (T, B, 4H) activations
+                             const float* c,        // (T, B, H)
+                             const float* w_hh,     // (4H, H)
+                             unsigned int* barrier, // (2), zero before the first launch
+                             int T, int B, int H, int U) {
+    extern __shared__ float lstm_smem[];
+    float* Wc = lstm_smem;          // [U][4H]: Wc[u][r] = W_hh[r][j0 + u]
+    float* dcs = Wc + (size_t)U * 4 * H;  // [B][U]
+    const int j0 = blockIdx.x * U;
+    const int units = min(U, H - j0);
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+    const int warps = LSTM_PT_THREADS / 32;
+    for (int e = threadIdx.x; e < U * 4 * H; e += LSTM_PT_THREADS) {
+        const int u = e / (4 * H);
+        const int r = e % (4 * H);
+        Wc[e] = u < units ? w_hh[(size_t)r * H + j0 + u] : 0.0f;
+    }
+    for (int e = threadIdx.x; e < B * U; e += LSTM_PT_THREADS) dcs[e] = 0.0f;
+    __syncthreads();  // W columns and dc in place
+    const size_t gstep = (size_t)B * 4 * H;
+    const size_t hstep = (size_t)B * H;
+    for (int t = T - 1; t >= 0; t--) {
+        float* dht = dh + (size_t)t * hstep;
+        if (t + 1 < T) {
+            grid_sync(barrier);  // dgates[t + 1] of every unit written
+            const float* dgn = dgates + (size_t)(t + 1) * gstep;
+            for (int o = warp; o < B * units; o += warps) {
+                const int n = o / units;
+                const int u = o % units;
+                const float* w = Wc + (size_t)u * 4 * H;
+                const float* d = dgn + (size_t)n * 4 * H;
+                float acc = 0.0f;
+                for (int r = lane; r < 4 * H; r += 32) acc += d[r] * w[r];
+                for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+                if (lane == 0) dht[(size_t)n * H + j0 + u] += acc;
+            }
+            __syncthreads();  // the block's dh[t] is complete
+        }
+        for (int e = threadIdx.x; e < B * units; e += LSTM_PT_THREADS) {
+            const int n = e / units;
+            const int u = e % units;
+            const int j = j0 + u;
+            const size_t gi = (size_t)t * gstep + (size_t)n * 4 * H + j;
+            const size_t ci = (size_t)t * hstep + (size_t)n * H + j;
+            const float ig = gates[gi];
+            const float fg = gates[gi + H];
+            const float gg = gates[gi + 2 * H];
+            const float og = gates[gi + 3 * H];
+            const float d_h = dht[(size_t)n * H + j];
+            const float cp = t > 0 ? c[ci - hstep] : 0.0f;
+            const float tc = lstm_tanh(c[ci]);
+            const float d_c = dcs[n * U + u] + d_h * og * (1.0f - tc * tc);
+            float* dg = dgates + gi;
+            dg[0] = d_c * gg * ig * (1.0f - ig);
+            dg[H] = d_c * cp * fg * (1.0f - fg);
+            dg[2 * H] = d_c * ig * (1.0f - gg * gg);
+            dg[3 * H] = d_h * tc * og * (1.0f - og);
+            dcs[n * U + u] = d_c * fg;
+        }
+    }
+}
+
 // ----------------------------------------------------------------------------------------------
 // launch shape (src/gpu/kernels/lstm.rs)
 //
 // lstm_cell_forward, lstm_cell_backward: block (256), grid (ceil(B·H / 256)); no shared memory.
 // B·H < 2^31.
+// lstm_persistent_forward, lstm_persistent_backward: cooperative, block (256), grid (ceil(H / U))
+// no larger than the device's co-resident blocks; dynamic shared memory 4·U·H floats (forward),
+// 4·U·H + B·U floats (backward).

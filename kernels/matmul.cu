@@ -325,6 +325,73 @@ extern "C" __global__ void __launch_bounds__(MATMUL_THREADS)
     if (tid == 0) *counter = 0u;
 }
 
+// out (M, NC) += A (M, K) · B (K, NC) with K split into `splits` chunks of k_chunk (blockIdx.z):
+// for a short, wide reduction (the LSTM's recurrence: M = B rows only) the output alone has too
+// few tiles to fill the GPU. Each split writes its partial tile to `partials`; the last of a
+// tile's splits to finish (an integer counter; which one it is changes no sum) adds them to out in
+// split order, in f64 (as matmul_split_sum), and resets the tile's counter. With one split it adds
+// straight into out.
+template <bool A_K_CONTIG, bool B_K_CONTIG>
+__device__ __forceinline__ void matmul_splitk(float* out, const float* a, const float* b, float* partials,
+                                              unsigned int* counters, int M, int NC, int K, int k_chunk,
+                                              int splits) {
+    __shared__ unsigned int is_last;
+    const int s = blockIdx.z;
+    const int k_begin = s * k_chunk;
+    const int k_end = min(K, k_begin + k_chunk);
+    const int tid = threadIdx.y * MATMUL_TX + threadIdx.x;
+    float acc[MATMUL_TM][MATMUL_TN];
+    matmul_acc_zero(acc);
+    matmul_tile_acc<A_K_CONTIG, B_K_CONTIG>(acc, a, b, M, NC, K, k_begin, k_end, nullptr);
+    if (splits == 1) {
+        matmul_tile_store<MATMUL_ACCUMULATE>(acc, out, nullptr, nullptr, M, NC);
+        return;
+    }
+    matmul_tile_store<MATMUL_STORE>(acc, partials + (size_t)s * M * NC, nullptr, nullptr, M, NC);
+    __threadfence();  // this split's partial tile is visible before the counter moves
+    __syncthreads();
+    unsigned int* counter = counters + blockIdx.y * gridDim.x + blockIdx.x;
+    if (tid == 0) is_last = atomicAdd(counter, 1u) == (unsigned int)(splits - 1);
+    __syncthreads();
+    if (!is_last) return;
+    const int row0 = blockIdx.y * MATMUL_BM;
+    const int col0 = blockIdx.x * MATMUL_BN;
+    for (int e = tid; e < MATMUL_BM * MATMUL_BN; e += MATMUL_THREADS) {
+        const int m = row0 + e / MATMUL_BN;
+        const int n = col0 + e % MATMUL_BN;
+        if (m >= M || n >= NC) continue;
+        const size_t k = (size_t)m * NC + n;
+        double sum = out[k];
+        for (int t = 0; t < splits; t++) sum += __ldcg(&partials[(size_t)t * M * NC + k]);
+        out[k] = (float)sum;
+    }
+    if (tid == 0) *counter = 0u;
+}
+
+// out (N, OC) += inp (N, IC) · weightᵀ, K = IC split (the LSTM's forward recurrence, gates +=
+// h_prev · W_hhᵀ, on the per-timestep path).
+extern "C" __global__ void __launch_bounds__(MATMUL_THREADS)
+    matmul_forward_accumulate_splitk(float* out,               // (N, OC)
+                                     const float* inp,         // (N, IC)
+                                     const float* weight,      // (OC, IC)
+                                     float* partials,          // (splits, N, OC) when splits > 1
+                                     unsigned int* counters,   // (tiles), zero between launches
+                                     int N, int IC, int OC, int k_chunk, int splits) {
+    matmul_splitk<true, true>(out, inp, weight, partials, counters, N, OC, IC, k_chunk, splits);
+}
+
+// dinp (N, IC) += dout (N, OC) · weight, K = OC split (the LSTM's backward recurrence, dh_prev +=
+// dgates · W_hh, on the per-timestep path).
+extern "C" __global__ void __launch_bounds__(MATMUL_THREADS)
+    matmul_backward_input_splitk(float* dinp,              // (N, IC)
+                                 const float* dout,        // (N, OC)
+                                 const float* weight,      // (OC, IC)
+                                 float* partials,          // (splits, N, IC) when splits > 1
+                                 unsigned int* counters,   // (tiles), zero between launches
+                                 int N, int IC, int OC, int k_chunk, int splits) {
+    matmul_splitk<true, false>(dinp, dout, weight, partials, counters, N, IC, OC, k_chunk, splits);
+}
+
 #define BIAS_COLS 32  // columns per block: a warp reads 128 consecutive bytes of a row
 #define BIAS_ROWS 16  // blockDim.y: rows summed side by side
 
@@ -370,5 +437,7 @@ extern "C" __global__ void __launch_bounds__(BIAS_COLS * BIAS_ROWS)
 // if splits > 1, matmul_split_sum over OC.
 // matmul_forward_qkv: as matmul_forward with grid.z = 3. matmul_forward_gelu,
 // matmul_backward_input_qkv, matmul_backward_input_gelu: as matmul_forward / matmul_backward_input.
+// matmul_forward_accumulate_splitk, matmul_backward_input_splitk: block (16, 8), grid (tiles of
+// out, splits); partials (splits, M, NC) and counters (tiles) when splits > 1.
 // linear_backward_params: block (16, 8), grid (ceil(IC / 64), ceil(OC / 64), count · splits);
 // partials (count, splits, OC·IC + OC) floats and counters (count, tiles) u32 when splits > 1.

@@ -33,6 +33,8 @@ const REDUCE_BATCH: usize = 64;
 const ROW_CHECK_RESULT: usize = 2;
 /// Upper bound on the split-N partial sums of weight and bias gradients, in floats (128 MiB).
 const MAX_SPLIT_WORKSPACE: usize = 32 << 20;
+/// Blocks a split-K recurrence product aims for: an H100's / H200's 132 SMs.
+const SPLITK_MIN_BLOCKS: usize = 132;
 
 /// The longest row count of any activation of `table` (B·T for the models).
 fn longest_rows(table: &TensorTable) -> usize {
@@ -72,6 +74,22 @@ fn split_workspace_len(table: &TensorTable) -> (usize, usize) {
         counters = counters
             .max(c)
             .max(count * oc.div_ceil(64) * ic.div_ceil(64));
+    }
+    // the LSTM's per-timestep recurrence products, split over K: h (T, B, H) gives B and H
+    for (_, s) in table.iter() {
+        if s.category == Category::Activation
+            && s.shape.len() == 3
+            && s.name.starts_with("lstm.")
+            && s.name.ends_with(".h")
+        {
+            let (b, h) = (s.shape[1], s.shape[2]);
+            for (m, nc, kk) in [(b, 4 * h, h), (b, h, 4 * h)] {
+                let splits = k::splitk_splits(m, nc, kk, SPLITK_MIN_BLOCKS);
+                let (f, c) = k::splitk_workspace(m, nc, splits);
+                floats = floats.max(f);
+                counters = counters.max(c);
+            }
+        }
     }
     (floats.min(MAX_SPLIT_WORKSPACE), counters)
 }
@@ -485,6 +503,19 @@ impl CudaBackend {
             oc,
         );
         self.ok(r);
+    }
+
+    /// The split count of a split-K product with an (m, nc) output over k: enough blocks to fill
+    /// the GPU's SMs, as far as the workspace allows.
+    fn splitk(&self, m: usize, nc: usize, k: usize) -> usize {
+        let want = k::splitk_splits(m, nc, k, SPLITK_MIN_BLOCKS);
+        let fit = self.split_ws.len() / (m * nc).max(1);
+        let (_, tiles) = k::splitk_workspace(m, nc, 2);
+        if self.counters.len() >= tiles {
+            want.min(fit).max(1)
+        } else {
+            1
+        }
     }
 
     /// The layernorm backward in one launch (dinp += ... (+ dresidual), dweight, dbias).
@@ -1014,11 +1045,16 @@ impl Backend for CudaBackend {
         for t in 0..s.t {
             let g_t = rows(gg, t, 1, b4);
             if t > 0 {
-                self.ok(k::matmul_forward_accumulate(
+                // gates[t] += h[t-1] · W_hhᵀ: a (B, 4H) output has few tiles; split over K
+                let splits = self.splitk(s.b, 4 * s.h, s.h);
+                self.ok(k::matmul_forward_accumulate_splitk(
                     d,
                     g_t,
                     rows(hh, t - 1, 1, bh),
                     whh,
+                    Some(self.split_ws),
+                    Some(self.counters),
+                    splits,
                     s.b,
                     s.h,
                     4 * s.h,
@@ -1098,12 +1134,17 @@ impl Backend for CudaBackend {
                 s.h,
             ));
             if t > 0 {
-                // dh[t-1] += dgates[t] · W_hh
-                self.ok(k::matmul_backward_input(
+                // dh[t-1] += dgates[t] · W_hh: a (B, H) output of 4 tiles at the default size,
+                // split over K = 4H so the reduction spreads over the GPU
+                let splits = self.splitk(s.b, s.h, h4);
+                self.ok(k::matmul_backward_input_splitk(
                     d,
                     rows(ddh, t - 1, 1, bh),
                     dg_t,
                     self.f(w_hh),
+                    Some(self.split_ws),
+                    Some(self.counters),
+                    splits,
                     s.b,
                     s.h,
                     h4,

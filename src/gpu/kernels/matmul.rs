@@ -638,3 +638,136 @@ pub fn linear_backward_params(
     // their shapes; the workspace was checked above.
     unsafe { dev.launch(op, &config, &mut args.params()) }
 }
+
+/// The split count of a split-K product with an (M, NC) output over K: enough blocks for
+/// `min_blocks` (the GPU's SM count), each split at least 32 deep.
+pub fn splitk_splits(m: usize, nc: usize, k: usize, min_blocks: usize) -> usize {
+    let tiles = m.div_ceil(TILE_M) * nc.div_ceil(TILE_N);
+    min_blocks
+        .div_ceil(tiles.max(1))
+        .min(k / 32)
+        .clamp(1, MAX_SPLITS)
+}
+
+/// Workspace of a split-K product: (partial floats, counters).
+pub fn splitk_workspace(m: usize, nc: usize, splits: usize) -> (usize, usize) {
+    if splits <= 1 {
+        (0, 0)
+    } else {
+        (splits * m * nc, m.div_ceil(TILE_M) * nc.div_ceil(TILE_N))
+    }
+}
+
+/// A split-K product kernel of matmul.cu: `kernel`'s output (m, nc) over k, `splits` splits (or
+/// fewer, to whole k steps), with `partials`/`counters` (zero) from [`splitk_workspace`].
+#[allow(clippy::too_many_arguments)]
+fn launch_splitk(
+    dev: &dyn Device,
+    kernel: &str,
+    out: DeviceSlice<f32>,
+    a: DeviceSlice<f32>,
+    weight: DeviceSlice<f32>,
+    partials: Option<DeviceSlice<f32>>,
+    counters: Option<DeviceSlice<u32>>,
+    splits: usize,
+    (n, ic, oc): (usize, usize, usize),
+    (m, nc, k): (usize, usize, usize),
+) -> Result<(), GpuError> {
+    if m == 0 || nc == 0 {
+        return Ok(());
+    }
+    let (chunk, splits) = split_rows(k.max(1), splits.max(1), TILE_K);
+    let (want_p, want_c) = splitk_workspace(m, nc, splits);
+    let (p, c) = if splits > 1 {
+        let p = partials.unwrap_or_else(|| panic!("{kernel}: {splits} splits need a workspace"));
+        let c = counters.unwrap_or_else(|| panic!("{kernel}: {splits} splits need counters"));
+        assert!(
+            p.len() >= want_p && c.len() >= want_c,
+            "shape mismatch in {kernel}: workspace expected at least {want_p} floats and {want_c} counters, got {} and {}",
+            p.len(),
+            c.len()
+        );
+        (p.ptr(), c.ptr())
+    } else {
+        (0, 0)
+    };
+    let config = gemm_config(m, nc, splits);
+    let mut args = KernelArgs::new()
+        .slice(out)
+        .slice(a)
+        .slice(weight)
+        .ptr(p)
+        .ptr(c)
+        .i32(int(kernel, "N", n))
+        .i32(int(kernel, "IC", ic))
+        .i32(int(kernel, "OC", oc))
+        .i32(int(kernel, "k_chunk", chunk))
+        .i32(int(kernel, "splits", splits));
+    // SAFETY: the parameters match `kernel` (a split-K wrapper of kernels/matmul.cu) in order and
+    // type; the caller checked the slices' shapes and the workspace was checked above.
+    unsafe { dev.launch(kernel, &config, &mut args.params()) }
+}
+
+/// out (N, OC) += inp (N, IC) · weight (OC, IC)ᵀ with K = IC split `splits` ways (one launch).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_forward_accumulate_splitk(
+    dev: &dyn Device,
+    out: DeviceSlice<f32>,
+    inp: DeviceSlice<f32>,
+    weight: DeviceSlice<f32>,
+    partials: Option<DeviceSlice<f32>>,
+    counters: Option<DeviceSlice<u32>>,
+    splits: usize,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> Result<(), GpuError> {
+    let op = "matmul_forward_accumulate_splitk";
+    check_len(op, "out", out.len(), &[n, oc]);
+    check_len(op, "inp", inp.len(), &[n, ic]);
+    check_len(op, "weight", weight.len(), &[oc, ic]);
+    launch_splitk(
+        dev,
+        op,
+        out,
+        inp,
+        weight,
+        partials,
+        counters,
+        splits,
+        (n, ic, oc),
+        (n, oc, ic),
+    )
+}
+
+/// dinp (N, IC) += dout (N, OC) · weight (OC, IC) with K = OC split `splits` ways (one launch).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward_input_splitk(
+    dev: &dyn Device,
+    dinp: DeviceSlice<f32>,
+    dout: DeviceSlice<f32>,
+    weight: DeviceSlice<f32>,
+    partials: Option<DeviceSlice<f32>>,
+    counters: Option<DeviceSlice<u32>>,
+    splits: usize,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> Result<(), GpuError> {
+    let op = "matmul_backward_input_splitk";
+    check_len(op, "dinp", dinp.len(), &[n, ic]);
+    check_len(op, "dout", dout.len(), &[n, oc]);
+    check_len(op, "weight", weight.len(), &[oc, ic]);
+    launch_splitk(
+        dev,
+        op,
+        dinp,
+        dout,
+        weight,
+        partials,
+        counters,
+        splits,
+        (n, ic, oc),
+        (n, ic, oc),
+    )
+}
