@@ -284,6 +284,9 @@ mod emu {
         dir: &'static str,
         /// Generated Rust table, in OUT_DIR.
         table: &'static str,
+        /// Another library (built before this one) whose headers its files may include too, as
+        /// the test kernels include kernels/grid.cuh.
+        headers_of: Option<&'static str>,
     }
 
     const LIBRARIES: [Library; 2] = [
@@ -291,11 +294,13 @@ mod emu {
             name: "robo_poet_emu_kernels",
             dir: "kernels",
             table: "emu_kernels.rs",
+            headers_of: None,
         },
         Library {
             name: "robo_poet_emu_test_kernels",
             dir: "tests/kernels",
             table: "emu_test_kernels.rs",
+            headers_of: Some("robo_poet_emu_kernels"),
         },
     ];
 
@@ -394,6 +399,8 @@ mod emu {
             }
         }
         units.sort();
+        // the other library's rewritten headers (its gen dir), after this library's own
+        let other_headers = lib.headers_of.map(|name| out.join("emu").join(name));
 
         let base = || {
             let mut b = cc::Build::new();
@@ -403,6 +410,7 @@ mod emu {
                 .flag(header.to_str().unwrap())
                 .include(&gen_dir)
                 .include(&src_dir)
+                .includes(&other_headers)
                 // CUDA code reinterprets freely (float4 loads of float arrays)
                 .flag("-fno-strict-aliasing")
                 .flag("-pthread")

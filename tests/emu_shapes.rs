@@ -68,6 +68,28 @@ impl Device for Counting {
         // SAFETY: forwarded unchanged; the caller upholds `Device::launch`'s contract.
         unsafe { self.inner.launch(kernel, config, params) }
     }
+    unsafe fn launch_cooperative(
+        &self,
+        kernel: &str,
+        config: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> Result<(), GpuError> {
+        self.launches.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: forwarded unchanged; the caller upholds the trait's contract.
+        unsafe { self.inner.launch_cooperative(kernel, config, params) }
+    }
+    fn max_active_blocks_per_sm(
+        &self,
+        kernel: &str,
+        block_threads: u32,
+        dynamic_shared: u32,
+    ) -> Result<u32, GpuError> {
+        self.inner
+            .max_active_blocks_per_sm(kernel, block_threads, dynamic_shared)
+    }
+    fn sm_count(&self) -> u32 {
+        self.inner.sm_count()
+    }
 }
 
 /// One deliberately wrong call: the op, the shape of the wrong tensor as printed, and the call.

@@ -1,6 +1,7 @@
-// Running one launch: blocks in order, their CUDA threads as fibers or OS threads, the watchdog,
-// and the launcher that build.rs exports for every kernel (the emulated cuLaunchKernel). Included
-// by cuda_emu.h.
+// Running one launch: its waves of resident blocks in order (one block per wave, or the whole grid
+// for a cooperative launch), their CUDA threads as fibers or OS threads, the watchdog, and the
+// launcher that build.rs exports for every kernel (the emulated cuLaunchKernel and
+// cuLaunchCooperativeKernel). Included by cuda_emu.h.
 #pragma once
 
 #include <thread>
@@ -32,6 +33,12 @@ struct LaunchDesc {
     // kernel's MAX_DYNAMIC_SHARED_SIZE_BYTES attribute was raised (src/gpu/emu.rs checks the
     // dynamic part against the attribute).
     unsigned long long shared_limit;
+    // 1: a cooperative launch (cuLaunchCooperativeKernel): every block of the grid is resident at
+    // once, so grid_sync works. src/gpu/emu.rs has checked that the grid fits on the device.
+    unsigned int cooperative;
+    // Out: the most static shared memory one block of the launch used (src/gpu/emu.rs checks a
+    // cooperative grid's co-residency with it when the kernel has no ptxas report).
+    unsigned long long static_shared_used;
 };
 
 // Under ThreadSanitizer, races are reported per OS thread or TSan fiber: name each after the
@@ -66,7 +73,7 @@ inline void on_sanitizer_death() {
 
 struct WorkerArg {
     Launch* L;
-    int tid;
+    int slot;
 };
 
 // Runs the kernel body as the current CUDA thread, which holds the token, and unwinds it if the
@@ -87,28 +94,30 @@ inline void* worker_main(void* p) {
     WorkerArg a = *static_cast<WorkerArg*>(p);
     Launch& L = *a.L;
     tl_launch = &L;
-    tl_tid = a.tid;
+    {
+        Quiet q;
+        tl_block = &L.blocks[a.slot / L.nthreads];
+        tl_tid = a.slot - tl_block->base;
+    }
     unsigned long long seen = 0;
     for (;;) {
         {
             Quiet q;
             std::unique_lock<std::mutex> lk(L.m);
-            Thread& me = L.th[a.tid];
-            while (!L.quit && !(L.block_gen != seen && (L.current == a.tid || L.aborted))) me.cv.wait(lk);
+            Thread& me = L.th[a.slot];
+            while (!L.quit && !(L.wave_gen != seen && (L.current == a.slot || L.aborted))) me.cv.wait(lk);
             if (L.quit) return nullptr;
-            seen = L.block_gen;
+            seen = L.wave_gen;
             if (L.aborted) {
                 exit_thread(L);
                 continue;
             }
             me.state = State::running;
-            unsigned bx = L.block.x, by = L.block.y;
-            threadIdx = {a.tid % bx, (a.tid / bx) % by, a.tid / (bx * by)};
-            blockIdx = L.block_idx;
+            threadIdx = me.idx;
+            blockIdx = tl_block->idx;
             blockDim = L.block;
             gridDim = L.grid;
             tl_bar_gen = 0;
-            tl_sync = L.sync;
         }
         run_body(L);
         Quiet q;
@@ -122,9 +131,14 @@ inline double watchdog_seconds() {
     return s ? std::atof(s) : 60.0;
 }
 
-// Caller holds the lock. Waits until every thread of the block has exited; aborts the process
+// The block holding the token, for the watchdog's message.
+inline std::string running_block_name(const Launch& L) {
+    return L.current >= 0 ? block_name(L.blocks[L.current / L.nthreads]) : std::string("a block");
+}
+
+// Caller holds the lock. Waits until every thread of the wave has exited; aborts the process
 // (the only way to stop a thread that never yields) if the token has not moved for too long.
-inline void wait_block(Launch& L, std::unique_lock<std::mutex>& lk) {
+inline void wait_wave(Launch& L, std::unique_lock<std::mutex>& lk) {
     const double limit = watchdog_seconds();
     auto last = std::chrono::steady_clock::now();
     unsigned long long seen = L.handoffs;
@@ -139,71 +153,104 @@ inline void wait_block(Launch& L, std::unique_lock<std::mutex>& lk) {
                          "robo-poet kernel emulator: kernel %s, %s: %s has run for %.0f s without reaching a "
                          "barrier, a warp collective or its end (an endless loop?). A running CUDA thread cannot "
                          "be stopped; aborting the process. (ROBO_POET_EMU_WATCHDOG_SECS sets the limit.)\n",
-                         L.kernel, block_name(L).c_str(), thread_name(L, L.current).c_str(), limit);
+                         L.kernel, running_block_name(L).c_str(), thread_name(L, L.current % L.nthreads).c_str(),
+                         limit);
             std::abort();
         }
     }
 }
 
-inline void free_block_memory(Launch& L) {
-    for (auto& [k, p] : L.shared) ::operator delete(p, std::align_val_t(kSharedAlign));
-    L.shared.clear();
-    if (L.dyn_shared) ::operator delete(L.dyn_shared, std::align_val_t(kSharedAlign));
-    L.dyn_shared = nullptr;
-    for (auto& w : L.colls) {
+inline void free_block_memory(Block& B) {
+    for (auto& [k, p] : B.shared) ::operator delete(p, std::align_val_t(kSharedAlign));
+    B.shared.clear();
+    if (B.dyn_shared) ::operator delete(B.dyn_shared, std::align_val_t(kSharedAlign));
+    B.dyn_shared = nullptr;
+    for (auto& w : B.colls) {
         for (Collective* c : w) delete c;
         w.clear();
     }
-    delete L.sync;
-    L.sync = nullptr;
+    delete B.sync;
+    B.sync = nullptr;
 }
 
-// Caller holds the lock. Resets the scheduler for block `idx` and gives the token to the first
-// thread of the schedule.
-inline void start_block(Launch& L, uint3 idx) {
-    L.block_idx = idx;
-    L.live = L.nthreads;
-    for (int t = 0; t < L.nthreads; t++) L.th[t].state = State::ready;
-    L.bar_arrived = L.bar_true = 0;
-    L.bar_mixed = false;
-    L.bar_gen = 0;
-    L.static_shared_bytes = 0;
-    L.dyn_shared = alloc_shared(L.dyn_bytes);
-    L.sync = new BarrierSync{};
-    L.block_gen++;
-    L.current = L.reverse ? L.nthreads - 1 : 0;
+// Blocks in the grid, in CUDA's order (x fastest).
+inline unsigned long long grid_blocks(const Launch& L) {
+    return (unsigned long long)L.grid.x * L.grid.y * L.grid.z;
 }
 
-// Caller holds the lock; every thread of the block has exited. Returns the block's error, if any.
-inline std::string finish_block(Launch& L) {
+// Sizes the launch's slots and resident blocks: one block, or the whole grid when cooperative.
+inline void setup_slots(Launch& L) {
+    L.resident = L.cooperative ? (int)grid_blocks(L) : 1;
+    L.nslots = L.resident * L.nthreads;
+    L.th.reset(new Thread[L.nslots]);
+    L.blocks.resize(L.resident);
+    const unsigned bx = L.block.x, by = L.block.y;
+    for (int r = 0; r < L.resident; r++) {
+        Block& B = L.blocks[r];
+        B.base = r * L.nthreads;
+        B.th = &L.th[B.base];
+        B.colls.resize(L.nwarps);
+        for (int t = 0; t < L.nthreads; t++) B.th[t].idx = {t % bx, (t / bx) % by, t / (bx * by)};
+    }
+}
+
+// Caller holds the lock. Resets the scheduler for the wave whose first block is block `first` in
+// CUDA's order, and gives the token to the first thread of the schedule: thread 0 of the first
+// block, or with the reverse schedule the last thread of the last block.
+inline void start_wave(Launch& L, unsigned long long first) {
+    const unsigned long long gx = L.grid.x, gy = L.grid.y;
+    for (int r = 0; r < L.resident; r++) {
+        Block& B = L.blocks[r];
+        const unsigned long long b = first + (unsigned long long)r;
+        B.linear = b;
+        B.idx = {(unsigned)(b % gx), (unsigned)((b / gx) % gy), (unsigned)(b / (gx * gy))};
+        B.live = L.nthreads;
+        B.bar_arrived = B.bar_true = 0;
+        B.bar_mixed = false;
+        B.bar_gen = 0;
+        B.static_shared_bytes = 0;
+        B.dyn_shared = alloc_shared(L.dyn_bytes);
+        B.sync = new BarrierSync{};
+        for (int t = 0; t < L.nthreads; t++) B.th[t].state = State::ready;
+    }
+    L.live = L.nslots;
+    L.grid_arrived = 0;
+    L.grid_words = nullptr;
+    L.wave_gen++;
+    L.current = L.reverse ? L.nslots - 1 : 0;
+}
+
+// Caller holds the lock; every thread of the wave has exited. Returns the wave's error, if any.
+inline std::string finish_wave(Launch& L) {
     std::string error;
     if (L.aborted) error = L.error;
-    else if (L.static_shared_bytes + L.dyn_bytes > L.shared_limit)
-        error = block_name(L) + ": uses " + std::to_string(L.static_shared_bytes) + " bytes of static and " +
-                std::to_string(L.dyn_bytes) + " bytes of dynamic shared memory, more than the " +
-                std::to_string(L.shared_limit) +
-                (L.shared_limit == kMaxSharedBytes ? " a block gets without cuFuncSetAttribute"
-                                                   : " a block can opt in to");
-    free_block_memory(L);
+    for (Block& B : L.blocks) {
+        L.max_static_shared = std::max(L.max_static_shared, B.static_shared_bytes);
+        if (error.empty() && B.static_shared_bytes + L.dyn_bytes > L.shared_limit)
+            error = block_name(B) + ": uses " + std::to_string(B.static_shared_bytes) + " bytes of static and " +
+                    std::to_string(L.dyn_bytes) + " bytes of dynamic shared memory, more than the " +
+                    std::to_string(L.shared_limit) +
+                    (L.shared_limit == kMaxSharedBytes ? " a block gets without cuFuncSetAttribute"
+                                                       : " a block can opt in to");
+        free_block_memory(B);
+    }
     return error;
 }
 
-// Calls f(block index) for every block in CUDA's order until f returns an error.
+// Calls f(first block) for every wave in order until f returns an error: one wave per block, or
+// one wave of the whole grid when cooperative.
 template <class F>
-std::string for_each_block(const Launch& L, F f) {
+std::string for_each_wave(const Launch& L, F f) {
     std::string error;
-    for (unsigned z = 0; z < L.grid.z && error.empty(); z++)
-        for (unsigned y = 0; y < L.grid.y && error.empty(); y++)
-            for (unsigned x = 0; x < L.grid.x && error.empty(); x++) error = f(uint3{x, y, z});
+    const unsigned long long step = (unsigned long long)L.resident;
+    for (unsigned long long b = 0; b < grid_blocks(L) && error.empty(); b += step) error = f(b);
     return error;
 }
 
-// OS-thread mode: runs every block of the launch; returns the first error ("" on success).
+// OS-thread mode: runs every wave of the launch; returns the first error ("" on success).
 inline std::string run_grid_threads(Launch& L, bool* started) {
-    L.th.reset(new Thread[L.nthreads]);
-    L.colls.resize(L.nwarps);
     std::vector<pthread_t> handles;
-    std::vector<WorkerArg> args(L.nthreads);
+    std::vector<WorkerArg> args(L.nslots);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -212,11 +259,13 @@ inline std::string run_grid_threads(Launch& L, bool* started) {
     pthread_attr_setstacksize(&attr, 1u << 20);
 #endif
     std::string error;
-    for (int t = 0; t < L.nthreads; t++) {
-        args[t] = {&L, t};
+    for (int s = 0; s < L.nslots; s++) {
+        args[s] = {&L, s};
         pthread_t h;
-        if (pthread_create(&h, &attr, worker_main, &args[t]) != 0) {
-            error = "could not start " + std::to_string(L.nthreads) + " threads for one block";
+        if (pthread_create(&h, &attr, worker_main, &args[s]) != 0) {
+            error = "could not start " + std::to_string(L.nslots) +
+                    (L.cooperative ? " OS threads for the grid of a cooperative launch (every thread resident)"
+                                   : " OS threads for one block");
             break;
         }
         handles.push_back(h);
@@ -224,19 +273,19 @@ inline std::string run_grid_threads(Launch& L, bool* started) {
     pthread_attr_destroy(&attr);
     *started = error.empty();
     if (error.empty())
-        error = for_each_block(L, [&](uint3 idx) {
+        error = for_each_wave(L, [&](unsigned long long first) {
             Quiet q;
             std::unique_lock<std::mutex> lk(L.m);
-            start_block(L, idx);
+            start_wave(L, first);
             L.th[L.current].cv.notify_one();
-            wait_block(L, lk);
-            return finish_block(L);
+            wait_wave(L, lk);
+            return finish_wave(L);
         });
     {
         Quiet q;
         std::lock_guard<std::mutex> lk(L.m);
         L.quit = true;
-        for (int t = 0; t < L.nthreads; t++) L.th[t].cv.notify_one();
+        for (int s = 0; s < L.nslots; s++) L.th[s].cv.notify_one();
     }
     for (pthread_t h : handles) pthread_join(h, nullptr);
     return error;
@@ -284,7 +333,8 @@ inline Watchdog& watchdog() {
                              "barrier, a warp collective or its end (an endless loop?). A running CUDA thread "
                              "cannot be stopped; aborting the process. (ROBO_POET_EMU_WATCHDOG_SECS sets the "
                              "limit.)\n",
-                             L->kernel, block_name(*L).c_str(), thread_name(*L, L->current).c_str(), limit);
+                             L->kernel, running_block_name(*L).c_str(),
+                             thread_name(*L, L->current % L->nthreads).c_str(), limit);
                 std::abort();
             }
         }
@@ -304,7 +354,7 @@ inline void watch(Launch* L) {
     w.cv.notify_one();
 }
 
-// A fiber's life in one block: the kernel body for its CUDA thread (unless the block has already
+// A fiber's life in one wave: the kernel body for its CUDA thread (unless the launch has already
 // failed), then its exit. Returns, so ThreadSanitizer's view of the fiber's calls stays balanced.
 __attribute__((noinline)) inline void fiber_run(Launch& L) {
     bool run;
@@ -312,7 +362,7 @@ __attribute__((noinline)) inline void fiber_run(Launch& L) {
         Quiet q;
         std::lock_guard<std::mutex> lk(L.m);
         run = !L.aborted;
-        if (run) L.th[tl_tid].state = State::running;
+        if (run) L.th[my_slot()].state = State::running;
     }
     tsan_acquire(&L.tsan_start);
     if (run) run_body(L);
@@ -330,21 +380,22 @@ __attribute__((noinline)) inline void fiber_run(Launch& L) {
     asan_switched(L, nullptr);
 #endif
     fiber_run(L);
-    transfer(L, tl_tid, L.aborted ? -1 : L.current, true);
+    transfer(L, my_slot(), L.aborted ? -1 : L.current, true);
     fatal("an exited fiber was resumed", std::source_location::current());
 }
 
-// Fiber mode: runs every block of the launch on this OS thread; returns the first error.
+// Fiber mode: runs every wave of the launch on this OS thread; returns the first error.
 inline std::string run_grid_fibers(Launch& L, bool* started) {
-    L.th.reset(new Thread[L.nthreads]);
-    L.colls.resize(L.nwarps);
-    if (!fiber::reserve_stacks(L.nthreads)) {
+    if (!fiber::reserve_stacks(L.nslots)) {
         *started = false;
-        return "could not map " + std::to_string(L.nthreads) + " fiber stacks for one block";
+        if (!L.cooperative) return "could not map " + std::to_string(L.nslots) + " fiber stacks for one block";
+        return "could not map " + std::to_string(L.nslots) +
+               " fiber stacks, one per thread of the grid of a cooperative launch (every thread is resident; the "
+               "kernel's " + std::to_string(grid_blocks(L)) + " blocks of " + std::to_string(L.nthreads) +
+               " threads are more than this process can map: each stack is two mappings, and vm.max_map_count "
+               "bounds them)";
     }
     *started = true;
-    const unsigned bx = L.block.x, by = L.block.y;
-    for (int t = 0; t < L.nthreads; t++) L.th[t].idx = {t % bx, (t / bx) % by, t / (bx * by)};
 #if defined(__SANITIZE_THREAD__)
     L.tsan_main = __tsan_get_current_fiber();
 #endif
@@ -364,34 +415,32 @@ inline std::string run_grid_fibers(Launch& L, bool* started) {
         }
     } watching(&L);
     tsan_release(&L.tsan_start);
-    std::string error = for_each_block(L, [&](uint3 idx) {
-        Quiet q;  // the launcher's bookkeeping between blocks orders nothing
+    std::string error = for_each_wave(L, [&](unsigned long long first) {
+        Quiet q;  // the launcher's bookkeeping between waves orders nothing
         {
             std::lock_guard<std::mutex> lk(L.m);
-            start_block(L, idx);
+            start_wave(L, first);
         }
-        blockIdx = idx;
-        tl_sync = L.sync;
         const auto& stacks = fiber::stack_pool();
-        for (int t = 0; t < L.nthreads; t++) {
-            L.th[t].sp = fiber::prepare(stacks[t], fiber_main);
-            L.th[t].bar_gen = 0;
+        for (int s = 0; s < L.nslots; s++) {
+            L.th[s].sp = fiber::prepare(stacks[s], fiber_main);
+            L.th[s].bar_gen = 0;
         }
         transfer(L, -1, L.current, false);
-        // Back here when no fiber can run: the block has finished, or it failed and the threads
+        // Back here when no fiber can run: the wave has finished, or it failed and the threads
         // still waiting must unwind (or, never started, exit).
         while (L.live > 0) {
             if (!L.aborted) {
                 std::lock_guard<std::mutex> lk(L.m);
-                abort_locked(L, block_name(L) + ": the fiber scheduler lost the token (emulator bug)");
+                abort_locked(L, running_block_name(L) + ": the fiber scheduler lost the token (emulator bug)");
             }
-            int t = 0;
-            while (L.th[t].state == State::exited) t++;
-            L.current = t;
-            transfer(L, -1, t, false);
+            int s = 0;
+            while (L.th[s].state == State::exited) s++;
+            L.current = s;
+            transfer(L, -1, s, false);
         }
         std::lock_guard<std::mutex> lk(L.m);
-        return finish_block(L);
+        return finish_wave(L);
     });
     tsan_acquire(&L.tsan_end);
     return error;
@@ -414,6 +463,7 @@ inline std::string choose_threads(bool* fibers) {
 }
 
 inline std::string run_grid(Launch& L, bool* started) {
+    setup_slots(L);
 #if ROBO_POET_EMU_HAVE_FIBERS
     if (L.fibers) return run_grid_fibers(L, started);
 #endif
@@ -483,14 +533,21 @@ int launch(void (*kernel)(Args...), const char* name, LaunchDesc* d) noexcept {
         L.dyn_bytes = d->shared_bytes;
         L.shared_limit = d->shared_limit ? d->shared_limit : kMaxSharedBytes;
         L.reverse = d->reverse != 0;
+        L.cooperative = d->cooperative != 0;
         std::string bad_env = choose_threads(&L.fibers);
         if (!bad_env.empty()) return report(d, kLaunchRejected, bad_env);
         L.body = &KernelCall<Args...>::run;
         L.ctx = &call;
         L.nthreads = (int)(L.block.x * L.block.y * L.block.z);
         L.nwarps = (L.nthreads + (int)kWarpSize - 1) / (int)kWarpSize;
+        // One slot (fiber stack or OS thread, and its bookkeeping) per resident CUDA thread.
+        if (L.cooperative && grid_blocks(L) * (unsigned long long)L.nthreads > (1ull << 24))
+            return report(d, kLaunchRejected,
+                          "a cooperative grid of " + std::to_string(grid_blocks(L)) + " blocks of " +
+                              std::to_string(L.nthreads) + " threads is more than the emulator can keep resident");
         bool started = false;
         std::string err = run_grid(L, &started);
+        d->static_shared_used = L.max_static_shared;
         if (err.empty()) return kLaunchOk;
         return report(d, started ? kLaunchFailed : kLaunchRejected, err);
     } catch (std::exception& e) {

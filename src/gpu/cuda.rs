@@ -88,6 +88,10 @@ pub struct CudaDevice {
     counters: Counters,
     /// CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN.
     shared_optin: u32,
+    /// CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT.
+    sms: u32,
+    /// CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH: whether cuLaunchCooperativeKernel works here.
+    cooperative: bool,
 }
 
 /// Page-locked staging memory for [`Device::upload_async`]: a ring of slots, each with the event
@@ -163,6 +167,17 @@ impl CudaDevice {
             )
         }
         .map_err(|e| Unavailable::Failed(driver_message(e)))? as u32;
+        // SAFETY: as above.
+        let (sms, cooperative) = unsafe {
+            let attr = |a| {
+                result::device::get_attribute(device, a)
+                    .map_err(|e| Unavailable::Failed(driver_message(e)))
+            };
+            (
+                attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+                attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)?,
+            )
+        };
         let stream = result::stream::create(result::stream::StreamKind::Default)
             .map_err(|e| Unavailable::Failed(format!("cuStreamCreate: {}", driver_message(e))))?;
         let mut slots = Vec::with_capacity(STAGING_SLOTS);
@@ -192,6 +207,8 @@ impl CudaDevice {
             next_graph: Cell::new(1),
             counters: Counters::default(),
             shared_optin,
+            sms: sms as u32,
+            cooperative: cooperative != 0,
         };
         dev.load_kernels().map_err(Unavailable::Failed)?;
         Ok(dev)
@@ -261,6 +278,109 @@ impl CudaDevice {
         let mut v: Vec<&str> = self.functions.keys().map(String::as_str).collect();
         v.sort_unstable();
         v
+    }
+
+    /// The loaded kernel named `kernel`.
+    fn function(&self, kernel: &str) -> Result<sys::CUfunction, GpuError> {
+        self.functions
+            .get(kernel)
+            .copied()
+            .ok_or_else(|| GpuError::UnknownKernel {
+                kernel: kernel.to_string(),
+                available: self.kernel_names().iter().map(|s| s.to_string()).collect(),
+            })
+    }
+
+    /// `cuLaunchKernel`, or `cuLaunchCooperativeKernel` when `cooperative`, on the device's
+    /// stream (recorded as a graph node while it is being captured).
+    ///
+    /// # Safety
+    ///
+    /// As [`Device::launch`].
+    unsafe fn submit(
+        &self,
+        kernel: &str,
+        config: &LaunchConfig,
+        params: &mut [*mut c_void],
+        cooperative: bool,
+    ) -> Result<(), GpuError> {
+        let f = self.function(kernel)?;
+        let rejected = |reason: String| GpuError::InvalidLaunch {
+            kernel: kernel.to_string(),
+            config: *config,
+            reason,
+        };
+        config.validate().map_err(rejected)?;
+        if cooperative && !self.cooperative {
+            return Err(rejected(format!(
+                "{} does not support cooperative launches (CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH is 0)",
+                self.name
+            )));
+        }
+        let (g, b) = (config.grid, config.block);
+        let op = if cooperative {
+            "cuLaunchCooperativeKernel"
+        } else {
+            "cuLaunchKernel"
+        };
+        // One NVTX range per launch, named by the kernel (a no-op without the NVTX library).
+        let _range = nvtx::range(kernel);
+        // SAFETY: the caller guarantees the parameter list matches the kernel (trait contract).
+        let launched = unsafe {
+            if cooperative {
+                result::launch_cooperative_kernel(
+                    f,
+                    (g.x, g.y, g.z),
+                    (b.x, b.y, b.z),
+                    config.shared_bytes,
+                    self.stream,
+                    params,
+                )
+            } else {
+                result::launch_kernel(
+                    f,
+                    (g.x, g.y, g.z),
+                    (b.x, b.y, b.z),
+                    config.shared_bytes,
+                    self.stream,
+                    params,
+                )
+            }
+        };
+        launched.map_err(|e| {
+            let mut message = driver_message(e);
+            if e.0 == sys::CUresult::CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE {
+                // The driver does not say what the limit is.
+                let limit = self
+                    .max_active_blocks_per_sm(kernel, b.volume() as u32, config.shared_bytes)
+                    .map_or_else(
+                        |e| format!("the occupancy query failed: {e}"),
+                        |n| {
+                            format!(
+                                "at most {n} per SM × {} SMs = {} can be resident at once",
+                                self.sms,
+                                n as u64 * self.sms as u64
+                            )
+                        },
+                    );
+                message = format!("{message}: the grid has {} blocks; {limit}", g.volume());
+            }
+            call_error(
+                op,
+                Some((kernel, config)),
+                self.last_launch.borrow().as_ref(),
+                e.0,
+                message,
+            )
+        })?;
+        // Only a launch the driver accepted can be the one a later fault belongs to.
+        *self.last_launch.borrow_mut() = Some((kernel.to_string(), *config));
+        self.counters.count(if self.capturing.get() {
+            Counted::CapturedLaunch
+        } else {
+            Counted::Launch
+        });
+        Ok(())
     }
 
     /// Refuses `op` during stream capture (the driver would invalidate the capture).
@@ -643,50 +763,46 @@ impl Device for CudaDevice {
         config: &LaunchConfig,
         params: &mut [*mut c_void],
     ) -> Result<(), GpuError> {
-        let Some(&f) = self.functions.get(kernel) else {
-            return Err(GpuError::UnknownKernel {
-                kernel: kernel.to_string(),
-                available: self.kernel_names().iter().map(|s| s.to_string()).collect(),
-            });
-        };
-        if let Err(reason) = config.validate() {
-            return Err(GpuError::InvalidLaunch {
-                kernel: kernel.to_string(),
-                config: *config,
-                reason,
-            });
-        }
-        let (g, b) = (config.grid, config.block);
-        // One NVTX range per launch, named by the kernel (a no-op without the NVTX library).
-        let _range = nvtx::range(kernel);
-        // SAFETY: the caller guarantees the parameter list matches the kernel (trait contract).
+        // SAFETY: the caller upholds the trait's contract.
+        unsafe { self.submit(kernel, config, params, false) }
+    }
+
+    unsafe fn launch_cooperative(
+        &self,
+        kernel: &str,
+        config: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> Result<(), GpuError> {
+        // SAFETY: the caller upholds the trait's contract.
+        unsafe { self.submit(kernel, config, params, true) }
+    }
+
+    fn max_active_blocks_per_sm(
+        &self,
+        kernel: &str,
+        block_threads: u32,
+        dynamic_shared: u32,
+    ) -> Result<u32, GpuError> {
+        let f = self.function(kernel)?;
+        // SAFETY: `f` was loaded by this device and lives until Drop.
         unsafe {
-            result::launch_kernel(
+            result::occupancy::max_active_block_per_multiprocessor(
                 f,
-                (g.x, g.y, g.z),
-                (b.x, b.y, b.z),
-                config.shared_bytes,
-                self.stream,
-                params,
+                block_threads as i32,
+                dynamic_shared as usize,
             )
         }
-        .map_err(|e| {
-            call_error(
-                "cuLaunchKernel",
-                Some((kernel, config)),
-                self.last_launch.borrow().as_ref(),
-                e.0,
-                driver_message(e),
-            )
-        })?;
-        // Only a launch the driver accepted can be the one a later fault belongs to.
-        *self.last_launch.borrow_mut() = Some((kernel.to_string(), *config));
-        self.counters.count(if self.capturing.get() {
-            Counted::CapturedLaunch
-        } else {
-            Counted::Launch
-        });
-        Ok(())
+        .map(|n| n.max(0) as u32)
+        .map_err(|e| GpuError::Driver {
+            op: format!(
+                "cuOccupancyMaxActiveBlocksPerMultiprocessor({kernel}, {block_threads} threads, {dynamic_shared} B)"
+            ),
+            message: driver_message(e),
+        })
+    }
+
+    fn sm_count(&self) -> u32 {
+        self.sms
     }
 
     fn range_push(&self, name: &str) {

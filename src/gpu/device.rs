@@ -118,6 +118,37 @@ pub trait Device {
         params: &mut [*mut c_void],
     ) -> Result<(), GpuError>;
 
+    /// `cuLaunchCooperativeKernel`: as [`Device::launch`], with every block of the grid resident
+    /// on the device at once, so the blocks can wait for each other (`grid_sync` of
+    /// kernels/grid.cuh, which only such a launch may call). Refused (`InvalidLaunch`, naming
+    /// CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE and the limit) when the grid has more blocks than
+    /// [`Device::max_active_blocks_per_sm`] × [`Device::sm_count`]. Counted as a launch, and
+    /// recorded as a (cooperative) kernel node during stream capture.
+    ///
+    /// # Safety
+    ///
+    /// As [`Device::launch`].
+    unsafe fn launch_cooperative(
+        &self,
+        kernel: &str,
+        config: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> Result<(), GpuError>;
+
+    /// `cuOccupancyMaxActiveBlocksPerMultiprocessor`: how many blocks of `kernel`, of
+    /// `block_threads` threads and `dynamic_shared` bytes of dynamic shared memory each, one SM
+    /// holds at once (0 if none fits), given the kernel's registers and static shared memory and
+    /// its MAX_DYNAMIC_SHARED_SIZE_BYTES attribute ([`Device::set_max_dynamic_shared`]).
+    fn max_active_blocks_per_sm(
+        &self,
+        kernel: &str,
+        block_threads: u32,
+        dynamic_shared: u32,
+    ) -> Result<u32, GpuError>;
+
+    /// `CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT`: the device's SMs (132 on an H200).
+    fn sm_count(&self) -> u32;
+
     /// Opens a named range on the profiler's timeline (NVTX on a GPU; nothing by default).
     fn range_push(&self, _name: &str) {}
 
@@ -198,7 +229,8 @@ pub struct GraphId(pub u64);
 /// tests assert budgets on them (the difference of two snapshots is one training step's).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DeviceCounts {
-    /// Kernel launches run eagerly (a launch recorded in a graph is not counted here).
+    /// Kernel launches run eagerly, cooperative ones included (a launch recorded in a graph is
+    /// not counted here).
     pub launches: u64,
     /// Launches recorded into graphs during capture.
     pub captured_launches: u64,

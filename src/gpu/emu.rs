@@ -10,11 +10,16 @@
 //! writes past either end of a buffer fails its launch with the kernel's name and launch shape.
 //! Under AddressSanitizer (`ROBO_POET_EMU_SANITIZE=address`) allocations are exact instead and
 //! ASan reports every out-of-bounds access, reads included, at the kernel's source line.
+//!
+//! The device models an H200 for occupancy and cooperative launches (132 SMs of compute
+//! capability 9.0, [`super::occupancy`]): a cooperative grid runs with every block resident at
+//! once, and is refused, as the driver refuses it, when more blocks than fit at once are asked for.
 
 use super::device::{
     Counted, Counters, Device, DeviceCounts, DevicePtr, GpuError, GraphId, LaunchConfig,
     DEFAULT_SHARED_BYTES, SHARED_OPTIN_SM90,
 };
+use super::occupancy::{occupancy, KernelResources, Occupancy, SM_90};
 use std::alloc::{self, Layout};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_char, c_void, CStr};
@@ -38,6 +43,10 @@ pub struct EmuLaunchDesc {
     pub param_sizes_cap: u64,
     /// Static + dynamic shared memory a block may use (0: 48 KiB).
     pub shared_limit: u64,
+    /// 1: a cooperative launch, every block of the grid resident at once (grid_sync works).
+    pub cooperative: u32,
+    /// Out: the most static shared memory one block of the launch used.
+    pub static_shared_used: u64,
 }
 
 /// One emulated kernel, as build.rs lists it: the emulated `CUfunction`.
@@ -169,11 +178,13 @@ impl Schedule {
 
 /// One operation recorded during stream capture.
 enum Node {
-    /// A launch, its parameter values copied at capture (8-byte aligned storage per parameter).
+    /// A launch, its parameter values copied at capture (8-byte aligned storage per parameter);
+    /// a cooperative one replays cooperatively, as a graph's cooperative kernel node does.
     Launch {
         kernel: EmuKernel,
         config: LaunchConfig,
         params: Vec<Vec<u64>>,
+        cooperative: bool,
     },
     Memset {
         dst: DevicePtr,
@@ -204,10 +215,67 @@ pub struct EmuDevice {
     next_graph: std::sync::atomic::AtomicU64,
     /// Each kernel's MAX_DYNAMIC_SHARED_SIZE_BYTES attribute, where raised.
     max_dynamic_shared: Mutex<HashMap<&'static str, u32>>,
+    /// SMs, for occupancy: [`EMU_SM_COUNT`] unless [`EmuDevice::with_sms`].
+    sms: u32,
+    /// Registers and static shared memory of kernels, as [`EmuDevice::with_kernel_resources`]
+    /// declared them.
+    declared: HashMap<&'static str, KernelResources>,
+    /// The most static shared memory a block of each kernel without a ptxas report has used.
+    measured_static_shared: Mutex<HashMap<&'static str, u32>>,
 }
 
 /// Default capacity of an emulated device: an H100's 80 GB.
 pub const EMU_DEFAULT_CAPACITY: usize = 80 * 1000 * 1000 * 1000;
+
+/// SMs of the emulated device: an H200's (/work/shared/docs/GPU.md).
+pub const EMU_SM_COUNT: u32 = 132;
+
+/// Registers per thread assumed for a kernel that NVRTC's ptxas report does not cover (the test
+/// kernels, or every kernel of a build without NVRTC): the kernels' typical count (most of
+/// kernels/*.cu use 16 to 40), and the most at which 2048 threads fit on an SM.
+pub const ASSUMED_REGISTERS: u32 = 32;
+
+/// Where the emulated device took a kernel's registers and static shared memory from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResourceSource {
+    /// [`EmuDevice::with_kernel_resources`].
+    Declared,
+    /// NVRTC's ptxas report compiled into the binary ([`super::nvrtc`]).
+    Ptxas,
+    /// No report: [`ASSUMED_REGISTERS`], and the static shared memory an earlier launch of the
+    /// kernel on this device used (0 before any).
+    Assumed,
+}
+
+impl std::fmt::Display for ResourceSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ResourceSource::Declared => "declared with EmuDevice::with_kernel_resources",
+            ResourceSource::Ptxas => "from NVRTC's ptxas report",
+            ResourceSource::Assumed => {
+                "assumed: no ptxas report covers this kernel, so 32 registers per thread and the \
+                 static shared memory of its earlier launches on this device (0 before any)"
+            }
+        })
+    }
+}
+
+/// Registers and static shared memory of every kernel in the embedded ptxas report.
+fn ptxas_resources() -> &'static HashMap<String, KernelResources> {
+    static MAP: std::sync::OnceLock<HashMap<String, KernelResources>> = std::sync::OnceLock::new();
+    MAP.get_or_init(|| {
+        super::nvrtc::kernel_usage()
+            .into_iter()
+            .map(|(_, k)| {
+                let r = KernelResources {
+                    registers: k.registers,
+                    static_shared_bytes: u32::try_from(k.shared_bytes).unwrap_or(u32::MAX),
+                };
+                (k.name, r)
+            })
+            .collect()
+    })
+}
 
 impl Default for EmuDevice {
     fn default() -> Self {
@@ -228,8 +296,124 @@ impl EmuDevice {
             graphs: Mutex::new(HashMap::new()),
             next_graph: std::sync::atomic::AtomicU64::new(1),
             max_dynamic_shared: Mutex::new(HashMap::new()),
+            sms: EMU_SM_COUNT,
+            declared: HashMap::new(),
+            measured_static_shared: Mutex::new(HashMap::new()),
         }
         .with_kernels(KERNELS)
+    }
+
+    /// A device of `sms` SMs instead of an H200's 132 (each SM as compute capability 9.0), so that
+    /// a test reaches the co-residency limit of a cooperative launch with a small grid.
+    pub fn with_sms(mut self, sms: u32) -> Self {
+        assert!(sms > 0, "an emulated device needs at least one SM");
+        self.sms = sms;
+        self
+    }
+
+    /// Declares `kernel`'s registers per thread and static shared memory per block for occupancy,
+    /// in place of the ptxas report or the assumption ([`ResourceSource`]). Panics if the device
+    /// has no such kernel (add its table first).
+    pub fn with_kernel_resources(mut self, kernel: &str, resources: KernelResources) -> Self {
+        let k = self
+            .kernels
+            .get(kernel)
+            .unwrap_or_else(|| panic!("with_kernel_resources: no kernel named {kernel}"));
+        self.declared.insert(k.name, resources);
+        self
+    }
+
+    /// The registers and static shared memory occupancy uses for `k`, and where they come from.
+    pub fn kernel_resources(
+        &self,
+        kernel: &str,
+    ) -> Result<(KernelResources, ResourceSource), GpuError> {
+        let k = self.kernel(kernel)?;
+        if let Some(r) = self.declared.get(k.name) {
+            return Ok((*r, ResourceSource::Declared));
+        }
+        if let Some(r) = ptxas_resources().get(k.name) {
+            return Ok((*r, ResourceSource::Ptxas));
+        }
+        let measured = self
+            .measured_static_shared
+            .lock()
+            .unwrap()
+            .get(k.name)
+            .copied()
+            .unwrap_or(0);
+        let r = KernelResources {
+            registers: ASSUMED_REGISTERS,
+            static_shared_bytes: measured,
+        };
+        Ok((r, ResourceSource::Assumed))
+    }
+
+    /// Occupancy of `k` at `block_threads` threads and `dynamic_shared` bytes per block, with the
+    /// kernel's resources as [`EmuDevice::kernel_resources`] finds them, or `static_shared` instead
+    /// of its static shared memory.
+    fn occupancy_of(
+        &self,
+        k: &EmuKernel,
+        block_threads: u32,
+        dynamic_shared: u32,
+        static_shared: Option<u32>,
+    ) -> Result<(Occupancy, KernelResources, ResourceSource), GpuError> {
+        let (mut r, source) = self.kernel_resources(k.name)?;
+        if let Some(s) = static_shared {
+            r.static_shared_bytes = s;
+        }
+        let attr = self.max_dynamic_shared.lock().unwrap().get(k.name).copied();
+        Ok((
+            occupancy(&SM_90, r, block_threads, dynamic_shared, attr),
+            r,
+            source,
+        ))
+    }
+
+    /// The driver's check of a cooperative launch: every block of the grid must fit on the
+    /// device at once (CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE otherwise).
+    fn check_co_residency(
+        &self,
+        k: &EmuKernel,
+        config: &LaunchConfig,
+        static_shared: Option<u32>,
+    ) -> Result<(), GpuError> {
+        let threads = config.block.volume() as u32;
+        let (occ, r, source) = self.occupancy_of(k, threads, config.shared_bytes, static_shared)?;
+        let limit = occ.blocks as u64 * self.sms as u64;
+        let blocks = config.grid.volume();
+        if blocks <= limit {
+            return Ok(());
+        }
+        let measured = if static_shared.is_some() {
+            " (the static shared memory as its blocks used it in this launch: no ptxas report \
+             covers the kernel, so it was only known once it had run; declare it with \
+             EmuDevice::with_kernel_resources)"
+        } else {
+            ""
+        };
+        Err(GpuError::InvalidLaunch {
+            kernel: k.name.to_string(),
+            config: *config,
+            reason: format!(
+                "CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE: the {blocks} blocks of a cooperative grid must all be \
+                 resident at once, and at most {limit} blocks of {threads} threads can be: {occ} × {} SMs \
+                 ({} registers per thread and {} B of static shared memory, {source}{measured}); size the grid \
+                 with max_active_blocks_per_sm × sm_count",
+                self.sms, r.registers, r.static_shared_bytes
+            ),
+        })
+    }
+
+    /// The kernel named `kernel`: the emulated cuModuleGetFunction.
+    fn kernel(&self, kernel: &str) -> Result<&EmuKernel, GpuError> {
+        self.kernels
+            .get(kernel)
+            .ok_or_else(|| GpuError::UnknownKernel {
+                kernel: kernel.to_string(),
+                available: self.kernel_names().iter().map(|s| s.to_string()).collect(),
+            })
     }
 
     /// Sets the device memory this device reports and enforces, in bytes (allocations are
@@ -338,6 +522,8 @@ impl EmuDevice {
             param_sizes: sizes.as_mut_ptr(),
             param_sizes_cap: sizes.len() as u64,
             shared_limit: 0,
+            cooperative: 0,
+            static_shared_used: 0,
         };
         // SAFETY: in query mode the launcher only writes num_params and param_sizes[..cap].
         let rc = unsafe { (k.launch)(&mut desc) };
@@ -348,7 +534,8 @@ impl EmuDevice {
         Ok(sizes)
     }
 
-    /// Runs one launch of `k` (eager or replayed).
+    /// Runs one launch of `k` (eager or replayed); `cooperative`: with every block resident at
+    /// once (the caller has checked that they fit).
     ///
     /// # Safety
     ///
@@ -358,6 +545,7 @@ impl EmuDevice {
         k: &EmuKernel,
         config: &LaunchConfig,
         params: &mut [*mut c_void],
+        cooperative: bool,
     ) -> Result<(), GpuError> {
         let kernel = k.name;
         let rejected = |reason: String| GpuError::InvalidLaunch {
@@ -386,19 +574,25 @@ impl EmuDevice {
             } else {
                 DEFAULT_SHARED_BYTES as u64
             },
+            cooperative: cooperative as u32,
+            static_shared_used: 0,
         };
         // SAFETY: the descriptor is valid for the call; the caller vouches for the parameters.
         let rc = unsafe { (k.launch)(&mut desc) };
         let guards = Self::check_guards(&allocs);
+        drop(allocs);
         let failed = |report: String| GpuError::KernelFailed {
             kernel: kernel.to_string(),
             config: *config,
             report,
         };
         match rc {
-            LAUNCH_OK => guards.map_or(Ok(()), |g| {
-                Err(failed(format!("{g} (source: {})", k.source)))
-            }),
+            LAUNCH_OK => {
+                if let Some(g) = guards {
+                    return Err(failed(format!("{g} (source: {})", k.source)));
+                }
+                self.note_static_shared(k, config, desc.static_shared_used, cooperative)
+            }
             code => {
                 let msg = CStr::from_bytes_until_nul(&error).map_or_else(
                     |_| "(no message)".into(),
@@ -411,6 +605,34 @@ impl EmuDevice {
                 })
             }
         }
+    }
+
+    /// After a launch of a kernel that no ptxas report covers: keeps the static shared memory its
+    /// blocks used for later occupancy queries, and fails a cooperative launch that was admitted
+    /// with less than that when, with it, its grid could not have been resident (a GPU, which
+    /// knows the static shared memory from ptxas, would have refused it).
+    fn note_static_shared(
+        &self,
+        k: &EmuKernel,
+        config: &LaunchConfig,
+        used: u64,
+        cooperative: bool,
+    ) -> Result<(), GpuError> {
+        if self.kernel_resources(k.name)?.1 != ResourceSource::Assumed {
+            return Ok(());
+        }
+        let used = u32::try_from(used).unwrap_or(u32::MAX);
+        let grew = {
+            let mut measured = self.measured_static_shared.lock().unwrap();
+            let m = measured.entry(k.name).or_insert(0);
+            let grew = used > *m;
+            *m = (*m).max(used);
+            grew
+        };
+        if cooperative && grew {
+            self.check_co_residency(k, config, Some(used))?;
+        }
+        Ok(())
     }
 
     fn do_memset(&self, dst: DevicePtr, value: u8, bytes: usize) -> Result<(), GpuError> {
@@ -696,6 +918,7 @@ impl Device for EmuDevice {
                     kernel,
                     config,
                     params,
+                    cooperative,
                 } => {
                     let mut storage = params.clone();
                     let mut ptrs: Vec<*mut c_void> = storage
@@ -704,7 +927,7 @@ impl Device for EmuDevice {
                         .collect();
                     // SAFETY: the parameter values recorded at capture, each in its own
                     // storage of at least its size; the capture's caller vouched for them.
-                    unsafe { self.run_launch(kernel, config, &mut ptrs)? };
+                    unsafe { self.run_launch(kernel, config, &mut ptrs, *cooperative)? };
                 }
                 Node::Memset { dst, value, bytes } => self.do_memset(*dst, *value, *bytes)?,
             }
@@ -723,17 +946,57 @@ impl Device for EmuDevice {
         config: &LaunchConfig,
         params: &mut [*mut c_void],
     ) -> Result<(), GpuError> {
+        // SAFETY: the caller upholds the trait's contract.
+        unsafe { self.submit(kernel, config, params, false) }
+    }
+
+    unsafe fn launch_cooperative(
+        &self,
+        kernel: &str,
+        config: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> Result<(), GpuError> {
+        // SAFETY: the caller upholds the trait's contract.
+        unsafe { self.submit(kernel, config, params, true) }
+    }
+
+    fn max_active_blocks_per_sm(
+        &self,
+        kernel: &str,
+        block_threads: u32,
+        dynamic_shared: u32,
+    ) -> Result<u32, GpuError> {
+        let k = self.kernel(kernel)?;
+        Ok(self
+            .occupancy_of(k, block_threads, dynamic_shared, None)?
+            .0
+            .blocks)
+    }
+
+    fn sm_count(&self) -> u32 {
+        self.sms
+    }
+}
+
+impl EmuDevice {
+    /// A launch as the driver takes it: checked, then recorded during stream capture or run.
+    ///
+    /// # Safety
+    ///
+    /// As [`Device::launch`].
+    unsafe fn submit(
+        &self,
+        kernel: &str,
+        config: &LaunchConfig,
+        params: &mut [*mut c_void],
+        cooperative: bool,
+    ) -> Result<(), GpuError> {
         let rejected = |reason: String| GpuError::InvalidLaunch {
             kernel: kernel.to_string(),
             config: *config,
             reason,
         };
-        let Some(k) = self.kernels.get(kernel) else {
-            return Err(GpuError::UnknownKernel {
-                kernel: kernel.to_string(),
-                available: self.kernel_names().iter().map(|s| s.to_string()).collect(),
-            });
-        };
+        let k = self.kernel(kernel)?;
         config.validate().map_err(rejected)?;
         // As the driver: dynamic shared memory up to the kernel's MAX_DYNAMIC_SHARED_SIZE_BYTES
         // (48 KiB unless raised); static + dynamic is checked per block by the runtime.
@@ -750,6 +1013,9 @@ impl Device for EmuDevice {
                  above {DEFAULT_SHARED_BYTES} a kernel must opt in with cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), up to {SHARED_OPTIN_SM90}",
                 config.shared_bytes
             )));
+        }
+        if cooperative {
+            self.check_co_residency(k, config, None)?;
         }
         let mut cap = self.capture.lock().unwrap();
         if let Some(c) = cap.as_mut() {
@@ -783,6 +1049,7 @@ impl Device for EmuDevice {
                 kernel: *k,
                 config: *config,
                 params: copied,
+                cooperative,
             });
             self.counters.count(Counted::CapturedLaunch);
             return Ok(());
@@ -790,6 +1057,6 @@ impl Device for EmuDevice {
         drop(cap);
         self.counters.count(Counted::Launch);
         // SAFETY: the caller upholds the trait's contract.
-        unsafe { self.run_launch(k, config, params) }
+        unsafe { self.run_launch(k, config, params, cooperative) }
     }
 }

@@ -9,6 +9,8 @@
 //! * [`nvrtc`]: the same kernels compiled for the GPU by NVRTC in build.rs (CUBIN + PTX), and
 //!   ptxas's register and spill report.
 //!
+//! * [`occupancy`]: blocks per SM by compute capability 9.0's rules, for the emulated device's
+//!   occupancy queries and cooperative launches.
 //! * [`nvtx`]: NVTX ranges for Nsight, through the NVTX interop library when it is there.
 //! * [`cuda`]: [`CudaDevice`], the real GPU through cudarc's driver API, running those kernels.
 
@@ -18,10 +20,12 @@ pub mod emu;
 pub mod kernels;
 pub mod nvrtc;
 pub mod nvtx;
+pub mod occupancy;
 
 pub use cuda::{CudaDevice, Unavailable};
 pub use device::{
     Device, DeviceCounts, DeviceExt, DevicePtr, DeviceSlice, Dim3, GpuError, GraphId, KernelArgs,
     LaunchConfig,
 };
-pub use emu::{EmuDevice, Schedule, EMU_DEFAULT_CAPACITY};
+pub use emu::{EmuDevice, Schedule, EMU_DEFAULT_CAPACITY, EMU_SM_COUNT};
+pub use occupancy::KernelResources;

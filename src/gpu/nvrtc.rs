@@ -220,6 +220,63 @@ mod tests {
         assert!(parse_ptxas_report("").is_empty());
     }
 
+    /// kernels/grid.cuh's GPU side compiles under NVRTC 13.0 for sm_90, as the kernels that use
+    /// it must: the test kernels of tests/kernels/cooperative.cu (which build.rs compiles for the
+    /// emulator only) through it, without spills.
+    #[test]
+    fn grid_barrier_compiles_under_nvrtc() {
+        use cudarc::nvrtc::{result, sys};
+        use std::ffi::CString;
+        // SAFETY: only probes whether the library can be loaded.
+        if !unsafe { sys::is_culib_present() } {
+            assert!(
+                std::env::var("ROBO_POET_REQUIRE_NVRTC").as_deref() != Ok("1"),
+                "ROBO_POET_REQUIRE_NVRTC=1 and no libnvrtc on the library path"
+            );
+            use std::io::Write as _;
+            writeln!(
+                std::io::stderr(),
+                "SKIPPED grid_barrier_compiles_under_nvrtc: no libnvrtc on the library path"
+            )
+            .ok();
+            return;
+        }
+        let root = env!("CARGO_MANIFEST_DIR");
+        let shown = "tests/kernels/cooperative.cu";
+        let src = std::fs::read_to_string(format!("{root}/{shown}")).unwrap();
+        let c_src = CString::new(src).unwrap();
+        let name = CString::new(shown).unwrap();
+        let prog = result::create_program(&c_src, Some(&name)).unwrap();
+        let options = [
+            "--std=c++17".to_string(),
+            format!("--gpu-architecture={ARCH}"),
+            "--ptxas-options=-v".to_string(),
+            format!("--include-path={root}/kernels"),
+        ];
+        // SAFETY: `prog` was just created and is destroyed once, below.
+        let compiled = unsafe { result::compile_program(prog, &options) };
+        let log: String = unsafe { result::get_program_log(prog) }
+            .unwrap_or_default()
+            .iter()
+            .map(|&c| c as u8 as char)
+            .take_while(|&c| c != '\0')
+            .collect();
+        unsafe { result::destroy_program(prog) }.ok();
+        compiled.unwrap_or_else(|e| panic!("{shown} under NVRTC: {e}\n{log}"));
+        let kernels = parse_ptxas_report(&log);
+        for name in [
+            "coop_exchange",
+            "coop_grid_sum",
+            "block_returns_before_grid_sync",
+        ] {
+            let k = kernels
+                .iter()
+                .find(|k| k.name == name)
+                .unwrap_or_else(|| panic!("{name} missing from the ptxas report:\n{log}"));
+            assert!(k.registers > 0 && !k.spills(), "{k:?}");
+        }
+    }
+
     /// Every kernel the emulator found in kernels/*.cu is in the embedded NVRTC report, with
     /// registers and no spills.
     #[test]
