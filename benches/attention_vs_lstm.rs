@@ -12,8 +12,8 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use robo_poet::backend::cpu::CpuBackend;
 use robo_poet::backend::cuda::CudaBackend;
-use robo_poet::diagnostics::parity::parity_train_config;
 use robo_poet::backend::Backend;
+use robo_poet::diagnostics::parity::parity_train_config;
 use robo_poet::gpu::CudaDevice;
 use robo_poet::model::attention::{AttentionConfig, AttentionStyle};
 use robo_poet::model::lstm::LstmConfig;

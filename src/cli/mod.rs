@@ -3,6 +3,7 @@
 
 mod attention_map_cmd;
 mod check_cmd;
+mod console;
 mod eval_cmd;
 mod generate_cmd;
 pub mod interrupt;
@@ -11,8 +12,6 @@ mod memory_cmd;
 mod plot_cmd;
 pub mod presets;
 mod profile_cmd;
-pub mod run_files;
-pub mod run_lock;
 mod train_cmd;
 
 use crate::backend::DeviceChoice;

@@ -361,8 +361,17 @@ mod tests {
         for book in &BOOKS {
             let path = corpus().join(book.clean_file);
             let text = read_utf8_text(&path).unwrap();
-            assert!(!text.contains('\r') && !text.starts_with('\u{feff}'), "{}", path.display());
-            assert_eq!(clean_gutenberg(&text), text, "{} is not clean", path.display());
+            assert!(
+                !text.contains('\r') && !text.starts_with('\u{feff}'),
+                "{}",
+                path.display()
+            );
+            assert_eq!(
+                clean_gutenberg(&text),
+                text,
+                "{} is not clean",
+                path.display()
+            );
             let raw = format!(
                 "\u{feff}The Project Gutenberg eBook of {}\n\n*** START OF THE PROJECT GUTENBERG EBOOK {} ***\n\n{}\n*** END OF THE PROJECT GUTENBERG EBOOK {} ***\nlicense\n",
                 book.title, book.gutenberg_id, text, book.gutenberg_id
