@@ -322,7 +322,7 @@ fn train_one(
     if let (Budget::Seconds(s), None) = (budget, &saved) {
         let timed = budget::timing_seconds(s);
         eprintln!("{prefix}timing steps for {timed:.1} s to size a {s} s budget ...");
-        let secs = trainer.time_steps(ds, 3, timed);
+        let secs = trainer.time_steps(ds, 3, timed)?;
         trainer.train.steps = budget::steps_for_seconds(s, secs);
         trainer.train.eval_every = r
             .args

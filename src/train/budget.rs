@@ -35,7 +35,7 @@ impl std::str::FromStr for Budget {
         let number = || -> Result<f64> {
             match value.parse::<f64>() {
                 Ok(v) if positive(v) => Ok(v),
-                Ok(v) if v == 0.0 => {
+                Ok(0.0) => {
                     bail!("--budget {s} is no training at all; give a positive {kind} budget")
                 }
                 _ => bail!("--budget {s}: {value:?} is not a positive number; {SYNTAX}"),

@@ -134,10 +134,12 @@ impl Trainer {
 
     /// Seconds per training step here, over timed groups of `group` steps until `min_secs` have
     /// passed; the first step pays for one-time work (a CUDA graph's capture, caches) and is not
-    /// timed. The steps move the parameters: [`Trainer::start`] initialises them again.
-    pub fn time_steps(&mut self, ds: &Dataset, group: u64, min_secs: f64) -> f64 {
+    /// timed. The steps move the parameters: [`Trainer::start`] initialises them again. A step
+    /// that is not finite is an error (the device's halt flag would carry it into the run).
+    pub fn time_steps(&mut self, ds: &Dataset, group: u64, min_secs: f64) -> Result<f64> {
         let group = group.max(1);
         let mut step = 0u64;
+        let mut records = vec![];
         let one = |t: &mut Trainer, step: &mut u64| {
             let (inputs, targets) = t.sampler.batch(*step, &ds.train);
             *step += 1;
@@ -151,18 +153,28 @@ impl Trainer {
             );
         };
         one(self, &mut step);
-        self.be.take_step_records();
+        records.extend(self.be.take_step_records());
         let t0 = Instant::now();
         loop {
             for _ in 0..group {
                 one(self, &mut step);
             }
-            self.be.take_step_records();
+            records.extend(self.be.take_step_records());
             if t0.elapsed().as_secs_f64() >= min_secs {
                 break;
             }
         }
-        t0.elapsed().as_secs_f64() / (step - 1) as f64
+        let secs = t0.elapsed().as_secs_f64() / (step - 1) as f64;
+        if let Some(r) = records
+            .iter()
+            .find(|r| !r.loss.is_finite() || !r.grad_norm.is_finite() || !r.updated)
+        {
+            bail!(
+                "timing the steps before the run: step {} has a loss of {} and a gradient norm of {}, not finite; try a lower --lr (now {:e}) or a smaller --clip",
+                r.step, r.loss, r.grad_norm, self.train.lr
+            );
+        }
+        Ok(secs)
     }
 
     /// A new run in `run_dir` (created and locked by the caller): initial parameters, zeroed AdamW
