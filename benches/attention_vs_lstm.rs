@@ -181,8 +181,9 @@ fn main() {
     let on = match CudaDevice::open() {
         Ok(d) => format!("cuda ({})", robo_poet::gpu::Device::name(&d)),
         Err(why) => format!(
-            "cpu ({} threads; no GPU: {why})",
-            rayon::current_num_threads()
+            "cpu ({} threads; no GPU: {})",
+            rayon::current_num_threads(),
+            robo_poet::backend::short_reason(&why)
         ),
     };
     let mut c = criterion_config::criterion().configure_from_args();

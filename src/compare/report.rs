@@ -142,7 +142,7 @@ pub fn gather(dir: &Path, plan: &Plan) -> Result<(Report, Vec<RunMetrics>)> {
             Budget::Flops(f) => format!("{f:.3e} FLOPs / {:.3e} per step", per_step as f64),
             Budget::Seconds(s) => match (notes.secs_per_step, notes.timed_s) {
                 (Some(sps), Some(t)) => {
-                    format!("{s} s / {sps:.4} s per step (timed over {t:.1} s)")
+                    format!("{s} s / {sps:.4} s per step, timed over {t:.1} s")
                 }
                 _ => format!("{s} s of training"),
             },
