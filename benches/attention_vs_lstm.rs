@@ -7,13 +7,15 @@
 //! events recorded around each batch of iterations (benches/common/cuda_timer.rs); the forward
 //! and forward+backward iterations read nothing back, so the host never waits inside them (the
 //! training step reads back its loss and gradient norm, as training does). CPU timings are the
-//! host clock.
+//! host clock. A table closes the run (benches/common/speed_table.rs): per seq_len, tokens/s of
+//! both models for the three measurements, the attention/LSTM ratios and each model's memory
+//! per training step, also written as attention_vs_lstm.csv / .json under target/criterion.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use robo_poet::backend::cpu::CpuBackend;
 use robo_poet::backend::cuda::CudaBackend;
-use robo_poet::backend::parity::parity_train_config;
 use robo_poet::backend::Backend;
+use robo_poet::diagnostics::parity::parity_train_config;
 use robo_poet::gpu::CudaDevice;
 use robo_poet::model::attention::{AttentionConfig, AttentionStyle};
 use robo_poet::model::lstm::LstmConfig;
@@ -26,6 +28,13 @@ use std::time::{Duration, Instant};
 #[path = "common/cuda_timer.rs"]
 mod cuda_timer;
 use cuda_timer::CudaTimer;
+#[path = "common/speed_table.rs"]
+mod speed_table;
+use speed_table::{Measure, Records};
+use std::cell::RefCell;
+
+/// Criterion's measurement samples per benchmark (the group's sample size).
+const SAMPLES: usize = 10;
 
 const VOCAB: usize = 78;
 const WIDTH: usize = 256;
@@ -90,18 +99,11 @@ fn timed(timer: Option<&CudaTimer>, iters: u64, mut f: impl FnMut()) -> Duration
     }
 }
 
-fn bench(c: &mut Criterion) {
-    let on = match CudaDevice::open() {
-        Ok(d) => format!("cuda ({})", robo_poet::gpu::Device::name(&d)),
-        Err(why) => format!(
-            "cpu ({} threads; no GPU: {why})",
-            rayon::current_num_threads()
-        ),
-    };
+fn bench(c: &mut Criterion, on: &str, records: &RefCell<Records>) {
     println!("attention_vs_lstm: timing the {on} backend");
     let mut g = c.benchmark_group("attention vs lstm");
     let quick = criterion_config::quick();
-    g.sample_size(10)
+    g.sample_size(SAMPLES)
         .warm_up_time(Duration::from_millis(if quick { 300 } else { 1000 }))
         .measurement_time(Duration::from_millis(if quick { 1200 } else { 4000 }));
     for t in SEQ_LENS {
@@ -122,20 +124,38 @@ fn bench(c: &mut Criterion) {
                 .collect();
             m.set_batch(be.as_mut(), &inputs, &targets);
             let drop = Some(DropoutCtx { seed: 1, step: 1 });
+            {
+                let mut r = records.borrow_mut();
+                r.tokens.insert((t, name), (b * tt) as u64);
+                let measured = be.device_memory().map(|d| d.measured_bytes as u64);
+                r.memory
+                    .insert((t, name), (m.table().total_bytes() as u64, measured));
+            }
+            // Every sample criterion takes is timed here and recorded for the closing table.
+            let sample = |measure: Measure, iters: u64, d: Duration| {
+                records
+                    .borrow_mut()
+                    .record((t, name, measure), iters, d.as_secs_f64());
+                d
+            };
             g.throughput(Throughput::Elements((b * tt) as u64));
             g.bench_function(BenchmarkId::new(format!("{name} forward"), t), |bench| {
-                bench.iter_custom(|iters| timed(timer, iters, || m.forward(be.as_mut(), drop)))
+                bench.iter_custom(|iters| {
+                    let d = timed(timer, iters, || m.forward(be.as_mut(), drop));
+                    sample(Measure::Forward, iters, d)
+                })
             });
             g.bench_function(
                 BenchmarkId::new(format!("{name} forward+backward"), t),
                 |bench| {
                     bench.iter_custom(|iters| {
-                        timed(timer, iters, || {
+                        let d = timed(timer, iters, || {
                             m.forward(be.as_mut(), drop);
                             be.zero_category(Category::Gradient);
                             be.zero_category(Category::Workspace);
                             m.backward(be.as_mut(), 1.0 / (b * tt) as f32, drop);
-                        })
+                        });
+                        sample(Measure::ForwardBackward, iters, d)
                     })
                 },
             );
@@ -143,10 +163,11 @@ fn bench(c: &mut Criterion) {
             let mut step = 0;
             g.bench_function(BenchmarkId::new(format!("{name} train step"), t), |bench| {
                 bench.iter_custom(|iters| {
-                    timed(timer, iters, || {
+                    let d = timed(timer, iters, || {
                         step += 1;
                         train_step(m.as_ref(), be.as_mut(), &tc, step, &inputs, &targets);
-                    })
+                    });
+                    sample(Measure::TrainStep, iters, d)
                 })
             });
         }
@@ -157,9 +178,35 @@ fn bench(c: &mut Criterion) {
 #[path = "common/criterion_config.rs"]
 mod criterion_config;
 
-criterion_group! {
-    name = benches;
-    config = criterion_config::criterion();
-    targets = bench
+fn main() {
+    let on = match CudaDevice::open() {
+        Ok(d) => format!("cuda ({})", robo_poet::gpu::Device::name(&d)),
+        Err(why) => format!(
+            "cpu ({} threads; no GPU: {})",
+            rayon::current_num_threads(),
+            robo_poet::backend::short_reason(&why)
+        ),
+    };
+    let mut c = criterion_config::criterion().configure_from_args();
+    let records = RefCell::new(Records::default());
+    bench(&mut c, &on, &records);
+    c.final_summary();
+    let rows = speed_table::rows(&records.borrow(), SAMPLES);
+    if rows.is_empty() {
+        return;
+    }
+    println!("\n{}", speed_table::markdown(&on, &rows));
+    let dir = speed_table::criterion_dir();
+    let written = std::fs::create_dir_all(&dir).and_then(|()| {
+        std::fs::write(dir.join("attention_vs_lstm.csv"), speed_table::csv(&rows))?;
+        let json = serde_json::to_string_pretty(&speed_table::json(&on, &rows))?;
+        std::fs::write(dir.join("attention_vs_lstm.json"), json + "\n")
+    });
+    match written {
+        Ok(()) => println!(
+            "wrote {} and attention_vs_lstm.json beside it",
+            dir.join("attention_vs_lstm.csv").display()
+        ),
+        Err(e) => eprintln!("could not write the table under {}: {e}", dir.display()),
+    }
 }
-criterion_main!(benches);

@@ -4,7 +4,7 @@
 # (required), stripped, plus the corpus, the run script, the profiling scripts and the NVTX interop
 # library (for named ranges under nsys / ncu), into dist/gpu-check/ (git-ignored). On the GPU machine:
 #     dist/gpu-check/run.sh OUT_DIR
-# Usage: scripts/gpu-bundle.sh [--data DIR]   (DIR: the corpus, default ../shared/corpus or data/)
+# Usage: scripts/gpu-bundle.sh [--data DIR]   (DIR: the corpus, default data/, committed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=""
@@ -15,12 +15,9 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
-if [ -z "$DATA" ]; then
-  for d in ../shared/corpus data; do
-    if [ -e "$d/alice_wonderland.txt" ]; then DATA="$d"; break; fi
-  done
-fi
-[ -n "$DATA" ] || { echo "no corpus found: pass --data DIR (scripts/fetch_corpus.sh downloads it)" >&2; exit 2; }
+DATA="${DATA:-data}"
+[ -e "$DATA/alice_wonderland.txt" ] && [ -e "$DATA/hamlet_shakespeare.txt" ] \
+  || { echo "no corpus in $DATA: restore the committed one (git checkout -- data) or pass --data DIR" >&2; exit 2; }
 
 # NVRTC 13.0.x is required: the GPU machines' CUDA 13.0 driver rejects newer PTX.
 NVRTC_WHEEL=nvidia-cuda-nvrtc==13.0.88

@@ -40,7 +40,7 @@
 //! (has `checkpoint.json`), else `checkpoint.old/`. The first save in the new layout publishes
 //! `checkpoint.000001/` and keeps the old folder as the previous version; the next save removes it.
 //!
-//! Two processes saving into one run dir are kept apart by the run lock (`cli::run_lock`), not here.
+//! Two processes saving into one run dir are kept apart by the run lock (`train::run_lock`), not here.
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;

@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod cli;
+pub mod compare;
 pub mod data;
 pub mod dataset;
 pub mod diagnostics;

@@ -71,6 +71,12 @@ impl Sampler {
     }
 }
 
+/// How many targets [`eval_windows`] scores in a stream of `n_tokens`: every token but the
+/// first, which no window predicts.
+pub fn eval_targets(n_tokens: usize) -> usize {
+    n_tokens.saturating_sub(1)
+}
+
 /// Windows covering every target of `tokens` exactly once: (inputs, targets) of length T each,
 /// targets already counted by an earlier window set to IGNORE; short text is padded (IGNORE).
 pub fn eval_windows(tokens: &[u32], t: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
@@ -160,6 +166,7 @@ mod tests {
             }
             assert_eq!(seen[0], 0);
             assert!(seen[1..].iter().all(|&c| c == 1), "n {n} t {t}: {seen:?}");
+            assert_eq!(seen.iter().sum::<usize>(), eval_targets(n), "n {n} t {t}");
         }
     }
 }

@@ -5,8 +5,8 @@
 mod common;
 
 use robo_poet::backend::cuda::CudaBackend;
-use robo_poet::backend::parity::{training_parity, Parity};
 use robo_poet::backend::Backend;
+use robo_poet::diagnostics::parity::{training_parity, Parity};
 use robo_poet::gpu::EmuDevice;
 use robo_poet::model::attention::{AttentionConfig, AttentionImpl, AttentionStyle};
 use robo_poet::model::lstm::LstmConfig;

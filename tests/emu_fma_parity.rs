@@ -5,7 +5,7 @@
 //! docs/KERNEL_BENCH.md "Rounding"). Without that build option each test says SKIPPED: .ci/run
 //! runs this file in its FMA leg.
 
-use robo_poet::backend::parity::{training_parity, Parity};
+use robo_poet::diagnostics::parity::{training_parity, Parity};
 use robo_poet::gpu::{emu, EmuDevice};
 use robo_poet::model::attention::{AttentionConfig, AttentionStyle};
 use robo_poet::model::lstm::LstmConfig;

@@ -15,7 +15,7 @@ use robo_poet::rng::Rng;
 use robo_poet::train::{queue_step, TrainConfig};
 
 fn tcfg() -> TrainConfig {
-    robo_poet::backend::parity::parity_train_config(1, 5)
+    robo_poet::diagnostics::parity::parity_train_config(1, 5)
 }
 
 /// The presets' model structures (what the launch counts depend on) at a short context and

@@ -5,7 +5,7 @@
 mod common;
 
 use robo_poet::backend::cuda::CudaBackend;
-use robo_poet::backend::parity::training_parity;
+use robo_poet::diagnostics::parity::training_parity;
 use robo_poet::gpu::CudaDevice;
 use robo_poet::model::attention::{AttentionConfig, AttentionStyle};
 use robo_poet::model::lstm::LstmConfig;

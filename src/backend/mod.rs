@@ -11,7 +11,6 @@
 
 pub mod cpu;
 pub mod cuda;
-pub mod parity;
 pub mod shapes;
 
 use crate::ops::adamw::AdamWConfig;

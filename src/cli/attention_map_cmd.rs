@@ -1,7 +1,6 @@
 //! `robo-poet attention-map`: the attention probabilities of a trained attention model over a
 //! prompt, drawn as heatmaps (and printed as JSON with --json).
 
-use super::run_files;
 use super::AttentionMapArgs;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
@@ -11,6 +10,7 @@ use crate::model::attention::AttentionModel;
 use crate::model::{Model, ModelConfig};
 use crate::plot::attention::{draw_attention, HeadMap};
 use crate::plot::shorten;
+use crate::train::run_files;
 use anyhow::{bail, ensure, Result};
 use serde_json::json;
 

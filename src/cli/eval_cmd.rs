@@ -1,12 +1,12 @@
 //! `robo-poet eval`: validation loss and perplexity of a checkpoint.
 
-use super::run_files;
 use super::EvalArgs;
 use crate::backend;
 use crate::dataset;
 use crate::model;
 use crate::resources;
 use crate::train;
+use crate::train::run_files;
 use anyhow::Result;
 use serde_json::json;
 

@@ -1,12 +1,12 @@
 //! `robo-poet generate`: sample text from a checkpoint, streaming it.
 
-use super::run_files;
 use super::GenerateArgs;
 use crate::backend;
 use crate::data::tokenizer::TokenizerKind;
 use crate::model;
 use crate::resources;
 use crate::rng::Rng;
+use crate::train::run_files;
 use anyhow::{ensure, Result};
 use std::io::Write;
 

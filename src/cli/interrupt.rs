@@ -1,4 +1,4 @@
-//! Ctrl-C (SIGINT) and SIGTERM during `train`: the first one lets the current step finish, a
+//! Ctrl-C (SIGINT) and SIGTERM during `train` or `compare`: the first one lets the current step finish, a
 //! checkpoint be saved and the resume command be printed, then the run exits with 128 + the signal
 //! number (130, 143), as a shell reports a process killed by it, so `train && generate` stops
 //! there. A second one quits at once, naming the checkpoint that is left.
@@ -8,8 +8,9 @@
 //! (signal-hook's iterator), not in a signal handler, so it may print, read the checkpoint pointer
 //! and exit.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Mutex, Once};
 
 /// SIGINT and SIGTERM's numbers (the same on every POSIX system).
 pub const SIGINT: i32 = 2;
@@ -56,9 +57,19 @@ pub fn requested() -> Option<Interrupted> {
     }
 }
 
-/// Starts listening for SIGINT and SIGTERM for a run writing into `run_dir`.
-pub fn install(run_dir: &Path) {
-    let run_dir = run_dir.to_path_buf();
+/// The run a second signal reports on: its directory and the command that continues it.
+static WATCHED: Mutex<Option<(PathBuf, String)>> = Mutex::new(None);
+
+/// Listens for SIGINT and SIGTERM (from the first call on) for the run writing into `run_dir`,
+/// which `resume` continues (`robo-poet train --resume DIR`); a later call names the next run.
+pub fn install(run_dir: &Path, resume: &str) {
+    *WATCHED.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((run_dir.to_path_buf(), resume.to_string()));
+    static LISTEN: Once = Once::new();
+    LISTEN.call_once(listen);
+}
+
+fn listen() {
     #[cfg(unix)]
     {
         use signal_hook::iterator::Signals;
@@ -71,17 +82,17 @@ pub fn install(run_dir: &Path) {
         };
         std::thread::spawn(move || {
             for signal in signals.forever() {
-                received(signal, &run_dir);
+                received(signal);
             }
         });
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrlc::set_handler(move || received(SIGINT, &run_dir));
+        let _ = ctrlc::set_handler(move || received(SIGINT));
     }
 }
 
-fn received(signal: i32, run_dir: &Path) {
+fn received(signal: i32) {
     if FIRST
         .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
         .is_ok()
@@ -91,23 +102,26 @@ fn received(signal: i32, run_dir: &Path) {
             name(signal)
         );
     } else {
+        let watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let left = match watched {
+            Some((dir, resume)) => kept(&dir, &resume),
+            None => "no checkpoint was written yet, so the run cannot be resumed".to_string(),
+        };
         eprintln!(
-            "\n{} again: quitting at once without saving; {}",
-            name(signal),
-            kept(run_dir)
+            "\n{} again: quitting at once without saving; {left}",
+            name(signal)
         );
         std::process::exit(128 + signal);
     }
 }
 
-/// Which checkpoint a run quitting now leaves, and how to continue from it.
-pub fn kept(run_dir: &Path) -> String {
+/// Which checkpoint a run quitting now leaves, and how to continue from it (`resume`).
+pub fn kept(run_dir: &Path, resume: &str) -> String {
     match crate::checkpoint::load_meta(run_dir) {
         Ok((meta, dir)) => format!(
-            "the last checkpoint, step {} ({}), is intact; continue with: robo-poet train --resume {}",
+            "the last checkpoint, step {} ({}), is intact; continue with: {resume}",
             meta["step"],
             dir.display(),
-            run_dir.display()
         ),
         Err(_) => "no checkpoint was written yet, so the run cannot be resumed".to_string(),
     }
@@ -126,9 +140,10 @@ mod tests {
     #[test]
     fn the_kept_checkpoint_is_named_with_its_step() {
         let d = tempfile::tempdir().unwrap();
-        assert!(kept(d.path()).contains("no checkpoint was written yet"));
+        let resume = format!("robo-poet train --resume {}", d.path().display());
+        assert!(kept(d.path(), &resume).contains("no checkpoint was written yet"));
         crate::checkpoint::save(d.path(), 12, &serde_json::json!({}), &[], &[]).unwrap();
-        let k = kept(d.path());
+        let k = kept(d.path(), &resume);
         assert!(
             k.contains("step 12") && k.contains("checkpoint.000001"),
             "{k}"

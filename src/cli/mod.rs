@@ -1,8 +1,10 @@
-//! The command line: `train`, `generate`, `eval`, `check`, `kernels`, `memory`, `plot`,
-//! `attention-map`, `profile-step`.
+//! The command line: `train`, `compare`, `generate`, `eval`, `check`, `kernels`, `memory`,
+//! `plot`, `attention-map`, `profile-step`.
 
 mod attention_map_cmd;
 mod check_cmd;
+mod compare_cmd;
+mod console;
 mod eval_cmd;
 mod generate_cmd;
 pub mod interrupt;
@@ -11,8 +13,6 @@ mod memory_cmd;
 mod plot_cmd;
 pub mod presets;
 mod profile_cmd;
-pub mod run_files;
-pub mod run_lock;
 mod train_cmd;
 
 use crate::backend::DeviceChoice;
@@ -23,6 +23,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+pub use compare_cmd::CompareArgs;
 pub use interrupt::Interrupted;
 
 #[derive(Parser, Debug)]
@@ -33,7 +34,7 @@ pub use interrupt::Interrupted;
     long_about = "Trains a causal scaled-dot-product attention language model and an LSTM baseline on the same \
                   data and compares them: validation loss, speed and memory. Start with `robo-poet train`; \
                   every subcommand has its own --help.",
-    after_help = "Examples:\n  robo-poet train\n  robo-poet train --model lstm\n  robo-poet train --preset seed --pos-emb\n  \
+    after_help = "Examples:\n  robo-poet train\n  robo-poet train --model lstm\n  robo-poet compare --budget steps:300\n  robo-poet train --preset seed --pos-emb\n  \
                   robo-poet generate --checkpoint runs/<name> --prompt \"To be or not to be\" --temperature 0.9 --length 200\n  \
                   robo-poet eval --checkpoint runs/<name> --json\n  \
                   robo-poet check\n  \
@@ -53,6 +54,23 @@ pub struct Cli {
 pub enum Command {
     /// Train a model (defaults: GPT-style attention, character level, on whatever hardware is there).
     Train(Box<TrainArgs>),
+    /// Train attention and the LSTM on the same data under one budget, then one report:
+    /// losses, speed, memory, the seed's claims, charts.
+    #[command(
+        long_about = "Trains an attention model and the LSTM (default: the two default presets; \
+                      --attention-args / --lstm-args change them, repeated --run NAME=FLAGS replaces the pair) \
+                      on the same data, split and tokenizer, one after the other, each for the same --budget: \
+                      steps:N, seconds:S (of training on this device: the steps are counted from timed steps \
+                      first) or flops:F (the analytic training FLOPs of `robo-poet memory`). Each run is a normal \
+                      run directory inside --out; then report.md (configurations, results table, the seed's \
+                      claims checked), compare.json (every number of the report) and the charts are written \
+                      there. Ctrl-C keeps the finished runs; --resume DIR continues from the interrupted one.",
+        after_help = "Examples:\n  robo-poet compare\n  robo-poet compare --budget steps:300\n  \
+                      robo-poet compare --budget flops:2e15 --attention-args \"--preset seed --pos-emb\"\n  \
+                      robo-poet compare --run small=\"--d-model 64\" --run big=\"--d-model 256\" --run lstm=\"--model lstm\"\n  \
+                      robo-poet compare --resume runs/compare-20261201-120000"
+    )]
+    Compare(Box<CompareArgs>),
     /// Generate text from a trained checkpoint, streaming it as it is sampled.
     Generate(GenerateArgs),
     /// Validation loss and perplexity of a checkpoint on its validation split.
@@ -510,11 +528,19 @@ where
 
 fn from_matches(matches: &ArgMatches) -> Result<Cli, clap::Error> {
     let mut cli = Cli::from_arg_matches(matches)?;
-    if let (Command::Train(a), Some(("train", sub))) = (&mut cli.command, matches.subcommand()) {
-        let cmd = Cli::command();
-        if let Some(train) = cmd.find_subcommand("train") {
-            a.given = given_flags(train, sub);
+    let cmd = Cli::command();
+    match (&mut cli.command, matches.subcommand()) {
+        (Command::Train(a), Some((name, sub))) => {
+            if let Some(c) = cmd.find_subcommand(name) {
+                a.given = given_flags(c, sub);
+            }
         }
+        (Command::Compare(a), Some((name, sub))) => {
+            if let Some(c) = cmd.find_subcommand(name) {
+                a.given = given_flags(c, sub);
+            }
+        }
+        _ => {}
     }
     Ok(cli)
 }
@@ -527,7 +553,7 @@ fn given_flags(cmd: &clap::Command, m: &ArgMatches) -> Vec<String> {
         .collect()
 }
 
-fn parse_tokenizer(s: &str) -> Result<TokenizerKind, String> {
+pub(crate) fn parse_tokenizer(s: &str) -> Result<TokenizerKind, String> {
     s.parse::<TokenizerKind>().map_err(|e| e.to_string())
 }
 
@@ -536,6 +562,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     crate::resources::start_threads(cli.threads)?;
     match cli.command {
         Command::Train(a) => train_cmd::run(&a),
+        Command::Compare(a) => compare_cmd::run(&a),
         Command::Generate(a) => generate_cmd::run(&a),
         Command::Eval(a) => eval_cmd::run(&a),
         Command::Check(a) => check_cmd::run(&a),

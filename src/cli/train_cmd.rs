@@ -1,25 +1,20 @@
-//! `robo-poet train`: data, model, sizes against the machine, the run directory and its lock, the
-//! loop with progress, evaluation, metrics, checkpoints, Ctrl-C / SIGTERM and resume.
+//! `robo-poet train`: its flags (presets, resume rules), the run directory and its lock, and what
+//! it prints; the run itself is the library's driver (`train::driver`).
 
+use super::console::{hms, Console};
 use super::interrupt::{self, Interrupted};
 use super::presets::{self, Length};
-use super::run_files::{self, LogWindow, Metrics, RunMeta};
-use super::run_lock::RunLock;
 use super::TrainArgs;
-use crate::backend::{self, Backend};
 use crate::dataset::{self, DataRequest, Dataset};
-use crate::diagnostics::{self, GradNorms, NormWarnings};
-use crate::model::{self, Model};
-use crate::resources;
-use crate::rng::Rng;
+use crate::model::ModelConfig;
 use crate::sampler::Sampler;
-use crate::train::{self, TrainConfig};
+use crate::train::driver::{DriveOptions, Outcome, Run, Trainer};
+use crate::train::run_files::{self, RunMeta};
+use crate::train::run_lock::RunLock;
+use crate::train::TrainConfig;
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// The flags `--resume` accepts besides itself: the run's length, its reporting, where the data
 /// and the device are, and how it runs. `--model` and `--tokenizer` are accepted when they match
@@ -102,260 +97,118 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         }
     };
 
-    let (model_cfg, mut tcfg, start_step) = match &resume_meta {
+    let (model_cfg, tcfg, start_step) = match &resume_meta {
         Some(m) => {
             let mut t = m.train.clone();
-            // Only the run length may change on resume (extending a run).
+            // Only the run length and reporting may change on resume (extending a run).
             if let Some(s) = a.steps {
                 presets::check_steps(s)?;
                 t.steps = s;
             }
+            if let Some(n) = a.eval_every {
+                t.eval_every = n;
+            }
             (m.model.clone(), t, m.step)
         }
         None => {
-            let plan = presets::plan(a)?;
-            let mut model_cfg = presets::with_vocab(&plan.model, ds.tokenizer.vocab_size());
-            presets::default_attention(&mut model_cfg, a.shape.attention, a.device);
-            let mut t = plan.train;
-            let probe = Sampler::new(t.seed, ds.train.len(), t.batch, model_cfg.seq_len())?;
-            t.steps = match plan.length {
-                Length::Steps(s) => s,
-                Length::Epochs(e) => presets::epochs_to_steps(e, probe.steps_per_epoch())?,
-            };
-            t.eval_every = a.eval_every.unwrap_or_else(|| (t.steps / 10).clamp(1, 500));
-            if t.warmup >= t.steps {
-                eprintln!(
-                    "note: the warmup ({} steps) is not shorter than the run ({} steps): the learning rate rises for the whole run and never reaches --lr {}; pass a smaller --warmup or more --steps",
-                    t.warmup, t.steps, t.lr
-                );
-            }
+            let (model_cfg, t) = new_run_config(a, &ds)?;
+            warmup_note(&t, "");
             (model_cfg, t, 0)
         }
     };
-    if let Some(n) = a.eval_every {
-        tcfg.eval_every = n;
-    }
     model_cfg.validate()?;
-    let mut sampler = Sampler::new(tcfg.seed, ds.train.len(), tcfg.batch, model_cfg.seq_len())?;
     if let Some(dir) = resume_dir.as_ref().filter(|_| start_step >= tcfg.steps) {
         bail!("{} already finished its {} steps; pass --steps N (more than {start_step}) with --resume to train further", dir.display(), tcfg.steps);
     }
 
     // Sizes before any allocation: the model's footprint from its configuration, then the table
     // against the memory of the device that will hold it.
-    resources::check_model_size(&model_cfg, tcfg.batch)?;
-    let model = model::build(&model_cfg, tcfg.batch);
-    let copies = resources::checkpoint_copies_bytes(model.table());
-    let mut be = backend::create_reserving(a.device, model.table().clone(), false, copies)?;
-    be.set_cuda_graph(a.cuda_graph.on());
-
-    let (run_dir, _lock) = match (resume_dir, resume_lock) {
-        (Some(dir), Some(lock)) => (dir, lock),
-        _ => new_run_dir(a)?,
+    let trainer = Trainer::new(&model_cfg, tcfg, &ds, a.device, a.cuda_graph.on())?;
+    let (mut run, _lock) = match (resume_dir, resume_lock, &resume_meta) {
+        (Some(dir), Some(lock), Some(m)) => (trainer.resume(&ds, dir, m)?, lock),
+        _ => {
+            let (dir, lock) = new_run_dir(a)?;
+            (trainer.start(&ds, dir)?, lock)
+        }
     };
-    let mut elapsed0 = 0.0;
-    if resume_meta.is_some() {
-        let m = run_files::load_into(&run_dir, model.as_ref(), be.as_mut(), true)?;
-        elapsed0 = m.elapsed_s;
-    } else {
-        let mut rng = Rng::derive(tcfg.seed, "init");
-        for (id, v) in model::init_params(model.as_ref(), &mut rng) {
-            be.write(id, &v);
-        }
-    }
-
-    print_header(
-        &ds,
-        model.as_ref(),
-        be.as_ref(),
-        &tcfg,
-        &sampler,
-        &run_dir,
-        start_step,
-    );
-    let mut metrics = Metrics::open(&run_dir, resume_meta.as_ref().map(|m| m.step))?;
-    interrupt::install(&run_dir);
-
-    let mut meta = RunMeta {
-        step: start_step,
-        model: model_cfg.clone(),
-        train: tcfg.clone(),
-        tokenizer: ds.tokenizer.to_json(),
-        data: ds.source.clone(),
-        train_tokens: ds.train.len(),
-        val_tokens: ds.val.len(),
-        val_loss: resume_meta.as_ref().and_then(|m| m.val_loss),
-        best_val_loss: resume_meta.as_ref().and_then(|m| m.best_val_loss),
-        elapsed_s: elapsed0,
-        robo_poet_version: env!("CARGO_PKG_VERSION").to_string(),
-        log_window: LogWindow::default(),
+    print_header(&ds, &run);
+    let resume_cmd = format!("robo-poet train --resume {}", run.dir().display());
+    interrupt::install(run.dir(), &resume_cmd);
+    let t = &run.trainer;
+    let mut console = Console::new(progress, t.train.steps, start_step, "");
+    let opts = DriveOptions {
+        check_every: a.check_every,
+        halt_at: a.halt_at,
     };
-    if start_step == 0 {
-        // A checkpoint of the initial state: the run can be resumed even if the first eval never comes.
-        run_files::save(&run_dir, &meta, model.as_ref(), be.as_ref())?;
-    }
-
-    let pb = if progress {
-        ProgressBar::new(tcfg.steps)
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{bar:30.cyan/blue} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-        )
-        .unwrap()
-        .progress_chars("=> "),
-    );
-    pb.set_position(start_step);
-    let tokens_per_step = (tcfg.batch * model_cfg.seq_len()) as f64;
-    let t_start = Instant::now();
-    let mut train_secs = 0.0f64;
-    // The losses since the last log line, carried over a resume (their mean is the next logged
-    // train_loss), and the steps and seconds timed in this process since then (tokens_per_s).
-    // Steps are queued without waiting (on the GPU nothing waits for the host); their records
-    // are read back when a log line, a gradient check, an evaluation or a stop needs them.
-    let mut window = resume_meta
-        .as_ref()
-        .map(|m| m.log_window)
-        .unwrap_or_default();
-    let mut timed = (0usize, 0.0f64);
-    let mut since_read = Instant::now();
-    let log_every = (tcfg.eval_every / 5).clamp(1, 50);
-    let check_every = a.check_every.unwrap_or(log_every);
-    let mut warnings = NormWarnings::default();
-    let mut step = start_step;
-    let mut last = None;
-    let mut noted = false;
-    while step < tcfg.steps {
-        let (inputs, targets) = sampler.batch(step, &ds.train);
-        step += 1;
-        train::queue_step(model.as_ref(), be.as_mut(), &tcfg, step, &inputs, &targets);
-        if !noted {
-            // after the first step: a CUDA graph capture that failed has fallen back by now
-            if let Some(note) = be.step_note().filter(|_| a.cuda_graph.on()) {
-                say(&pb, format!("note: {note}"));
-            }
-            noted = true;
+    let outcome = run.drive(&ds, &opts, &mut console);
+    let dir = run.dir().display();
+    match outcome {
+        Err(e) => {
+            console.abandon();
+            Err(e)
         }
-        let halted = a.halt_at == Some(step);
-        let signalled = interrupt::requested();
-        let stopping = halted || signalled.is_some();
-        let log_now = step % log_every == 0 || step == tcfg.steps;
-        let check_now = step % check_every == 0;
-        let eval_now = step % tcfg.eval_every == 0 || step == tcfg.steps;
-        if !(log_now || check_now || eval_now || stopping) {
-            continue;
-        }
-        let records = be.take_step_records();
-        let dt = since_read.elapsed().as_secs_f64();
-        train_secs += dt;
-        for r in &records {
-            if !r.loss.is_finite() || !r.grad_norm.is_finite() || !r.updated {
-                pb.abandon();
-                let norms = GradNorms::from_sums(model.as_ref(), &be.last_grad_sq());
-                let first = norms
-                    .first_non_finite()
-                    .map(|p| format!("; first non-finite gradient: {p}"))
-                    .unwrap_or_default();
-                bail!(
-                    "step {}: the loss ({}) or gradient norm ({}{first}) is not finite, so training stopped; the last good checkpoint in {} is intact. Try a lower --lr (now {:e}) or a smaller --clip",
-                    r.step, r.loss, r.grad_norm, run_dir.display(), tcfg.lr
-                );
-            }
-            window.add(r.loss);
-        }
-        timed = (timed.0 + records.len(), timed.1 + dt);
-        let Some(st) = records.last().copied().or(last) else {
-            continue;
-        };
-        last = Some(st);
-        pb.set_position(step);
-        pb.set_message(format!(
-            "loss {:.4}  {:.1}k tok/s",
-            st.loss,
-            tokens_per_step * records.len() as f64 / dt.max(1e-9) / 1e3
-        ));
-        let lr = tcfg.lr_at(step);
-        if log_now && window.steps > 0 {
-            metrics.write(&json!({
-                "step": step, "train_loss": window.mean(), "grad_norm": st.grad_norm, "lr": lr,
-                "tokens_per_s": tokens_per_step * timed.0 as f64 / timed.1.max(1e-9), "elapsed_s": elapsed0 + t_start.elapsed().as_secs_f64(),
-            }))?;
-            window = LogWindow::default();
-            timed = (0, 0.0);
-        }
-        if check_now {
-            let norms = GradNorms::from_sums(model.as_ref(), &be.last_grad_sq());
-            if let Some(w) = warnings.check(step, &norms) {
-                say(&pb, w);
-            }
-            let mut line = norms.to_json();
-            if let Some(rows) = diagnostics::attention_row_check(model.as_ref(), be.as_mut()) {
-                let (worst, bad) = (rows.max_dev, rows.bad_rows);
-                line["attn_row_max_dev"] = json!(worst);
-                line["attn_bad_rows"] = json!(bad);
-                if bad > 0 && warnings.first_in_period("attention rows") {
-                    say(&pb, format!("warning: step {step}: {bad} attention row(s) do not sum to 1 within {} (largest deviation {worst:.3e}); this is a bug, please report it", diagnostics::ROW_SUM_TOL));
-                }
-            }
-            line["step"] = json!(step);
-            metrics.write(&line)?;
-        }
-        if eval_now {
-            let (val, n) = train::evaluate(model.as_ref(), be.as_mut(), &ds.val);
-            meta.val_loss = Some(val);
-            if meta.best_val_loss.is_none_or(|b| val < b.0) {
-                meta.best_val_loss = Some((val, step));
-            }
-            warnings.reset();
-            metrics.write(&json!({ "step": step, "val_loss": val, "val_tokens": n, "elapsed_s": elapsed0 + t_start.elapsed().as_secs_f64() }))?;
-            say(&pb, format!(
-                "step {step:>6}/{} | train {:.4} | val {val:.4} (ppl {:.2}) | grad norm {:.3} | lr {:.2e} | {:.1}k tok/s | {}",
-                tcfg.steps,
-                st.loss,
-                val.exp(),
-                st.grad_norm,
-                lr,
-                tokens_per_step * (step - start_step) as f64 / train_secs.max(1e-9) / 1e3,
-                hms(elapsed0 + t_start.elapsed().as_secs_f64())
-            ));
-        }
-        if eval_now || stopping {
-            meta.step = step;
-            meta.elapsed_s = elapsed0 + t_start.elapsed().as_secs_f64();
-            meta.log_window = window;
-            run_files::save(&run_dir, &meta, model.as_ref(), be.as_ref())?;
-        }
-        if stopping {
-            pb.abandon();
-            let why = signalled.map_or(String::new(), |s| {
-                format!(" ({})", interrupt::name(s.signal))
-            });
-            eprintln!("stopped after step {step}{why}: checkpoint saved. Continue with: robo-poet train --resume {}", run_dir.display());
-            return match signalled {
-                Some(s) => Err(Interrupted { signal: s.signal }.into()),
+        Ok(Outcome::Stopped { step, signal }) => {
+            console.abandon();
+            let why = signal.map_or(String::new(), |s| format!(" ({})", interrupt::name(s)));
+            eprintln!(
+                "stopped after step {step}{why}: checkpoint saved. Continue with: {resume_cmd}"
+            );
+            match signal {
+                Some(signal) => Err(Interrupted { signal }.into()),
                 None => Ok(()),
-            };
+            }
         }
-        since_read = Instant::now();
+        Ok(Outcome::Finished(s)) => {
+            console.finish();
+            println!(
+                "done: {} steps, val loss {:.4} (perplexity {:.2}; best {:.4} at step {}), {:.1}k tokens/s, {}",
+                s.steps,
+                s.val_loss,
+                s.val_loss.exp(),
+                s.best.0,
+                s.best.1,
+                s.tokens_per_s / 1e3,
+                hms(s.elapsed_s)
+            );
+            println!("run saved in {dir}; generate with: robo-poet generate --checkpoint {dir} --prompt \"To be or not to be\"");
+            Ok(())
+        }
     }
-    pb.finish_and_clear();
-    let val = meta.val_loss.unwrap_or(f64::NAN);
-    let (best, best_step) = meta.best_val_loss.unwrap_or((val, tcfg.steps));
-    println!(
-        "done: {} steps, val loss {val:.4} (perplexity {:.2}; best {best:.4} at step {best_step}), {:.1}k tokens/s, {}",
-        tcfg.steps,
-        val.exp(),
-        tokens_per_step * (tcfg.steps - start_step) as f64 / train_secs.max(1e-9) / 1e3,
-        hms(meta.elapsed_s)
-    );
-    println!("run saved in {}; generate with: robo-poet generate --checkpoint {} --prompt \"To be or not to be\"", run_dir.display(), run_dir.display());
-    Ok(())
+}
+
+/// The model and optimisation of a new run: the preset, the flags over it, the vocabulary of
+/// the data, and the run length in steps (`--epochs` counted on this data).
+pub(super) fn new_run_config(a: &TrainArgs, ds: &Dataset) -> Result<(ModelConfig, TrainConfig)> {
+    let plan = presets::plan(a)?;
+    let mut model_cfg = presets::with_vocab(&plan.model, ds.tokenizer.vocab_size());
+    presets::default_attention(&mut model_cfg, a.shape.attention, a.device);
+    let mut t = plan.train;
+    let probe = Sampler::new(t.seed, ds.train.len(), t.batch, model_cfg.seq_len())?;
+    t.steps = match plan.length {
+        Length::Steps(s) => s,
+        Length::Epochs(e) => presets::epochs_to_steps(e, probe.steps_per_epoch())?,
+    };
+    t.eval_every = a.eval_every.unwrap_or_else(|| default_eval_every(t.steps));
+    Ok((model_cfg, t))
+}
+
+/// A note when the warmup is not shorter than the run: the learning rate never reaches --lr.
+pub(super) fn warmup_note(t: &TrainConfig, prefix: &str) {
+    if t.warmup >= t.steps {
+        eprintln!(
+            "{prefix}note: the warmup ({} steps) is not shorter than the run ({} steps): the learning rate rises for the whole run and never reaches --lr {}; pass a smaller --warmup or more --steps",
+            t.warmup, t.steps, t.lr
+        );
+    }
+}
+
+/// A tenth of the run, at most 500 steps.
+pub(super) fn default_eval_every(steps: u64) -> u64 {
+    (steps / 10).clamp(1, 500)
 }
 
 /// Refuses an `--out` that cannot hold a new run: a file, or a folder a run already wrote into.
-fn check_new_out(dir: &Path) -> Result<()> {
+pub(super) fn check_new_out(dir: &Path) -> Result<()> {
     if dir.is_file() {
         bail!(
             "--out {} is a file, not a folder; choose another --out (a new or empty folder)",
@@ -427,15 +280,12 @@ fn resume_checks(dir: &Path, a: &TrainArgs) -> Result<RunMeta> {
     Ok(m)
 }
 
-fn print_header(
-    ds: &Dataset,
-    model: &dyn Model,
-    be: &dyn Backend,
-    t: &TrainConfig,
-    sampler: &Sampler,
-    run_dir: &Path,
-    start: u64,
-) {
+fn print_header(ds: &Dataset, run: &Run) {
+    let (model, be, t) = (
+        run.trainer.model.as_ref(),
+        run.trainer.be.as_ref(),
+        &run.trainer.train,
+    );
     let table = be.table();
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
     eprintln!(
@@ -477,7 +327,7 @@ fn print_header(
         t.steps,
         t.batch,
         model.batch_shape().1,
-        t.steps as f64 / sampler.steps_per_epoch() as f64,
+        t.steps as f64 / run.trainer.sampler.steps_per_epoch() as f64,
         t.lr,
         t.warmup,
         t.min_lr_ratio,
@@ -486,28 +336,13 @@ fn print_header(
         t.eval_every,
         t.seed
     );
-    if start > 0 {
-        eprintln!("resume: from step {start} in {}", run_dir.display());
+    if run.meta().step > 0 {
+        eprintln!(
+            "resume: from step {} in {}",
+            run.meta().step,
+            run.dir().display()
+        );
     } else {
-        eprintln!("run:    {}", run_dir.display());
-    }
-}
-
-/// A line above the progress bar, or on stdout when there is no bar (pb.println of a hidden
-/// bar prints nothing).
-fn say(pb: &ProgressBar, line: String) {
-    if pb.is_hidden() {
-        println!("{line}");
-    } else {
-        pb.println(line);
-    }
-}
-
-pub fn hms(secs: f64) -> String {
-    let s = secs.round() as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m{:02}s", s / 3600, s % 3600 / 60, s % 60)
-    } else {
-        format!("{}m{:02}s", s / 60, s % 60)
+        eprintln!("run:    {}", run.dir().display());
     }
 }

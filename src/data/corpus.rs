@@ -294,7 +294,7 @@ pub fn missing_corpus_message(searched: &[PathBuf]) -> String {
 mod tests {
     use super::*;
 
-    use crate::data::test_support::shared_corpus;
+    use crate::data::test_support::{corpus, raw_mirror};
 
     #[test]
     fn clean_strips_sentinels_bom_and_crlf() {
@@ -335,12 +335,12 @@ mod tests {
 
     #[test]
     fn cleaning_raw_books_reproduces_cleaned_files_exactly() {
-        let Some(dir) = shared_corpus("cleaning_raw_books_reproduces_cleaned_files_exactly") else {
+        let Some(dir) = raw_mirror("cleaning_raw_books_reproduces_cleaned_files_exactly") else {
             return;
         };
         for book in &BOOKS {
             let raw = read_utf8_text(&dir.join(book.raw_file)).unwrap();
-            let clean = read_utf8_text(&dir.join(book.clean_file)).unwrap();
+            let clean = read_utf8_text(&corpus().join(book.clean_file)).unwrap();
             let got = clean_gutenberg(&raw);
             assert!(
                 got == clean,
@@ -350,6 +350,34 @@ mod tests {
                 got.len(),
                 clean.len()
             );
+        }
+    }
+
+    #[test]
+    fn the_committed_books_are_clean_and_survive_a_gutenberg_wrapping() {
+        // What data/SOURCES.md promises: UTF-8, LF only, no BOM, trimmed, one final newline. So
+        // cleaning leaves them as they are, and cleaning them wrapped as a raw download would be
+        // (BOM, CRLF, header and footer around the sentinels) gives them back exactly.
+        for book in &BOOKS {
+            let path = corpus().join(book.clean_file);
+            let text = read_utf8_text(&path).unwrap();
+            assert!(
+                !text.contains('\r') && !text.starts_with('\u{feff}'),
+                "{}",
+                path.display()
+            );
+            assert_eq!(
+                clean_gutenberg(&text),
+                text,
+                "{} is not clean",
+                path.display()
+            );
+            let raw = format!(
+                "\u{feff}The Project Gutenberg eBook of {}\n\n*** START OF THE PROJECT GUTENBERG EBOOK {} ***\n\n{}\n*** END OF THE PROJECT GUTENBERG EBOOK {} ***\nlicense\n",
+                book.title, book.gutenberg_id, text, book.gutenberg_id
+            )
+            .replace('\n', "\r\n");
+            assert!(clean_gutenberg(&raw) == text, "{} wrapped", book.clean_file);
         }
     }
 
@@ -446,9 +474,7 @@ mod tests {
 
     #[test]
     fn load_real_books() {
-        let Some(dir) = shared_corpus("load_real_books") else {
-            return;
-        };
+        let dir = corpus();
         let c = load_books(&dir).unwrap();
         assert_eq!(c.documents.len(), 2);
         assert_eq!(c.documents[0].name, "alice_wonderland.txt");

@@ -46,16 +46,31 @@ pub mod tokenizer;
 pub(crate) mod test_support {
     use std::path::PathBuf;
 
-    /// Where the shared corpus sits in a checkout: `shared/` beside the crate.
-    pub const CORPUS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus");
+    /// The corpus committed with the project (data/ at the crate root).
+    pub const CORPUS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data");
 
-    /// The shared corpus folder, or None after printing a visible skip line.
-    pub fn shared_corpus(test: &str) -> Option<PathBuf> {
+    /// The committed corpus folder; its absence is a broken checkout, not a reason to skip.
+    pub fn corpus() -> PathBuf {
         let dir = PathBuf::from(CORPUS_DIR);
-        if super::corpus::holds_books(&dir) {
+        assert!(
+            super::corpus::holds_books(&dir),
+            "the corpus committed in {CORPUS_DIR} is missing; restore it with `git checkout -- data`"
+        );
+        dir
+    }
+
+    /// The raw Gutenberg downloads, which are not committed: the development machines' mirror
+    /// (`../shared/corpus`), or None after printing a visible skip line.
+    pub fn raw_mirror(test: &str) -> Option<PathBuf> {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus"));
+        let books = super::corpus::BOOKS;
+        if books.iter().all(|b| dir.join(b.raw_file).is_file()) {
             Some(dir)
         } else {
-            eprintln!("SKIPPED {test}: corpus not found at {CORPUS_DIR}");
+            eprintln!(
+                "SKIPPED {test}: the raw Gutenberg files are not at {} (they are not committed)",
+                dir.display()
+            );
             None
         }
     }

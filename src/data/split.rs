@@ -76,7 +76,7 @@ pub fn split_corpus(corpus: &Corpus, block_bytes: usize, val_every: usize) -> Sp
 mod tests {
     use super::*;
     use crate::data::corpus::{load_books, Document};
-    use crate::data::test_support::shared_corpus;
+    use crate::data::test_support::corpus;
 
     /// A synthetic text with lines of varying length, some non-ASCII.
     fn sample_text(lines: usize) -> String {
@@ -173,9 +173,7 @@ mod tests {
 
     #[test]
     fn both_books_contribute_to_val() {
-        let Some(dir) = shared_corpus("both_books_contribute_to_val") else {
-            return;
-        };
+        let dir = corpus();
         let corpus = load_books(&dir).unwrap();
         let s = split_corpus(&corpus, BLOCK_BYTES, VAL_EVERY);
         for (i, doc) in corpus.documents.iter().enumerate() {

@@ -360,7 +360,7 @@ mod tests {
     use super::*;
     use crate::data::corpus::load_books;
     use crate::data::split::{split_corpus, BLOCK_BYTES, VAL_EVERY};
-    use crate::data::test_support::shared_corpus;
+    use crate::data::test_support::corpus;
 
     fn word_fit(train: &str, min_count: usize) -> Tokenizer {
         Tokenizer::fit(TokenizerKind::Word, &[train], &[train], min_count)
@@ -368,9 +368,7 @@ mod tests {
 
     #[test]
     fn word_vocab_size_on_real_corpus() {
-        let Some(dir) = shared_corpus("word_vocab_size_on_real_corpus") else {
-            return;
-        };
+        let dir = corpus();
         let split = split_corpus(&load_books(&dir).unwrap(), BLOCK_BYTES, VAL_EVERY);
         let size = |underscore_is_word: bool| {
             let tokens = split
@@ -545,9 +543,7 @@ mod tests {
 
     #[test]
     fn char_round_trip_of_real_corpus() {
-        let Some(dir) = shared_corpus("char_round_trip_of_real_corpus") else {
-            return;
-        };
+        let dir = corpus();
         let corpus = load_books(&dir).unwrap();
         let split = split_corpus(&corpus, BLOCK_BYTES, VAL_EVERY);
         let train: Vec<&str> = split.train.iter().map(String::as_str).collect();

@@ -4,8 +4,8 @@
 
 use super::gradcheck::whole_model_fd;
 use super::{attention_probs, in_range, GradNorms, NORM_RANGE, ROW_SUM_TOL};
-use crate::backend::parity::training_parity;
 use crate::backend::{Backend, RowCheck};
+use crate::diagnostics::parity::training_parity;
 use crate::gpu::Device;
 use crate::model::attention::AttentionConfig;
 use crate::model::lstm::LstmConfig;

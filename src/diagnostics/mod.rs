@@ -4,6 +4,7 @@
 
 pub mod checks;
 pub mod gradcheck;
+pub mod parity;
 
 use crate::backend::{Backend, RowCheck};
 use crate::model::Model;

@@ -7,7 +7,7 @@
 //! crash, say) is skipped with a warning that names its line number; a file with no usable line
 //! at all is an error.
 
-use crate::cli::run_files::METRICS_FILE;
+use crate::train::run_files::METRICS_FILE;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -24,6 +24,10 @@ pub struct RunMetrics {
     pub val_loss: Series,
     /// The global gradient norm (before clipping).
     pub grad_norm: Series,
+    /// The run's wall time at each evaluation (the `elapsed_s` of the `val_loss` lines).
+    pub val_elapsed_s: Series,
+    /// Training tokens per second of each log interval.
+    pub tokens_per_s: Series,
     /// Per-layer gradient norms, layers in natural order (blocks.2 before blocks.10).
     pub layer_grad_norms: Vec<(String, Series)>,
     /// Warnings about skipped lines, each naming the file and line number.
@@ -74,6 +78,8 @@ pub fn parse_bytes(bytes: &[u8], name: &str, file: &str) -> Result<RunMetrics> {
     let mut train = BTreeMap::new();
     let mut val = BTreeMap::new();
     let mut grad = BTreeMap::new();
+    let mut val_elapsed = BTreeMap::new();
+    let mut speed = BTreeMap::new();
     let mut layers: Vec<(String, BTreeMap<u64, f64>)> = vec![];
     let mut warnings = vec![];
     let mut used = 0usize;
@@ -118,6 +124,13 @@ pub fn parse_bytes(bytes: &[u8], name: &str, file: &str) -> Result<RunMetrics> {
         }
         if let Some(x) = num("val_loss") {
             val.insert(step, x);
+            match num("elapsed_s") {
+                Some(t) => val_elapsed.insert(step, t),
+                None => val_elapsed.remove(&step),
+            };
+        }
+        if let Some(x) = num("tokens_per_s") {
+            speed.insert(step, x);
         }
         if let Some(x) = num("grad_norm") {
             grad.insert(step, x);
@@ -153,6 +166,8 @@ pub fn parse_bytes(bytes: &[u8], name: &str, file: &str) -> Result<RunMetrics> {
         train_loss: flat(train),
         val_loss: flat(val),
         grad_norm: flat(grad),
+        val_elapsed_s: flat(val_elapsed),
+        tokens_per_s: flat(speed),
         layer_grad_norms: layers.into_iter().map(|(n, s)| (n, flat(s))).collect(),
         warnings,
     })
@@ -197,6 +212,17 @@ mod tests {
         assert_eq!(m.train_loss, vec![(1, 4.5), (2, 3.95), (3, 3.9)]);
         assert_eq!(m.val_loss, vec![(2, 4.2)]);
         assert_eq!(m.grad_norm, vec![(1, 2.0), (2, 1.25)]);
+        assert!(m.val_elapsed_s.is_empty() && m.tokens_per_s.is_empty());
+        let m = parse(
+            r#"{"step":4,"train_loss":2.0,"tokens_per_s":1500.5,"elapsed_s":3.0}
+{"step":4,"val_loss":2.1,"val_tokens":9,"elapsed_s":3.5}
+"#,
+            "r",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(m.val_elapsed_s, vec![(4, 3.5)], "the val line's time");
+        assert_eq!(m.tokens_per_s, vec![(4, 1500.5)]);
         assert!(m.layer_grad_norms.is_empty());
         assert!(m.warnings.is_empty());
     }

@@ -1,5 +1,5 @@
 //! PNG charts: the memory sweep (`memory --plot`), loss and gradient-flow curves of runs
-//! (`plot`) and attention heatmaps (`attention-map`).
+//! (`plot`), attention heatmaps (`attention-map`) and the line charts of `compare`.
 //!
 //! Everything is drawn by plotters into an RGB buffer and written with the png crate. Text uses
 //! DejaVu Sans, embedded in the binary (assets/fonts, Bitstream Vera license), through plotters'
@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod curves;
+pub mod lines;
 pub mod memory;
 pub mod metrics;
 

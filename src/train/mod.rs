@@ -1,6 +1,13 @@
-//! The training loop: one step = forward, backward, global gradient norm, clipping, AdamW with
-//! warmup + cosine decay, queued as one unit on the backend (on the GPU: no host wait, one CUDA
-//! graph). Evaluation covers the whole validation split.
+//! Training: one step = forward, backward, global gradient norm, clipping, AdamW with warmup +
+//! cosine decay, queued as one unit on the backend (on the GPU: no host wait, one CUDA graph);
+//! evaluation of the whole validation split; and around them the run driver every training
+//! command shares (`driver`), the files of a run directory (`run_files`), its one-writer lock
+//! (`run_lock`) and run budgets (`budget`).
+
+pub mod budget;
+pub mod driver;
+pub mod run_files;
+pub mod run_lock;
 
 use crate::backend::{Backend, StepInfo};
 use crate::model::{scored, DropoutCtx, Model};
@@ -132,7 +139,8 @@ pub fn train_step(
     }
 }
 
-/// Mean loss over every target of `tokens` (no dropout), batching windows B at a time.
+/// Mean loss over every target of `tokens` (no dropout), batching windows B at a time, and the
+/// number of targets scored ([`crate::sampler::eval_targets`]: every token but the first).
 pub fn evaluate(model: &dyn Model, be: &mut dyn Backend, tokens: &[u32]) -> (f64, usize) {
     let (b, t) = model.batch_shape();
     let windows = eval_windows(tokens, t);

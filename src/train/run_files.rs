@@ -24,7 +24,10 @@ pub struct RunMeta {
     pub train: TrainConfig,
     pub tokenizer: serde_json::Value,
     pub data: DataSource,
+    /// Tokens of the training split.
     pub train_tokens: usize,
+    /// Validation targets an evaluation scores: every token of the validation split but the
+    /// first (which is never a target).
     pub val_tokens: usize,
     /// Validation loss at the last evaluation, if any.
     pub val_loss: Option<f64>,
@@ -112,8 +115,15 @@ pub fn save(run_dir: &Path, meta: &RunMeta, model: &dyn Model, be: &dyn Backend)
         ));
     }
     let (pr, mr) = (refs(&params), refs(&moments));
-    let json = serde_json::to_value(meta)?;
-    checkpoint::save(run_dir, meta.step, &json, &pr, &mr)
+    checkpoint::save(run_dir, meta.step, &meta_json(meta)?, &pr, &mr)
+}
+
+/// The metadata as checkpoint.json holds it. Through text, not `serde_json::to_value`: a JSON
+/// value keeps an f32 as the f64 of the same bits, which prints as 0.10000000149011612, while the
+/// text serializer writes an f32's shortest decimal (0.1). That decimal reads back as the same
+/// f32, and every f64 as the same f64 (the `float_roundtrip` parser).
+pub fn meta_json(meta: &RunMeta) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(&serde_json::to_string(meta)?)?)
 }
 
 /// Borrowed views of owned (name, shape, data) tensors, as `checkpoint::save` takes them.
@@ -360,6 +370,72 @@ mod tests {
         );
         std::fs::write(dirs[0].join("metrics.jsonl"), "").unwrap();
         assert!(!super::is_unused(&dirs[0]));
+    }
+
+    #[test]
+    fn checkpoint_json_writes_each_f32_as_its_shortest_decimal() {
+        use crate::model::attention::{AttentionConfig, AttentionStyle};
+        let tcfg = crate::train::TrainConfig {
+            batch: 4,
+            steps: 10,
+            lr: 2e-3,
+            min_lr_ratio: 0.1,
+            warmup: 3,
+            adamw: crate::ops::adamw::AdamWConfig::default(),
+            clip: 1.0,
+            eval_every: 5,
+            seed: 1,
+        };
+        // An f64 with all 17 digits significant, and one that is exactly an f32 (0.1f32).
+        let (val, best) = (std::f64::consts::PI / 2.0, 0.1f32 as f64);
+        let meta = super::RunMeta {
+            step: 7,
+            model: crate::model::ModelConfig::Attention(AttentionConfig {
+                style: AttentionStyle::Gpt,
+                vocab_size: 5,
+                seq_len: 8,
+                d_model: 4,
+                n_layers: 1,
+                n_heads: 1,
+                pos_emb: true,
+                dropout: 0.1,
+            }),
+            train: tcfg.clone(),
+            tokenizer: serde_json::json!({}),
+            data: crate::dataset::DataSource::Text { files: vec![] },
+            train_tokens: 100,
+            val_tokens: 9,
+            val_loss: Some(val),
+            best_val_loss: Some((best, 5)),
+            elapsed_s: 1.25,
+            robo_poet_version: "x".into(),
+            log_window: super::LogWindow::default(),
+        };
+        let text = serde_json::to_string(&super::meta_json(&meta).unwrap()).unwrap();
+        for want in [
+            "\"lr\":0.002",
+            "\"min_lr_ratio\":0.1",
+            "\"beta1\":0.9",
+            "\"beta2\":0.95",
+            "\"eps\":1e-8",
+            "\"weight_decay\":0.1",
+            "\"clip\":1.0",
+            "\"dropout\":0.1",
+        ] {
+            assert!(text.contains(want), "no {want} in {text}");
+        }
+        // An f64 keeps its own digits even where it equals an f32: only f32 fields are short.
+        assert!(
+            text.contains("\"best_val_loss\":[0.10000000149011612,5]"),
+            "{text}"
+        );
+        assert_eq!(text.matches("0000000").count(), 1, "{text}");
+        // And everything reads back as the same bits, f32 and f64 alike.
+        let back: super::RunMeta = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.train, tcfg);
+        assert_eq!(back.model, meta.model);
+        assert_eq!(back.val_loss.unwrap().to_bits(), val.to_bits());
+        assert_eq!(back.best_val_loss.unwrap().0.to_bits(), best.to_bits());
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Parity of the CUDA backend with the CPU reference: the same model, the same initial parameters
 //! and the same batches trained side by side, step by step, comparing losses and every gradient.
 //! Used by the emulated tests (`tests/emu_backend.rs`), the GPU tests (`tests/gpu_backend.rs`) and
-//! the GPU check bundle.
+//! the GPU check bundle. It lives with the other checks, not in backend/, which knows nothing of
+//! models or training.
 
-use super::cpu::CpuBackend;
-use super::cuda::CudaBackend;
-use super::Backend;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::Backend;
 use crate::gpu::Device;
 use crate::model::{self, ModelConfig};
 use crate::rng::Rng;
