@@ -85,14 +85,15 @@ extern "C" __global__ void lstm_cell_backward(float* dgates,         // (B, 4H),
     if (dc_out) dc_out[ci] = d_c * fg;
 }
 
-#define LSTM_PT_THREADS 256  // threads per block of the persistent kernels
+#define LSTM_PT_THREADS 128  // threads per block of the persistent kernels
 
 // gates (T, B, 4H): on entry x·W_ihᵀ + b for every step (one GEMM before the launch); on exit the
 // activations. For each t: block b adds h[t−1] · W_hh[rows of its units]ᵀ to its units' four gate
-// pre-activations (one warp per (row n, gate row r) dot product of length H: lanes stride k, a
-// fixed shuffle tree adds them), then applies the cell to its (n, j) and writes c[t], h[t]; the
-// grid barrier then publishes h[t] to every block. Shared memory: W slice [4U][H] (row q·U + u is
-// W_hh row q·H + j0 + u).
+// pre-activations (one thread per (row n, gate row r) dot product of length H, four interleaved
+// partial sums added in a fixed order: no warp collectives, no atomics), then applies the cell to
+// its (n, j) and writes c[t], h[t]; the grid barrier then publishes h[t] to every block. Shared
+// memory: W slice [4U][S] with S = H | 1 (odd, so the rows a warp reads at one k fall in distinct
+// banks); row q·U + u is W_hh row q·H + j0 + u.
 extern "C" __global__ void __launch_bounds__(LSTM_PT_THREADS)
     lstm_persistent_forward(float* gates,          // (T, B, 4H)
                             float* c,              // (T, B, H)
@@ -101,18 +102,16 @@ extern "C" __global__ void __launch_bounds__(LSTM_PT_THREADS)
                             unsigned int* barrier, // (2), zero before the first launch
                             int T, int B, int H, int U) {
     extern __shared__ float lstm_smem[];
-    float* Ws = lstm_smem;  // [4U][H]
+    float* Ws = lstm_smem;  // [4U][S]
+    const int S = H | 1;
     const int j0 = blockIdx.x * U;
     const int units = min(U, H - j0);  // the last block may own fewer
-    const int lane = threadIdx.x % 32;
-    const int warp = threadIdx.x / 32;
-    const int warps = LSTM_PT_THREADS / 32;
     for (int e = threadIdx.x; e < 4 * U * H; e += LSTM_PT_THREADS) {
         const int r = e / H;  // q·U + u
         const int k = e % H;
         const int q = r / U;
         const int u = r % U;
-        Ws[e] = u < units ? w_hh[(size_t)(q * H + j0 + u) * H + k] : 0.0f;
+        Ws[(size_t)r * S + k] = u < units ? w_hh[(size_t)(q * H + j0 + u) * H + k] : 0.0f;
     }
     __syncthreads();  // the W slice is in place
     const size_t gstep = (size_t)B * 4 * H;
@@ -121,17 +120,23 @@ extern "C" __global__ void __launch_bounds__(LSTM_PT_THREADS)
         float* g = gates + (size_t)t * gstep;
         if (t > 0) {
             const float* hp = h + (size_t)(t - 1) * hstep;
-            for (int o = warp; o < B * 4 * units; o += warps) {
+            for (int o = threadIdx.x; o < B * 4 * units; o += LSTM_PT_THREADS) {
                 const int n = o / (4 * units);
                 const int r = o % (4 * units);
                 const int q = r / units;
                 const int u = r % units;
-                const float* w = Ws + (size_t)(q * U + u) * H;
+                const float* w = Ws + (size_t)(q * U + u) * S;
                 const float* x = hp + (size_t)n * H;
-                float acc = 0.0f;
-                for (int k = lane; k < H; k += 32) acc += x[k] * w[k];
-                for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-                if (lane == 0) g[(size_t)n * 4 * H + q * H + j0 + u] += acc;
+                float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+                int k = 0;
+                for (; k + 4 <= H; k += 4) {
+                    a0 += x[k] * w[k];
+                    a1 += x[k + 1] * w[k + 1];
+                    a2 += x[k + 2] * w[k + 2];
+                    a3 += x[k + 3] * w[k + 3];
+                }
+                for (; k < H; k++) a0 += x[k] * w[k];
+                g[(size_t)n * 4 * H + q * H + j0 + u] += (a0 + a1) + (a2 + a3);
             }
             __syncthreads();  // the block's pre-activations of step t are complete
         }
@@ -160,10 +165,12 @@ extern "C" __global__ void __launch_bounds__(LSTM_PT_THREADS)
 // Backward through time of lstm_persistent_forward: dgates (T, B, 4H) written for every step, dh
 // (T, B, H) on entry the gradient reaching each h from above (the layer on top or the head) and on
 // exit the total (the recurrent part added). For t from T−1 down: block b first adds to its units'
-// dh[t] the recurrent gradient dgates[t+1] · W_hh[:, its units] (one warp per (n, u), lanes stride
-// the 4H rows, a fixed shuffle tree), then runs the cell backward of its (n, j), the running
-// gradient of c kept in shared memory across the steps; the grid barrier publishes dgates[t].
-// Shared memory: the W_hh columns of its units [U][4H], the running dc [B][U].
+// dh[t] the recurrent gradient dgates[t+1] · W_hh[:, its units]: each (n, u) dot product of length
+// 4H is cut into P consecutive parts (P from the host, so that B·U·P threads are busy), one thread
+// per part, the parts added in order through shared memory; then it runs the cell backward of its
+// (n, j), the running gradient of c kept in shared memory across the steps; the grid barrier
+// publishes dgates[t]. Shared memory: the W_hh columns of its units [U][S4] with S4 = 4H + 1, the
+// running dc [B][U], and when P > 1 the parts [B·U][P].
 extern "C" __global__ void __launch_bounds__(LSTM_PT_THREADS)
     lstm_persistent_backward(float* dgates,         // (T, B, 4H), written
                              float* dh,             // (T, B, H), in: from above; out: total
@@ -171,38 +178,61 @@ extern "C" __global__ void __launch_bounds__(LSTM_PT_THREADS)
                              const float* c,        // (T, B, H)
                              const float* w_hh,     // (4H, H)
                              unsigned int* barrier, // (2), zero before the first launch
-                             int T, int B, int H, int U) {
+                             int T, int B, int H, int U, int P) {
     extern __shared__ float lstm_smem[];
-    float* Wc = lstm_smem;          // [U][4H]: Wc[u][r] = W_hh[r][j0 + u]
-    float* dcs = Wc + (size_t)U * 4 * H;  // [B][U]
+    const int S4 = 4 * H + 1;
+    float* Wc = lstm_smem;                 // [U][S4]: Wc[u][r] = W_hh[r][j0 + u]
+    float* dcs = Wc + (size_t)U * S4;      // [B][U]
+    float* parts = dcs + (size_t)B * U;    // [B·U][P] when P > 1
     const int j0 = blockIdx.x * U;
     const int units = min(U, H - j0);
-    const int lane = threadIdx.x % 32;
-    const int warp = threadIdx.x / 32;
-    const int warps = LSTM_PT_THREADS / 32;
     for (int e = threadIdx.x; e < U * 4 * H; e += LSTM_PT_THREADS) {
         const int u = e / (4 * H);
         const int r = e % (4 * H);
-        Wc[e] = u < units ? w_hh[(size_t)r * H + j0 + u] : 0.0f;
+        Wc[(size_t)u * S4 + r] = u < units ? w_hh[(size_t)r * H + j0 + u] : 0.0f;
     }
     for (int e = threadIdx.x; e < B * U; e += LSTM_PT_THREADS) dcs[e] = 0.0f;
     __syncthreads();  // W columns and dc in place
     const size_t gstep = (size_t)B * 4 * H;
     const size_t hstep = (size_t)B * H;
+    const int len = (4 * H + P - 1) / P;  // rows of one part
     for (int t = T - 1; t >= 0; t--) {
         float* dht = dh + (size_t)t * hstep;
         if (t + 1 < T) {
             grid_sync(barrier);  // dgates[t + 1] of every unit written
             const float* dgn = dgates + (size_t)(t + 1) * gstep;
-            for (int o = warp; o < B * units; o += warps) {
+            for (int w = threadIdx.x; w < B * units * P; w += LSTM_PT_THREADS) {
+                const int o = w / P;
+                const int p = w % P;
                 const int n = o / units;
                 const int u = o % units;
-                const float* w = Wc + (size_t)u * 4 * H;
+                const float* wc = Wc + (size_t)u * S4;
                 const float* d = dgn + (size_t)n * 4 * H;
-                float acc = 0.0f;
-                for (int r = lane; r < 4 * H; r += 32) acc += d[r] * w[r];
-                for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-                if (lane == 0) dht[(size_t)n * H + j0 + u] += acc;
+                const int r0 = p * len;
+                const int r1 = min(4 * H, r0 + len);
+                float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+                int r = r0;
+                for (; r + 4 <= r1; r += 4) {
+                    a0 += d[r] * wc[r];
+                    a1 += d[r + 1] * wc[r + 1];
+                    a2 += d[r + 2] * wc[r + 2];
+                    a3 += d[r + 3] * wc[r + 3];
+                }
+                for (; r < r1; r++) a0 += d[r] * wc[r];
+                const float acc = (a0 + a1) + (a2 + a3);
+                if (P == 1) {
+                    dht[(size_t)n * H + j0 + u] += acc;
+                } else {
+                    parts[(size_t)o * P + p] = acc;
+                }
+            }
+            if (P > 1) {
+                __syncthreads();  // every part written
+                for (int o = threadIdx.x; o < B * units; o += LSTM_PT_THREADS) {
+                    float acc = 0.0f;
+                    for (int p = 0; p < P; p++) acc += parts[(size_t)o * P + p];
+                    dht[(size_t)(o / units) * H + j0 + o % units] += acc;
+                }
             }
             __syncthreads();  // the block's dh[t] is complete
         }
@@ -235,6 +265,6 @@ extern "C" __global__ void __launch_bounds__(LSTM_PT_THREADS)
 //
 // lstm_cell_forward, lstm_cell_backward: block (256), grid (ceil(B·H / 256)); no shared memory.
 // B·H < 2^31.
-// lstm_persistent_forward, lstm_persistent_backward: cooperative, block (256), grid (ceil(H / U))
-// no larger than the device's co-resident blocks; dynamic shared memory 4·U·H floats (forward),
-// 4·U·H + B·U floats (backward).
+// lstm_persistent_forward, lstm_persistent_backward: cooperative, block (LSTM_PT_THREADS = 128),
+// grid (ceil(H / U)) no larger than the device's co-resident blocks; dynamic shared memory
+// 4·U·(H | 1) floats (forward), U·(4H + 1) + B·U (+ B·U·P when P > 1) floats (backward).

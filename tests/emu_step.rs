@@ -66,9 +66,20 @@ fn run(
     graphs: bool,
     steps: u64,
 ) -> (DeviceCounts, Vec<StepRecord>, Vec<Vec<f32>>) {
+    run_lstm_path(cfg, graphs, steps, true)
+}
+
+/// [`run`] with the LSTM's recurrence on the persistent kernels or per timestep.
+fn run_lstm_path(
+    cfg: &ModelConfig,
+    graphs: bool,
+    steps: u64,
+    persistent: bool,
+) -> (DeviceCounts, Vec<StepRecord>, Vec<Vec<f32>>) {
     let m = model::build(cfg, 2);
     let mut be = CudaBackend::new(Box::new(EmuDevice::new()), m.table().clone()).unwrap();
     be.set_cuda_graph(graphs);
+    be.set_lstm_persistent(persistent);
     let mut rng = Rng::derive(3, "init");
     for (id, v) in model::init_params(m.as_ref(), &mut rng) {
         be.write(id, &v);
@@ -156,14 +167,25 @@ fn emu_step_default_gpt_fits_its_launch_budget() {
 }
 
 #[test]
-fn emu_step_lstm_launches_grow_with_its_timesteps() {
-    // The per-timestep path (until the persistent LSTM): 4 launches per timestep (gate GEMM and
-    // cell forward, cell backward and recurrence GEMM backward) plus 11 for the rest of the step.
+fn emu_step_lstm_launches_do_not_grow_with_its_timesteps() {
+    // The persistent recurrence: one cooperative launch forward and one backward per layer
+    // whatever T, so the step is 15 launches at any T. The per-timestep path (the fallback): 4
+    // launches per timestep (gate GEMM and cell forward, cell backward and recurrence GEMM
+    // backward) plus 11 for the rest of the step.
     for t in [5usize, 8] {
         let (eager, _, _) = run(&lstm(t), false, 2);
         let (graph, _, _) = run(&lstm(t), true, 2);
-        assert_budget(&format!("LSTM T={t}"), eager, graph, 4 * t as u64 + 11);
-        assert_eq!(eager.launches, 4 * t as u64 + 11, "T={t}");
+        assert_budget(&format!("LSTM T={t}"), eager, graph, 15);
+        assert_eq!(eager.launches, 15, "T={t}");
+        let (eager, _, _) = run_lstm_path(&lstm(t), false, 2, false);
+        let (graph, _, _) = run_lstm_path(&lstm(t), true, 2, false);
+        assert_budget(
+            &format!("LSTM T={t} per timestep"),
+            eager,
+            graph,
+            4 * t as u64 + 11,
+        );
+        assert_eq!(eager.launches, 4 * t as u64 + 11, "T={t} per timestep");
     }
 }
 

@@ -36,6 +36,9 @@ ap.add_argument("--steps", type=int, default=30, help="timed steps per measureme
 ap.add_argument("--per-measurement-s", type=float, default=40.0)
 ap.add_argument("--deadline-s", type=float, default=100.0, help="start nothing after this many seconds")
 ap.add_argument("--only", default="", help="comma-separated measurement names (default: all)")
+ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                help="cpu: the CPU peer of the train_step bench (eager FP32 train steps only)")
+ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (cpu; 0: PyTorch's default)")
 args = ap.parse_args()
 T0 = time.time()
 
@@ -43,8 +46,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-dev = torch.device("cuda")
+dev = torch.device(args.device)
+CUDA = args.device == "cuda"
+if args.threads > 0:
+    torch.set_num_threads(args.threads)
 V = args.vocab
+
+
+def sync():
+    if CUDA:
+        torch.cuda.synchronize()
 
 
 class SeedAttention(nn.Module):
@@ -133,6 +144,8 @@ signal.signal(signal.SIGALRM, on_alarm)
 
 
 def set_tf32(on):
+    if not CUDA:
+        return
     torch.backends.cuda.matmul.allow_tf32 = on
     torch.backends.cudnn.allow_tf32 = on
 
@@ -162,12 +175,13 @@ def train_step_measure(name, mode):
         opt.zero_grad(set_to_none=True)
         return loss.detach()
 
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    sync()
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
     t_first = time.perf_counter()
     for _ in range(3):  # compiles (and records the graph) in the compiled modes
         fn().item()
-    torch.cuda.synchronize()
+    sync()
     warm_s = time.perf_counter() - t_first
     for _ in range(3):
         fn().item()
@@ -180,7 +194,7 @@ def train_step_measure(name, mode):
     return {
         "tokens_per_s": B * T / med,
         "median_step_ms": med * 1e3,
-        "peak_mib": torch.cuda.max_memory_allocated() / 2**20,
+        "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if CUDA else None,
         "first_3_steps_s": warm_s,
         "params": sum(p.numel() for p in model.parameters()),
         "batch": B,
@@ -243,9 +257,12 @@ PLAN += [("matmul", p, None) for p in ("fp32", "tf32", "bf16")]
 PLAN += [("train", m, "compile_reduce_overhead") for m in ("seed", "gpt", "lstm")]
 PLAN += [("train", m, "eager_tf32") for m in ("seed", "gpt", "lstm")]
 PLAN += [("train", m, "compile") for m in ("seed", "gpt", "lstm")]
+if not CUDA:
+    PLAN = [("train", m, "eager_fp32") for m in ("seed", "gpt", "lstm")]
 
 res = {
-    "note": f"PyTorch {torch.__version__}, {torch.cuda.get_device_name()}, "
+    "note": f"PyTorch {torch.__version__}, "
+            f"{torch.cuda.get_device_name() if CUDA else f'CPU, {torch.get_num_threads()} threads'}, "
             f"vocab {V}, {args.steps} timed steps per measurement (median), peak = torch.cuda.max_memory_allocated",
     "train": {},
     "sdpa": {},
@@ -280,6 +297,7 @@ for kind, what, mode in PLAN:
         torch._dynamo.reset()
     except Exception:
         pass
-    torch.cuda.empty_cache()
+    if CUDA:
+        torch.cuda.empty_cache()
     json.dump(res, open(args.json, "w"), indent=1)
 json.dump(res, open(args.json, "w"), indent=1)

@@ -377,6 +377,15 @@ pub trait Backend {
     }
     /// CUDA graphs for the training step on (the default) or off; no effect without a GPU.
     fn set_cuda_graph(&mut self, _on: bool) {}
+    /// Whether LSTM layers may run their recurrence on the persistent (one launch per layer and
+    /// direction) kernels, where the device holds them (the default), or always per timestep.
+    /// Nothing on the CPU.
+    fn set_lstm_persistent(&mut self, _on: bool) {}
+    /// Kernel launches (eager or recorded) of the last LSTM layer forward and backward, where a
+    /// device counts them; None without LSTM layers or a device.
+    fn lstm_layer_launches(&self) -> Option<(u64, u64)> {
+        None
+    }
     /// How the training step runs when that is worth a note (e.g. CUDA graphs were asked for
     /// and capture failed); None when there is nothing to say.
     fn step_note(&self) -> Option<String> {

@@ -400,8 +400,22 @@ pub struct ProfileStepArgs {
     /// On the GPU, replay the step as a CUDA graph (on) or launch it eagerly (off).
     #[arg(long, value_enum, value_name = "on|off", default_value_t = OnOff::On)]
     pub cuda_graph: OnOff,
+    /// On the GPU, how the LSTM runs its recurrence: one cooperative launch per layer and
+    /// direction with W_hh kept on chip (persistent; layers that do not fit fall back, with a
+    /// note), or a GEMM and a cell kernel per timestep (per-timestep, the comparison).
+    #[arg(long, value_enum, default_value_t = LstmRecurrence::Persistent)]
+    pub lstm_recurrence: LstmRecurrence,
     #[command(flatten)]
     pub shape: ShapeArgs,
+}
+
+/// How the CUDA backend runs an LSTM layer's time loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LstmRecurrence {
+    /// The whole loop in one cooperative launch forward and one backward.
+    Persistent,
+    /// A recurrence GEMM and a cell kernel per timestep.
+    PerTimestep,
 }
 
 /// `memory --attention`: one attention path, or both.

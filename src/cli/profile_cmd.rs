@@ -6,7 +6,7 @@
 //! off` record that step and nothing else (scripts/profile-nsys.sh, scripts/profile-ncu.sh).
 
 use super::presets;
-use super::{ProfileStepArgs, TrainArgs};
+use super::{LstmRecurrence, ProfileStepArgs, TrainArgs};
 use crate::backend::{self, Backend};
 use crate::gpu::nvtx;
 use crate::model;
@@ -58,6 +58,7 @@ pub fn run(a: &ProfileStepArgs) -> Result<()> {
     let m = model::build(&cfg, tcfg.batch);
     let mut be = backend::create(a.device, m.table().clone(), false)?;
     be.set_cuda_graph(a.cuda_graph.on());
+    be.set_lstm_persistent(a.lstm_recurrence == LstmRecurrence::Persistent);
     let mut rng = Rng::new(tcfg.seed);
     for (id, v) in model::init_params(m.as_ref(), &mut rng) {
         be.write(id, &v);
@@ -111,6 +112,9 @@ pub fn run(a: &ProfileStepArgs) -> Result<()> {
         (Some(b0), Some(b1)) => {
             let c = b1 - b0;
             println!("step counts: {c}");
+            if let Some((fwd, bwd)) = be.lstm_layer_launches() {
+                println!("lstm:   {fwd} launches per layer forward, {bwd} backward");
+            }
             if let Some(note) = be.step_note() {
                 println!("note:   {note}");
             }

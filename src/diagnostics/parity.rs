@@ -79,9 +79,23 @@ pub fn training_parity(
     seed: u64,
     dev: Box<dyn Device>,
 ) -> anyhow::Result<Parity> {
+    training_parity_with(cfg, batch, steps, seed, dev, |_| {})
+}
+
+/// [`training_parity`] with the CUDA backend configured by `configure` before the first step
+/// (e.g. the LSTM's per-timestep path instead of the persistent kernels).
+pub fn training_parity_with(
+    cfg: &ModelConfig,
+    batch: usize,
+    steps: u64,
+    seed: u64,
+    dev: Box<dyn Device>,
+    configure: impl FnOnce(&mut CudaBackend),
+) -> anyhow::Result<Parity> {
     let model = model::build(cfg, batch);
     let mut cpu = CpuBackend::new(model.table().clone());
     let mut gpu = CudaBackend::new(dev, model.table().clone())?;
+    configure(&mut gpu);
     let mut rng = Rng::derive(seed, "init");
     for (id, v) in model::init_params(model.as_ref(), &mut rng) {
         cpu.write(id, &v);

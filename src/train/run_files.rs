@@ -399,6 +399,7 @@ mod tests {
                 n_heads: 1,
                 pos_emb: true,
                 dropout: 0.1,
+                attention: Default::default(),
             }),
             train: tcfg.clone(),
             tokenizer: serde_json::json!({}),

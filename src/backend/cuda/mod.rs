@@ -21,6 +21,7 @@ use crate::gpu::kernels::{
 };
 use crate::gpu::{Device, DeviceExt, DevicePtr, DeviceSlice, GpuError, GraphId};
 use crate::ops::adamw::AdamWConfig;
+use crate::ops::lstm::LstmShape;
 use crate::philox::DropoutKey;
 use crate::tensor::{Category, DType, ParamIds, TensorId, TensorTable};
 use std::collections::VecDeque;
@@ -77,11 +78,7 @@ fn split_workspace_len(table: &TensorTable) -> (usize, usize) {
     }
     // the LSTM's per-timestep recurrence products, split over K: h (T, B, H) gives B and H
     for (_, s) in table.iter() {
-        if s.category == Category::Activation
-            && s.shape.len() == 3
-            && s.name.starts_with("lstm.")
-            && s.name.ends_with(".h")
-        {
+        if is_lstm_hidden(s) {
             let (b, h) = (s.shape[1], s.shape[2]);
             for (m, nc, kk) in [(b, 4 * h, h), (b, h, 4 * h)] {
                 let splits = k::splitk_splits(m, nc, kk, SPLITK_MIN_BLOCKS);
@@ -92,6 +89,14 @@ fn split_workspace_len(table: &TensorTable) -> (usize, usize) {
         }
     }
     (floats.min(MAX_SPLIT_WORKSPACE), counters)
+}
+
+/// Whether `s` is an LSTM layer's hidden states h (T, B, H).
+fn is_lstm_hidden(s: &crate::tensor::TensorSpec) -> bool {
+    s.category == Category::Activation
+        && s.shape.len() == 3
+        && s.name.starts_with("lstm.")
+        && s.name.ends_with(".h")
 }
 
 /// f64 partials and counters of the layernorm backward at `table`'s shapes (its 1-D parameters'
@@ -165,6 +170,17 @@ pub struct CudaBackend {
     /// launches: the last block of each tile resets its own).
     counters: DeviceSlice<u32>,
     ln_partials: DeviceSlice<f64>,
+    /// The grid barrier of the persistent LSTM kernels (kernels/grid.cuh: count, generation).
+    lstm_barrier: DeviceSlice<u32>,
+    /// Each LSTM layer shape (B, H) of the table with its persistent split, or why the layer
+    /// runs on the per-timestep kernels.
+    lstm_plans: Vec<((usize, usize), Result<k::PersistentPlan, String>)>,
+    /// Whether LSTM layers use the persistent kernels where their plan allows (else always the
+    /// per-timestep kernels).
+    lstm_persistent: bool,
+    /// Launches (eager or captured) of the last LSTM layer forward and backward, for
+    /// profile-step.
+    lstm_layer_launches: (u64, u64),
     step: StepBuffers,
     /// What the device's StepScalars hold (None: never written).
     scalars: Option<StepScalars>,
@@ -251,7 +267,28 @@ impl CudaBackend {
             Category::Workspace,
             &[5 * n_chunks.max(1)],
         );
-        let persistent = [counters, scalars, state, ring, tensor_sq, chunk_table];
+        // The LSTM layers' (B, H), from their h (T, B, H): each gets a persistent-kernel plan.
+        let mut lstm_shapes: Vec<(usize, usize)> = table
+            .iter()
+            .filter(|(_, s)| is_lstm_hidden(s))
+            .map(|(_, s)| (s.shape[1], s.shape[2]))
+            .collect();
+        lstm_shapes.sort_unstable();
+        lstm_shapes.dedup();
+        let barrier = table.add_u32(
+            "cuda.lstm.barrier",
+            Category::Workspace,
+            &[if lstm_shapes.is_empty() { 1 } else { 2 }],
+        );
+        let persistent = [
+            counters,
+            scalars,
+            state,
+            ring,
+            tensor_sq,
+            chunk_table,
+            barrier,
+        ];
         let mut layout = arena::layout(&table, &persistent);
         // The alignment padding between tensors is allocated too: a row of its own keeps the
         // table's total equal to the allocation.
@@ -332,6 +369,13 @@ impl CudaBackend {
             split_ws: DeviceSlice::new(at(split), split_len),
             counters: DeviceSlice::new(at(counters), counter_len),
             ln_partials: DeviceSlice::new(at(ln), ln_len.max(1)),
+            lstm_barrier: DeviceSlice::new(at(barrier), if lstm_shapes.is_empty() { 1 } else { 2 }),
+            lstm_plans: lstm_shapes
+                .iter()
+                .map(|&(b, h)| ((b, h), k::lstm_persistent_plan(dev.as_ref(), b, h)))
+                .collect(),
+            lstm_persistent: true,
+            lstm_layer_launches: (0, 0),
             step,
             scalars: None,
             pending: VecDeque::new(),
@@ -574,6 +618,243 @@ impl CudaBackend {
     }
 
     /// Whether a training step runs as a CUDA graph, and if not, why (None: it does).
+    /// Uses the persistent LSTM kernels where a layer's plan allows (the default), or always the
+    /// per-timestep kernels (for comparisons).
+    pub fn set_lstm_persistent(&mut self, on: bool) {
+        self.lstm_persistent = on;
+    }
+
+    /// The persistent split of an LSTM layer of shape (B, H), when it runs on the persistent
+    /// kernels.
+    fn lstm_plan(&self, b: usize, h: usize) -> Option<k::PersistentPlan> {
+        if !self.lstm_persistent {
+            return None;
+        }
+        self.lstm_plans
+            .iter()
+            .find(|(shape, _)| *shape == (b, h))
+            .and_then(|(_, plan)| plan.as_ref().ok().copied())
+    }
+
+    /// How the LSTM layers run, when that deserves a note: the per-timestep kernels were asked
+    /// for, or a layer does not fit the persistent kernels (and why).
+    pub fn lstm_note(&self) -> Option<String> {
+        if self.lstm_plans.is_empty() {
+            return None;
+        }
+        if !self.lstm_persistent {
+            return Some("LSTM: per-timestep kernels (--lstm-recurrence per-timestep)".into());
+        }
+        let why: Vec<String> = self
+            .lstm_plans
+            .iter()
+            .filter_map(|((b, h), plan)| {
+                plan.as_ref()
+                    .err()
+                    .map(|e| format!("layer (B {b}, H {h}) runs per timestep: {e}"))
+            })
+            .collect();
+        (!why.is_empty()).then(|| format!("LSTM: {}", why.join("; ")))
+    }
+
+    /// One LSTM layer forward on the device (the shapes checked): the input GEMM, then the
+    /// recurrence in one persistent launch or step by step.
+    #[allow(clippy::too_many_arguments)]
+    fn lstm_forward_layer(
+        &mut self,
+        s: LstmShape,
+        h: TensorId,
+        c: TensorId,
+        gates: TensorId,
+        x: TensorId,
+        w_ih: TensorId,
+        w_hh: TensorId,
+        bias: TensorId,
+    ) {
+        let d = self.device();
+        let (hh, cc, gg, whh) = (self.f(h), self.f(c), self.f(gates), self.f(w_hh));
+        let (bh, b4) = (s.b * s.h, s.b * 4 * s.h);
+        // input contributions of every timestep at once, then the recurrence step by step
+        self.ok(k::matmul_forward(
+            d,
+            gg,
+            self.f(x),
+            self.f(w_ih),
+            Some(self.f(bias)),
+            s.t * s.b,
+            s.e,
+            4 * s.h,
+        ));
+        if let Some(plan) = self.lstm_plan(s.b, s.h) {
+            // the whole recurrence in one cooperative launch, W_hh resident on chip
+            self.ok(k::lstm_persistent_forward(
+                d,
+                &plan,
+                gg,
+                cc,
+                hh,
+                whh,
+                self.lstm_barrier,
+                s.t,
+                s.b,
+                s.h,
+            ));
+            return;
+        }
+        for t in 0..s.t {
+            let g_t = rows(gg, t, 1, b4);
+            if t > 0 {
+                // gates[t] += h[t-1] · W_hhᵀ: a (B, 4H) output has few tiles; split over K
+                let splits = self.splitk(s.b, 4 * s.h, s.h);
+                self.ok(k::matmul_forward_accumulate_splitk(
+                    d,
+                    g_t,
+                    rows(hh, t - 1, 1, bh),
+                    whh,
+                    Some(self.split_ws),
+                    Some(self.counters),
+                    splits,
+                    s.b,
+                    s.h,
+                    4 * s.h,
+                ));
+            }
+            let c_prev = (t > 0).then(|| rows(cc, t - 1, 1, bh));
+            self.ok(k::lstm_cell_forward(
+                d,
+                g_t,
+                c_prev,
+                rows(cc, t, 1, bh),
+                rows(hh, t, 1, bh),
+                s.b,
+                s.h,
+            ));
+        }
+    }
+
+    /// One LSTM layer backward on the device (the shapes checked): the recurrence in one
+    /// persistent launch or step by step, then the weight, bias and input gradients as GEMMs.
+    #[allow(clippy::too_many_arguments)]
+    fn lstm_backward_layer(
+        &mut self,
+        s: LstmShape,
+        dx: Option<TensorId>,
+        dw_ih: TensorId,
+        dw_hh: TensorId,
+        dbias: TensorId,
+        dgates: TensorId,
+        dh: TensorId,
+        h: TensorId,
+        c: TensorId,
+        gates: TensorId,
+        x: TensorId,
+        w_ih: TensorId,
+        w_hh: TensorId,
+    ) {
+        let d = self.device();
+        let (hh, cc, gg, dg, ddh) = (
+            self.f(h),
+            self.f(c),
+            self.f(gates),
+            self.f(dgates),
+            self.f(dh),
+        );
+        let (bh, b4, h4) = (s.b * s.h, s.b * 4 * s.h, 4 * s.h);
+        // The gradient reaching c of step t - 1 travels in columns 0..H of dgates[t - 1] (not
+        // yet written) until step t - 1's cell reads it there and overwrites it.
+        let dc_view = |t: usize| dg.slice(t * b4..t * b4 + (s.b - 1) * h4 + s.h);
+        let plan = self.lstm_plan(s.b, s.h);
+        if let Some(plan) = &plan {
+            // backpropagation through time in one cooperative launch (dgates of every step)
+            self.ok(k::lstm_persistent_backward(
+                d,
+                plan,
+                dg,
+                ddh,
+                gg,
+                cc,
+                self.f(w_hh),
+                self.lstm_barrier,
+                s.t,
+                s.b,
+                s.h,
+            ));
+        }
+        // else the recurrence step by step
+        let steps = if plan.is_some() { 0 } else { s.t };
+        for t in (0..steps).rev() {
+            let dg_t = rows(dg, t, 1, b4);
+            self.ok(k::lstm_cell_backward(
+                d,
+                dg_t,
+                (t > 0).then(|| dc_view(t - 1)),
+                (t + 1 < s.t).then(|| dc_view(t)),
+                h4,
+                rows(ddh, t, 1, bh),
+                rows(gg, t, 1, b4),
+                rows(cc, t, 1, bh),
+                (t > 0).then(|| rows(cc, t - 1, 1, bh)),
+                s.b,
+                s.h,
+            ));
+            if t > 0 {
+                // dh[t-1] += dgates[t] · W_hh: a (B, H) output of 4 tiles at the default size,
+                // split over K = 4H so the reduction spreads over the GPU
+                let splits = self.splitk(s.b, s.h, h4);
+                self.ok(k::matmul_backward_input_splitk(
+                    d,
+                    rows(ddh, t - 1, 1, bh),
+                    dg_t,
+                    self.f(w_hh),
+                    Some(self.split_ws),
+                    Some(self.counters),
+                    splits,
+                    s.b,
+                    s.h,
+                    h4,
+                ));
+            }
+        }
+        let n = s.t * s.b;
+        self.params_grad(
+            &[self.f(dw_ih)],
+            &[Some(self.f(dbias))],
+            &[dg],
+            self.f(x),
+            n,
+            s.e,
+            h4,
+        );
+        if s.t > 1 {
+            self.params_grad(
+                &[self.f(dw_hh)],
+                &[None],
+                &[rows(dg, 1, s.t - 1, b4)],
+                rows(hh, 0, s.t - 1, bh),
+                (s.t - 1) * s.b,
+                s.h,
+                h4,
+            );
+        }
+        if let Some(dxx) = dx {
+            self.ok(k::matmul_backward_input(
+                d,
+                self.f(dxx),
+                dg,
+                self.f(w_ih),
+                n,
+                s.e,
+                h4,
+            ));
+        }
+    }
+
+    /// Kernel launches issued so far, eager or recorded into a graph.
+    fn launches_so_far(&self) -> u64 {
+        let c = self.dev.counts();
+        c.launches + c.captured_launches
+    }
+
     pub fn graph_note(&self) -> Option<String> {
         match &self.graph {
             _ if !self.graphs_enabled => Some("CUDA graphs are off (--cuda-graph off)".into()),
@@ -1028,49 +1309,9 @@ impl Backend for CudaBackend {
         if s.t == 0 || s.b == 0 {
             return;
         }
-        let d = self.device();
-        let (hh, cc, gg, whh) = (self.f(h), self.f(c), self.f(gates), self.f(w_hh));
-        let (bh, b4) = (s.b * s.h, s.b * 4 * s.h);
-        // input contributions of every timestep at once, then the recurrence step by step
-        self.ok(k::matmul_forward(
-            d,
-            gg,
-            self.f(x),
-            self.f(w_ih),
-            Some(self.f(bias)),
-            s.t * s.b,
-            s.e,
-            4 * s.h,
-        ));
-        for t in 0..s.t {
-            let g_t = rows(gg, t, 1, b4);
-            if t > 0 {
-                // gates[t] += h[t-1] · W_hhᵀ: a (B, 4H) output has few tiles; split over K
-                let splits = self.splitk(s.b, 4 * s.h, s.h);
-                self.ok(k::matmul_forward_accumulate_splitk(
-                    d,
-                    g_t,
-                    rows(hh, t - 1, 1, bh),
-                    whh,
-                    Some(self.split_ws),
-                    Some(self.counters),
-                    splits,
-                    s.b,
-                    s.h,
-                    4 * s.h,
-                ));
-            }
-            let c_prev = (t > 0).then(|| rows(cc, t - 1, 1, bh));
-            self.ok(k::lstm_cell_forward(
-                d,
-                g_t,
-                c_prev,
-                rows(cc, t, 1, bh),
-                rows(hh, t, 1, bh),
-                s.b,
-                s.h,
-            ));
-        }
+        let l0 = self.launches_so_far();
+        self.lstm_forward_layer(s, h, c, gates, x, w_ih, w_hh, bias);
+        self.lstm_layer_launches.0 = self.launches_so_far() - l0;
     }
 
     fn lstm_backward(
@@ -1106,85 +1347,12 @@ impl Backend for CudaBackend {
         if s.t == 0 || s.b == 0 {
             return;
         }
-        let d = self.device();
-        let (hh, cc, gg, dg, ddh) = (
-            self.f(h),
-            self.f(c),
-            self.f(gates),
-            self.f(dgates),
-            self.f(dh),
+        let l0 = self.launches_so_far();
+        self.lstm_backward_layer(
+            s, dx, dw_ih, dw_hh, dbias, dgates, dh, h, c, gates, x, w_ih, w_hh,
         );
-        let (bh, b4, h4) = (s.b * s.h, s.b * 4 * s.h, 4 * s.h);
-        // The gradient reaching c of step t - 1 travels in columns 0..H of dgates[t - 1] (not
-        // yet written) until step t - 1's cell reads it there and overwrites it.
-        let dc_view = |t: usize| dg.slice(t * b4..t * b4 + (s.b - 1) * h4 + s.h);
-        for t in (0..s.t).rev() {
-            let dg_t = rows(dg, t, 1, b4);
-            self.ok(k::lstm_cell_backward(
-                d,
-                dg_t,
-                (t > 0).then(|| dc_view(t - 1)),
-                (t + 1 < s.t).then(|| dc_view(t)),
-                h4,
-                rows(ddh, t, 1, bh),
-                rows(gg, t, 1, b4),
-                rows(cc, t, 1, bh),
-                (t > 0).then(|| rows(cc, t - 1, 1, bh)),
-                s.b,
-                s.h,
-            ));
-            if t > 0 {
-                // dh[t-1] += dgates[t] · W_hh: a (B, H) output of 4 tiles at the default size,
-                // split over K = 4H so the reduction spreads over the GPU
-                let splits = self.splitk(s.b, s.h, h4);
-                self.ok(k::matmul_backward_input_splitk(
-                    d,
-                    rows(ddh, t - 1, 1, bh),
-                    dg_t,
-                    self.f(w_hh),
-                    Some(self.split_ws),
-                    Some(self.counters),
-                    splits,
-                    s.b,
-                    s.h,
-                    h4,
-                ));
-            }
-        }
-        let n = s.t * s.b;
-        self.params_grad(
-            &[self.f(dw_ih)],
-            &[Some(self.f(dbias))],
-            &[dg],
-            self.f(x),
-            n,
-            s.e,
-            h4,
-        );
-        if s.t > 1 {
-            self.params_grad(
-                &[self.f(dw_hh)],
-                &[None],
-                &[rows(dg, 1, s.t - 1, b4)],
-                rows(hh, 0, s.t - 1, bh),
-                (s.t - 1) * s.b,
-                s.h,
-                h4,
-            );
-        }
-        if let Some(dxx) = dx {
-            self.ok(k::matmul_backward_input(
-                d,
-                self.f(dxx),
-                dg,
-                self.f(w_ih),
-                n,
-                s.e,
-                h4,
-            ));
-        }
+        self.lstm_layer_launches.1 = self.launches_so_far() - l0;
     }
-
     fn cross_entropy_forward(&mut self, losses: TensorId, logits: TensorId, targets: TensorId) {
         let (n, v) = shapes::cross_entropy_forward(&self.table, losses, logits, targets);
         let r = k::cross_entropy_forward(
@@ -1742,6 +1910,17 @@ impl Backend for CudaBackend {
     }
 
     fn step_note(&self) -> Option<String> {
-        self.graph_note()
+        match (self.graph_note(), self.lstm_note()) {
+            (Some(g), Some(l)) => Some(format!("{g}; {l}")),
+            (g, l) => g.or(l),
+        }
+    }
+
+    fn set_lstm_persistent(&mut self, on: bool) {
+        CudaBackend::set_lstm_persistent(self, on);
+    }
+
+    fn lstm_layer_launches(&self) -> Option<(u64, u64)> {
+        (!self.lstm_plans.is_empty()).then_some(self.lstm_layer_launches)
     }
 }

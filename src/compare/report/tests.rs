@@ -48,6 +48,7 @@ fn att() -> ModelConfig {
         n_heads: 1,
         pos_emb: false,
         dropout: 0.1,
+        attention: Default::default(),
     })
 }
 
