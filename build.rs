@@ -123,9 +123,10 @@ mod nvrtc {
         let virtual_arch = arch.replacen("sm_", "compute_", 1);
         let mut units = Vec::new();
         let mut errors = String::new();
-        for path in &sources {
+        // One NVRTC program per file and output, compiled on as many threads as cargo gives this
+        // build (NUM_JOBS; NVRTC compiles distinct programs concurrently), in file order after.
+        let compile_file = |path: &PathBuf| {
             let file = path.file_name().unwrap().to_str().unwrap();
-            let stem = path.file_stem().unwrap().to_str().unwrap();
             let shown = format!("kernels/{file}");
             let src = fs::read_to_string(path).unwrap();
             let cubin_opts = [
@@ -135,6 +136,35 @@ mod nvrtc {
             let ptx_opts = [format!("--gpu-architecture={virtual_arch}")];
             let cubin = compile(&src, &shown, &cubin_opts, Output::Cubin);
             let ptx = compile(&src, &shown, &ptx_opts, Output::Ptx);
+            (cubin, ptx)
+        };
+        let jobs = env::var("NUM_JOBS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1)
+            .clamp(1, sources.len().max(1));
+        let mut compiled: Vec<_> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..jobs)
+                .map(|w| {
+                    let mine: Vec<(usize, &PathBuf)> =
+                        sources.iter().enumerate().skip(w).step_by(jobs).collect();
+                    s.spawn(move || {
+                        mine.into_iter()
+                            .map(|(i, p)| (i, compile_file(p)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|h| h.join().expect("an NVRTC compile thread panicked"))
+                .collect()
+        });
+        compiled.sort_by_key(|(i, _)| *i);
+        for (path, (_, (cubin, ptx))) in sources.iter().zip(compiled) {
+            let file = path.file_name().unwrap().to_str().unwrap();
+            let stem = path.file_stem().unwrap().to_str().unwrap();
+            let shown = format!("kernels/{file}");
             match (cubin, ptx) {
                 (Ok((cubin, log)), Ok((ptx, _))) => {
                     for line in log.lines().filter(|l| l.contains("warning")) {
@@ -422,6 +452,7 @@ mod emu {
         };
 
         let mut kernels = Vec::new();
+        let mut cpps = Vec::new();
         let mut build = base();
         for f in extra_flags {
             build.flag(f);
@@ -453,8 +484,34 @@ mod emu {
             }
             let cpp = gen_dir.join(format!("{file}.cpp"));
             fs::write(&cpp, unit).unwrap();
-            build.file(&cpp);
+            cpps.push(cpp);
         }
+        // The units are large (the emulator's headers in each): compile them on as many threads
+        // as cargo gives this build (NUM_JOBS), then archive the objects in one library.
+        let jobs = env::var("NUM_JOBS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1)
+            .clamp(1, cpps.len().max(1));
+        let objects: Vec<PathBuf> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..jobs)
+                .map(|w| {
+                    let mut b = build.clone();
+                    for cpp in cpps.iter().skip(w).step_by(jobs) {
+                        b.file(cpp);
+                    }
+                    s.spawn(move || b.compile_intermediates())
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| panic!("compiling {}", lib.name))
+                })
+                .collect()
+        });
+        build.objects(&objects);
         build.compile(lib.name);
         kernels
     }
