@@ -212,8 +212,8 @@ device_tests! {
 #[test]
 fn emu_persistent_lstm_is_bit_identical_across_runs() {
     let l = layer(17, 3, 300, 7);
-    let a = run_persistent(&EmuDevice::new(), &l);
-    let b = run_persistent(&EmuDevice::new(), &l);
+    let a = run_persistent(&common::emu_h200(), &l);
+    let b = run_persistent(&common::emu_h200(), &l);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for (what, x, y) in [
         ("gates", &a.gates, &b.gates),
@@ -341,7 +341,7 @@ fn emu_persistent_lstm_training_steps_match_the_cpu_backend() {
         3,
         2,
         21,
-        Box::new(EmuDevice::new()),
+        Box::new(common::emu_h200()),
         |_| {},
     )
     .unwrap();
@@ -351,7 +351,7 @@ fn emu_persistent_lstm_training_steps_match_the_cpu_backend() {
         32,
         2,
         22,
-        Box::new(EmuDevice::new()),
+        Box::new(common::emu_h200()),
         |_| {},
     )
     .unwrap();
@@ -366,7 +366,7 @@ fn emu_default_lstm_step_on_the_persistent_kernels_matches_the_cpu_backend() {
         32,
         1,
         23,
-        Box::new(EmuDevice::new()),
+        Box::new(common::emu_h200()),
         |_| {},
     )
     .unwrap();
@@ -405,7 +405,7 @@ fn step_launches(cfg: &ModelConfig, b: usize, persistent: bool) -> (u64, (u64, u
     use robo_poet::model;
     use robo_poet::train::queue_step;
     let m = model::build(cfg, b);
-    let mut be = CudaBackend::new(Box::new(EmuDevice::new()), m.table().clone()).unwrap();
+    let mut be = CudaBackend::new(Box::new(common::emu_h200()), m.table().clone()).unwrap();
     be.set_cuda_graph(false);
     be.set_lstm_persistent(persistent);
     let mut rng = Rng::new(1);

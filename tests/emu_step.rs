@@ -3,6 +3,7 @@
 //! replayed as a CUDA graph against the same step launched eagerly (bit for bit, with dropout),
 //! and the emulated stream capture refusing what the driver refuses.
 
+mod common;
 use robo_poet::backend::cuda::CudaBackend;
 use robo_poet::backend::{Backend, StepRecord};
 use robo_poet::gpu::{
@@ -77,7 +78,7 @@ fn run_lstm_path(
     persistent: bool,
 ) -> (DeviceCounts, Vec<StepRecord>, Vec<Vec<f32>>) {
     let m = model::build(cfg, 2);
-    let mut be = CudaBackend::new(Box::new(EmuDevice::new()), m.table().clone()).unwrap();
+    let mut be = CudaBackend::new(Box::new(common::emu_h200()), m.table().clone()).unwrap();
     be.set_cuda_graph(graphs);
     be.set_lstm_persistent(persistent);
     let mut rng = Rng::derive(3, "init");

@@ -380,7 +380,14 @@ __attribute__((noinline)) inline void fiber_run(Launch& L) {
     asan_switched(L, nullptr);
 #endif
     fiber_run(L);
-    transfer(L, my_slot(), L.aborted ? -1 : L.current, true);
+    // Past fiber_run's announcement of this thread's end to ThreadSanitizer, which the launcher
+    // acquires before it frees the blocks: the scheduler's own read of its slot orders nothing.
+    int me;
+    {
+        Quiet q;
+        me = my_slot();
+    }
+    transfer(L, me, L.aborted ? -1 : L.current, true);
     fatal("an exited fiber was resumed", std::source_location::current());
 }
 

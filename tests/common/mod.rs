@@ -110,3 +110,16 @@ pub fn rerun_with_os_threads(what: &str, expected: usize) {
         "the {what} under ROBO_POET_EMU_THREADS=os:\n{report}"
     );
 }
+
+/// The emulated H200 (132 SMs), or under ThreadSanitizer (`ROBO_POET_EMU_SANITIZE=thread`, the CI's
+/// TSan leg) a device of 16 SMs: TSan keeps a fiber of its own for every resident CUDA thread, and
+/// a cooperative grid of 100 blocks of 128 threads exhausts its memory mappings. The kernels run
+/// the same code either way, over fewer blocks of more units each.
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub fn emu_h200() -> robo_poet::gpu::EmuDevice {
+    if std::env::var("ROBO_POET_EMU_SANITIZE").as_deref() == Ok("thread") {
+        robo_poet::gpu::EmuDevice::new().with_sms(16)
+    } else {
+        robo_poet::gpu::EmuDevice::new()
+    }
+}
