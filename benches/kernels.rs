@@ -272,16 +272,78 @@ fn gpu_ops<'a>(
             "matmul forward",
             costs::matmul_forward(n, c, c, true),
             events(Box::new(move || {
-                ok(k::matmul_forward(dev, out, x, w, Some(bias), n, c, c))
+                ok(k::matmul_forward(
+                    dev,
+                    k::Precision::Fp32,
+                    out,
+                    x,
+                    w,
+                    Some(bias),
+                    n,
+                    c,
+                    c,
+                ))
+            })),
+        ),
+        (
+            "matmul forward tf32",
+            costs::matmul_forward(n, c, c, true),
+            events(Box::new(move || {
+                ok(k::matmul_forward(
+                    dev,
+                    k::Precision::Tf32,
+                    out,
+                    x,
+                    w,
+                    Some(bias),
+                    n,
+                    c,
+                    c,
+                ))
+            })),
+        ),
+        (
+            "matmul forward bf16",
+            costs::matmul_forward(n, c, c, true),
+            events(Box::new(move || {
+                ok(k::matmul_forward(
+                    dev,
+                    k::Precision::Bf16,
+                    out,
+                    x,
+                    w,
+                    Some(bias),
+                    n,
+                    c,
+                    c,
+                ))
             })),
         ),
         (
             "matmul backward",
             costs::matmul_backward(n, c, c),
             events(Box::new(move || {
-                ok(k::matmul_backward_input(dev, dx, out, w, n, c, c));
+                ok(k::matmul_backward_input(
+                    dev,
+                    k::Precision::Fp32,
+                    dx,
+                    out,
+                    w,
+                    n,
+                    c,
+                    c,
+                ));
                 ok(k::matmul_backward_weight_with_workspace(
-                    dev, dw, out, x, split_ws, splits, n, c, c,
+                    dev,
+                    k::Precision::Fp32,
+                    dw,
+                    out,
+                    x,
+                    split_ws,
+                    splits,
+                    n,
+                    c,
+                    c,
                 ));
             })),
         ),
@@ -580,6 +642,94 @@ fn attention_sweep(c: &mut Criterion, gpu: Option<&CudaDevice>) {
     }
 }
 
+/// The GEMM sweep: out = x · wᵀ (matmul_forward, no bias) at each precision, square sizes and
+/// the default models' linear-layer shapes (M = tokens per step, N = out features, K = in).
+const GEMM_SQUARE: [usize; 5] = [512, 1024, 2048, 4096, 8192];
+const GEMM_MODEL_SHAPES: [(&str, usize, usize, usize); 4] = [
+    ("GPT qkv/proj", 4096, 128, 128),
+    ("GPT mlp fc", 4096, 512, 128),
+    ("GPT mlp proj", 4096, 128, 512),
+    ("LSTM W_ih", 4096, 1024, 64),
+];
+
+/// Dense peak FLOP/s of the cards the GPU check runs on, per precision (NVIDIA's H100/H200 SXM
+/// datasheets: FP32 67 TFLOP/s, TF32 tensor 495, BF16 tensor 989, without sparsity).
+fn peak_tflops(device: &str, p: k::Precision) -> Option<f64> {
+    let hopper = device.contains("H100") || device.contains("H200");
+    hopper.then_some(match p {
+        k::Precision::Fp32 => 67.0,
+        k::Precision::Tf32 => 495.0,
+        k::Precision::Bf16 => 989.0,
+    })
+}
+
+/// fp32 / tf32 / bf16 GEMMs: on a GPU the median of 5 CUDA-event-timed launches after one
+/// warm-up (no criterion: the 8192³ fp32 call alone takes tens of ms), GFLOP/s and the fraction
+/// of the card's peak; without one, the table of shapes and FLOPs with the GPU figures owed.
+fn gemm_sweep(gpu: Option<&CudaDevice>) {
+    let mut shapes: Vec<(String, usize, usize, usize)> = GEMM_SQUARE
+        .iter()
+        .map(|&n| (format!("{n}³"), n, n, n))
+        .collect();
+    shapes.extend(
+        GEMM_MODEL_SHAPES
+            .iter()
+            .map(|&(name, m, n, kk)| (format!("{name} {m}x{n}x{kk}"), m, n, kk)),
+    );
+    let device = gpu.map(|d| d.name());
+    println!(
+        "\nGEMM out = x·wᵀ (matmul_forward) by precision ({}):",
+        device.as_deref().map_or(
+            "no GPU: shapes and FLOPs only, the GPU figures are owed to the check bundle"
+                .to_string(),
+            |d| format!("{d}, CUDA events, median of 5")
+        )
+    );
+    println!("| shape (M x N x K) | GFLOP | fp32 ms | fp32 TFLOP/s | tf32 ms | tf32 TFLOP/s | bf16 ms | bf16 TFLOP/s | % of peak fp32 / tf32 / bf16 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (name, m, n, kk) in shapes {
+        let flops = 2.0 * (m * n * kk) as f64;
+        let mut cells = vec![];
+        let mut peaks = vec![];
+        for p in k::Precision::ALL {
+            let Some(dev) = gpu else {
+                cells.push("-".to_string());
+                cells.push("-".to_string());
+                peaks.push("-".to_string());
+                continue;
+            };
+            let mut rng = Rng::new(5);
+            let x = dev.upload(&randn(&mut rng, m * kk)).expect("upload");
+            let w = dev.upload(&randn(&mut rng, n * kk)).expect("upload");
+            let out = dev.alloc_slice::<f32>(m * n).expect("alloc");
+            let timer = CudaTimer::new().expect("CUDA events");
+            let launch =
+                || k::matmul_forward(dev, p, out, x, w, None, m, kk, n).expect("kernel launch");
+            launch();
+            let mut ms: Vec<f64> = (0..5)
+                .map(|_| 1e3 * timer.time(launch).expect("CUDA event timing").as_secs_f64())
+                .collect();
+            ms.sort_by(f64::total_cmp);
+            let tflops = flops / (ms[2] / 1e3) / 1e12;
+            cells.push(format!("{:.3}", ms[2]));
+            cells.push(format!("{tflops:.1}"));
+            peaks.push(
+                peak_tflops(device.as_deref().unwrap_or(""), p)
+                    .map_or("-".to_string(), |pk| format!("{:.0}%", 100.0 * tflops / pk)),
+            );
+            for s in [x, w, out] {
+                dev.free_slice(s).expect("free");
+            }
+        }
+        println!(
+            "| {name} | {:.2} | {} | {} |",
+            flops / 1e9,
+            cells.join(" | "),
+            peaks.join(" / ")
+        );
+    }
+}
+
 /// `ROBO_POET_BENCH_EMU=1`: runs every GPU op once on the emulated device at a tiny shape, a
 /// check of the GPU path's launches (shapes, argument order) on a machine without a GPU.
 fn emulated_dry_run() {
@@ -622,6 +772,7 @@ fn main() {
     let totals = Totals::default();
     run(&mut c, gpu.as_ref(), &totals);
     attention_sweep(&mut c, gpu.as_ref());
+    gemm_sweep(gpu.as_ref());
     c.final_summary();
     let t = totals.borrow();
     if t.is_empty() {

@@ -78,6 +78,7 @@ fn bench(c: &mut Criterion) {
             clip: 1.0,
             eval_every: 1000,
             seed: 1,
+            precision: Default::default(),
         };
         let mut step = 0u64;
         g.throughput(Throughput::Elements((b * t) as u64));

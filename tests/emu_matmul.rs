@@ -66,7 +66,18 @@ fn check_matmul(dev: &dyn Device, n: usize, ic: usize, oc: usize, with_bias: boo
     let d_weight = dev.upload(&weight).unwrap();
     let d_bias = bias.map(|b| dev.upload(b).unwrap());
     let d_out = dev.alloc_slice::<f32>(n * oc).unwrap();
-    kernels::matmul_forward(dev, d_out, d_inp, d_weight, d_bias, n, ic, oc).unwrap();
+    kernels::matmul_forward(
+        dev,
+        kernels::Precision::Fp32,
+        d_out,
+        d_inp,
+        d_weight,
+        d_bias,
+        n,
+        ic,
+        oc,
+    )
+    .unwrap();
     let got = dev.download(d_out).unwrap();
     // f32 sums over IC terms in another order than the reference: the difference is about
     // sqrt(IC)·ε·(typical |term|) ≈ 1e-6 here; a wrong tile or index is off by O(1) or NaN.
@@ -106,7 +117,17 @@ fn check_matmul_accumulate(dev: &dyn Device, n: usize, ic: usize, oc: usize, see
     let d_out = dev.upload(&out0).unwrap();
     let d_inp = dev.upload(&inp).unwrap();
     let d_weight = dev.upload(&weight).unwrap();
-    kernels::matmul_forward_accumulate(dev, d_out, d_inp, d_weight, n, ic, oc).unwrap();
+    kernels::matmul_forward_accumulate(
+        dev,
+        kernels::Precision::Fp32,
+        d_out,
+        d_inp,
+        d_weight,
+        n,
+        ic,
+        oc,
+    )
+    .unwrap();
     let got = dev.download(d_out).unwrap();
     // the product's f32 rounding (sum_tol), plus one rounding of the addition (rel 1e-6)
     assert_close_all(
@@ -152,7 +173,17 @@ fn check_backward_input(dev: &dyn Device, n: usize, ic: usize, oc: usize, seed: 
     let d_dinp = dev.upload(&dinp0).unwrap();
     let d_dout = dev.upload(&dout).unwrap();
     let d_weight = dev.upload(&weight).unwrap();
-    kernels::matmul_backward_input(dev, d_dinp, d_dout, d_weight, n, ic, oc).unwrap();
+    kernels::matmul_backward_input(
+        dev,
+        kernels::Precision::Fp32,
+        d_dinp,
+        d_dout,
+        d_weight,
+        n,
+        ic,
+        oc,
+    )
+    .unwrap();
     let got = dev.download(d_dinp).unwrap();
     // a sum over OC products (sum_tol) added to the starting values (rel 1e-6)
     assert_close_all(
@@ -213,12 +244,31 @@ fn run_backward_weight(
     let d_dout = dev.upload(dout).unwrap();
     let d_inp = dev.upload(inp).unwrap();
     match splits {
-        None => kernels::matmul_backward_weight(dev, d_dw, d_dout, d_inp, n, ic, oc).unwrap(),
+        None => kernels::matmul_backward_weight(
+            dev,
+            kernels::Precision::Fp32,
+            d_dw,
+            d_dout,
+            d_inp,
+            n,
+            ic,
+            oc,
+        )
+        .unwrap(),
         Some(s) => {
             let len = kernels::matmul_backward_weight_workspace_len(n, ic, oc, s);
             let ws = (len > 0).then(|| dev.alloc_slice::<f32>(len).unwrap());
             kernels::matmul_backward_weight_with_workspace(
-                dev, d_dw, d_dout, d_inp, ws, s, n, ic, oc,
+                dev,
+                kernels::Precision::Fp32,
+                d_dw,
+                d_dout,
+                d_inp,
+                ws,
+                s,
+                n,
+                ic,
+                oc,
             )
             .unwrap();
             if let Some(ws) = ws {
@@ -317,7 +367,16 @@ fn emu_matmul_backward_weight_wrong_shape_names_op_and_argument() {
     let dweight = dev.alloc_slice::<f32>(3 * 4).unwrap();
     let dout = dev.alloc_slice::<f32>(2 * 3).unwrap();
     let inp = dev.alloc_slice::<f32>(5).unwrap(); // (N, IC) = (2, 4) needs 8
-    let _ = kernels::matmul_backward_weight(&dev, dweight, dout, inp, 2, 4, 3);
+    let _ = kernels::matmul_backward_weight(
+        &dev,
+        kernels::Precision::Fp32,
+        dweight,
+        dout,
+        inp,
+        2,
+        4,
+        3,
+    );
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ device_tests! {
             let outs = [0, 1, 2].map(|_| dev.alloc_slice::<f32>(n * oc).unwrap());
             // the third projection without a bias, as the launcher allows
             let bias = [Some(up(&dev, &bs[0])), Some(up(&dev, &bs[1])), None];
-            kernels::matmul_forward_qkv(&dev, outs, up(&dev, &inp), [0, 1, 2].map(|j| up(&dev, &ws[j])), bias, n, ic, oc).unwrap();
+            kernels::matmul_forward_qkv(&dev, kernels::Precision::Fp32, outs, up(&dev, &inp), [0, 1, 2].map(|j| up(&dev, &ws[j])), bias, n, ic, oc).unwrap();
             for j in 0..3 {
                 let mut want = vec![0.0; n * oc];
                 ops::matmul::matmul_forward(&mut want, &inp, &ws[j], (j < 2).then_some(&bs[j][..]), n, ic, oc);
@@ -76,7 +76,7 @@ device_tests! {
             let mut rng = Rng::new(3 + (n * ic + oc) as u64);
             let (inp, w, b) = (randn(&mut rng, n * ic, 0.5), randn(&mut rng, oc * ic, 0.5), randn(&mut rng, oc, 0.5));
             let (pre, out) = (dev.alloc_slice::<f32>(n * oc).unwrap(), dev.alloc_slice::<f32>(n * oc).unwrap());
-            kernels::matmul_forward_gelu(&dev, pre, out, up(&dev, &inp), up(&dev, &w), Some(up(&dev, &b)), n, ic, oc).unwrap();
+            kernels::matmul_forward_gelu(&dev, kernels::Precision::Fp32, pre, out, up(&dev, &inp), up(&dev, &w), Some(up(&dev, &b)), n, ic, oc).unwrap();
             let mut want_pre = vec![0.0; n * oc];
             ops::matmul::matmul_forward(&mut want_pre, &inp, &w, Some(&b), n, ic, oc);
             let got_pre = down(&dev, pre);
@@ -98,7 +98,7 @@ device_tests! {
             let x = randn(&mut rng, n * ic, 1.0);
             // qkv: dinp += Σ_j d_j · w_j
             let d_dinp = up(&dev, &start);
-            kernels::matmul_backward_input_qkv(&dev, d_dinp, [0, 1, 2].map(|j| up(&dev, &ds[j])), [0, 1, 2].map(|j| up(&dev, &ws[j])), n, ic, oc).unwrap();
+            kernels::matmul_backward_input_qkv(&dev, kernels::Precision::Fp32, d_dinp, [0, 1, 2].map(|j| up(&dev, &ds[j])), [0, 1, 2].map(|j| up(&dev, &ws[j])), n, ic, oc).unwrap();
             let mut want = start.clone();
             for j in 0..3 {
                 let mut dw = vec![0.0; oc * ic];
@@ -108,7 +108,7 @@ device_tests! {
             // gelu: dpre += gelu'(pre) ⊙ (dout · w)
             let pre = randn(&mut rng, n * ic, 1.0);
             let d_dpre = up(&dev, &start);
-            kernels::matmul_backward_input_gelu(&dev, d_dpre, up(&dev, &pre), up(&dev, &ds[0]), up(&dev, &ws[0]), n, ic, oc).unwrap();
+            kernels::matmul_backward_input_gelu(&dev, kernels::Precision::Fp32, d_dpre, up(&dev, &pre), up(&dev, &ds[0]), up(&dev, &ws[0]), n, ic, oc).unwrap();
             let mut dact = vec![0.0; n * ic];
             let mut dw = vec![0.0; oc * ic];
             ops::matmul::matmul_backward(Some(&mut dact), &mut dw, None, &ds[0], &x, &ws[0], n, ic, oc);
@@ -134,7 +134,7 @@ device_tests! {
                     // the last layer without a bias
                     let dbs: Vec<Option<DeviceSlice<f32>>> = (0..count).map(|j| (j + 1 < count || count == 1).then(|| up(&dev, &b0))).collect();
                     let ds: Vec<DeviceSlice<f32>> = douts.iter().map(|d| up(&dev, d)).collect();
-                    kernels::linear_backward_params(&dev, &dws, &dbs, &ds, up(&dev, &x), Some(ws), Some(cs), splits, n, ic, oc).unwrap();
+                    kernels::linear_backward_params(&dev, kernels::Precision::Fp32, &dws, &dbs, &ds, up(&dev, &x), Some(ws), Some(cs), splits, n, ic, oc).unwrap();
                     for j in 0..count {
                         let (mut dw, mut db) = (w0.clone(), b0.clone());
                         ops::matmul::matmul_backward(None, &mut dw, Some(&mut db), &douts[j], &x, &vec![0.0; oc * ic], n, ic, oc);
@@ -161,7 +161,7 @@ device_tests! {
                 let (ws, cs) = (dev.alloc_slice::<f32>(pf.max(1)).unwrap(), counters(&dev, pc.max(64)));
                 // forward: out += x · wᵀ
                 let out = up(&dev, &start_o);
-                kernels::matmul_forward_accumulate_splitk(&dev, out, up(&dev, &x), up(&dev, &w), Some(ws), Some(cs), splits, n, ic, oc).unwrap();
+                kernels::matmul_forward_accumulate_splitk(&dev, kernels::Precision::Fp32, out, up(&dev, &x), up(&dev, &w), Some(ws), Some(cs), splits, n, ic, oc).unwrap();
                 let mut want = vec![0.0; n * oc];
                 ops::matmul::matmul_forward(&mut want, &x, &w, None, n, ic, oc);
                 for (a, s) in want.iter_mut().zip(&start_o) {
@@ -170,7 +170,7 @@ device_tests! {
                 assert_close_all(&format!("splitk forward {n}x{ic}x{oc} splits {splits}"), &down(&dev, out), &want, sum_tol(ic), 1e-5);
                 // backward input: dinp += d · w
                 let dinp = up(&dev, &start_i);
-                kernels::matmul_backward_input_splitk(&dev, dinp, up(&dev, &d), up(&dev, &w), Some(ws), Some(cs), splits, n, ic, oc).unwrap();
+                kernels::matmul_backward_input_splitk(&dev, kernels::Precision::Fp32, dinp, up(&dev, &d), up(&dev, &w), Some(ws), Some(cs), splits, n, ic, oc).unwrap();
                 let mut want = start_i.clone();
                 let mut dw = vec![0.0; oc * ic];
                 ops::matmul::matmul_backward(Some(&mut want), &mut dw, None, &d, &x, &w, n, ic, oc);

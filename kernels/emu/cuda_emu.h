@@ -20,6 +20,7 @@
 #include <limits>
 
 #include "launch.h"
+#include "mma.h"
 #endif
 
 // ---- qualifiers (build.rs's discovery pass defines __global__ as a marker before this point)

@@ -211,7 +211,11 @@ inline void start_wave(Launch& L, unsigned long long first) {
         B.static_shared_bytes = 0;
         B.dyn_shared = alloc_shared(L.dyn_bytes);
         B.sync = new BarrierSync{};
-        for (int t = 0; t < L.nthreads; t++) B.th[t].state = State::ready;
+        for (int t = 0; t < L.nthreads; t++) {
+            B.th[t].state = State::ready;
+            B.th[t].copies.clear();  // a thread that exited with copies in flight left them
+            B.th[t].groups = 0;
+        }
     }
     L.live = L.nslots;
     L.grid_arrived = 0;

@@ -284,8 +284,15 @@ inline int block_barrier(const char* op, int pred, int mode, std::source_locatio
 // Joins (or starts) the warp collective for `mask`, blocks until every live lane of the mask has
 // arrived, and copies out the lanes' values. `arrived` tells which lanes took part: reading a lane
 // that did not (exited, absent, or outside the mask) is undefined on the GPU.
+// With `words` > 0 each lane also leaves `words` 32-bit words from `wide_in`, and `on_wide` is
+// called once per lane, with the scheduler's lock held, on every lane's words (32 · words, lane
+// by lane; zero for lanes that did not take part) and the arrived mask: it must not fail the
+// launch itself (kernel_error takes the lock), only record what to report.
+using WideFn = void (*)(const uint32_t* all, unsigned arrived, void* ctx);
 inline void warp_collective(const char* op, bool any_site, unsigned mask, unsigned long long value,
-                            std::source_location loc, unsigned long long* values, unsigned* arrived) {
+                            std::source_location loc, unsigned long long* values, unsigned* arrived,
+                            const uint32_t* wide_in = nullptr, int words = 0, WideFn on_wide = nullptr,
+                            void* ctx = nullptr) {
     Launch& L = current_launch("warp collective called outside a kernel", loc);
     const int warp = tl_tid / (int)kWarpSize;
     const unsigned lane = (unsigned)tl_tid % kWarpSize;
@@ -320,10 +327,21 @@ inline void warp_collective(const char* op, bool any_site, unsigned mask, unsign
             throw Abort{};
         }
         if (!c) {
-            c = new Collective{op, loc, mask, any_site};
+            c = new Collective{};
+            c->op = op;
+            c->loc = loc;
+            c->mask = mask;
+            c->any_site = any_site;
             B.colls[warp].push_back(c);
         }
         c->value[lane] = value;
+        if (words > 0) {
+            if (c->wide.empty()) {
+                c->words = words;
+                c->wide.assign((size_t)kWarpSize * words, 0u);
+            }
+            std::memcpy(&c->wide[(size_t)lane * words], wide_in, sizeof(uint32_t) * words);
+        }
         c->arrived |= 1u << lane;
         Thread& me = B.th[tl_tid];
         me.state = State::at_warp;
@@ -339,6 +357,7 @@ inline void warp_collective(const char* op, bool any_site, unsigned mask, unsign
         pass_token(L, my_slot());
         wait_turn(L, lk);
         std::memcpy(values, c->value, sizeof c->value);
+        if (on_wide) on_wide(c->wide.data(), c->arrived, ctx);
         *arrived = c->arrived;
     }
     tsan_acquire(c);

@@ -111,7 +111,8 @@ inline void tsan_acquire(void* addr) {
 }
 
 inline bool same_site(const std::source_location& a, const std::source_location& b) {
-    return a.line() == b.line() && a.column() == b.column() && std::strcmp(a.file_name(), b.file_name()) == 0;
+    return a.line() == b.line() && a.column() == b.column() &&
+           (a.file_name() == b.file_name() || std::strcmp(a.file_name(), b.file_name()) == 0);
 }
 
 enum class State : unsigned char { ready, running, at_barrier, at_warp, at_grid, exited };
@@ -127,6 +128,20 @@ struct Collective {
     bool complete = false;
     int readers = 0;
     unsigned long long value[kWarpSize] = {};
+    // Gathers of more than one word per lane (the tensor-core mma): `words` 32-bit words per
+    // lane, lane l's at wide[l * words].
+    int words = 0;
+    std::vector<uint32_t> wide;
+};
+
+// One cp.async in flight (kernels/emu/mma.h): `bytes` bytes to shared memory at `dst`, the first
+// `src_bytes` of them read from `src`, the rest zero. `group` is the commit group it belongs to
+// (-1 while uncommitted).
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    unsigned bytes, src_bytes;
+    long long group;
 };
 
 struct Thread {
@@ -139,6 +154,9 @@ struct Thread {
     void* sp = nullptr;
     uint3 idx{};
     unsigned bar_gen = 0;
+    // The thread's cp.async copies not yet waited for, and how many groups it has committed.
+    std::vector<AsyncCopy> copies;
+    long long groups = 0;
 };
 
 // Objects whose addresses carry the barrier's ordering for ThreadSanitizer; fresh per block.

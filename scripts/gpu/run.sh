@@ -113,9 +113,9 @@ step speed "attention_vs_lstm bench (train step)" 40 "$LOGS/bench_attention_vs_l
   env ROBO_POET_BENCH_QUICK=1 "$TESTS/attention_vs_lstm" --bench "train step"
 step speed "kernel bench (+ fused vs materialized attention, T 128..4096)" 35 "$LOGS/bench_kernels.log" \
   env ROBO_POET_BENCH_QUICK=1 "$TESTS/kernels" --bench
-step speed "profile-step (seed, default GPT, LSTM persistent and per timestep)" 15 "$LOGS/profile_step.log" \
+step speed "profile-step (seed, default GPT at fp32/tf32/bf16, LSTM persistent and per timestep)" 17 "$LOGS/profile_step.log" \
   env ROBO_POET_NVTX_LIBRARY="$NVTX_LIB" bash -c \
-  'for m in "--preset seed" "" "--model lstm" "--model lstm --lstm-recurrence per-timestep"; do "$0" profile-step --device cuda $m || exit 1; done' "$BIN"
+  'for m in "--preset seed" "" "--precision tf32" "--precision bf16" "--model lstm" "--model lstm --lstm-recurrence per-timestep"; do "$0" profile-step --device cuda $m || exit 1; done' "$BIN"
 step speed "PyTorch peer (eager, TF32, torch.compile; SDPA)" 100 "$LOGS/peer_pytorch.log" \
   python3 "$HERE/peer_pytorch.py" --json "$LOGS/peer_pytorch.json" --deadline-s 75 --per-measurement-s 30
 

@@ -381,6 +381,22 @@ pub trait Backend {
     /// direction) kernels, where the device holds them (the default), or always per timestep.
     /// Nothing on the CPU.
     fn set_lstm_persistent(&mut self, _on: bool) {}
+    /// The arithmetic of the linear layers' GEMMs: fp32 (the default, the only one the CPU
+    /// has), or the tensor cores' tf32 / bf16 on a GPU. Err (with what to do) where the backend
+    /// cannot.
+    fn set_precision(&mut self, p: crate::gpu::kernels::Precision) -> Result<(), String> {
+        match p {
+            crate::gpu::kernels::Precision::Fp32 => Ok(()),
+            other => Err(format!(
+                "--precision {other} runs the linear layers on a GPU's tensor cores; the CPU backend computes in \
+                 fp32: use --device cuda (or --device emu to emulate the kernels), or --precision fp32"
+            )),
+        }
+    }
+    /// The precision set by [`Backend::set_precision`].
+    fn precision(&self) -> crate::gpu::kernels::Precision {
+        crate::gpu::kernels::Precision::Fp32
+    }
     /// Kernel launches (eager or recorded) of the last LSTM layer forward and backward, where a
     /// device counts them; None without LSTM layers or a device.
     fn lstm_layer_launches(&self) -> Option<(u64, u64)> {

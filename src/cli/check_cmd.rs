@@ -68,6 +68,14 @@ pub fn run(a: &CheckArgs) -> Result<()> {
         },
     };
 
+    if let (Gpu::None(why), p) = (&gpu, a.precision) {
+        if p != crate::gpu::kernels::Precision::Fp32 {
+            anyhow::bail!(
+                "--precision {p} applies to the GPU run, and there is none ({why}); use --device cuda (or --device emu), \
+                 or --precision fp32"
+            );
+        }
+    }
     let ta = train_args(a);
     let plan = presets::plan(&ta)?;
     let (source, corpus) = dataset::locate(&DataRequest {
@@ -126,7 +134,11 @@ pub fn run(a: &CheckArgs) -> Result<()> {
                     crate::resources::ensure_cpu_fits(&table, 0)?;
                     Box::new(CpuBackend::new(table))
                 }
-                _ => Box::new(CudaBackend::new(gpu.open()?, table)?),
+                _ => {
+                    let mut be = CudaBackend::new(gpu.open()?, table)?;
+                    be.set_precision(a.precision);
+                    Box::new(be)
+                }
             })
         };
         checks::device_checks(

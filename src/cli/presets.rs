@@ -180,6 +180,7 @@ fn base_train(batch: usize, lr: f32, warmup: u64, weight_decay: f32, clip: f32) 
         clip,
         eval_every: 0,
         seed: 0,
+        precision: Default::default(),
     }
 }
 

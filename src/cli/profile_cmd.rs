@@ -59,6 +59,7 @@ pub fn run(a: &ProfileStepArgs) -> Result<()> {
     let mut be = backend::create(a.device, m.table().clone(), false)?;
     be.set_cuda_graph(a.cuda_graph.on());
     be.set_lstm_persistent(a.lstm_recurrence == LstmRecurrence::Persistent);
+    be.set_precision(a.precision).map_err(anyhow::Error::msg)?;
     let mut rng = Rng::new(tcfg.seed);
     for (id, v) in model::init_params(m.as_ref(), &mut rng) {
         be.write(id, &v);
@@ -72,8 +73,8 @@ pub fn run(a: &ProfileStepArgs) -> Result<()> {
     let (inputs, targets) = (batch(), batch());
     println!("model:  {}", cfg.describe());
     println!(
-        "batch:  {b} x {t} random tokens (vocab {}), {} warm-up step(s)",
-        a.vocab, a.warmup
+        "batch:  {b} x {t} random tokens (vocab {}), {} warm-up step(s), {} linear layers",
+        a.vocab, a.warmup, a.precision
     );
     println!("device: {}", be.describe());
 

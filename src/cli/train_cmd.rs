@@ -189,6 +189,7 @@ pub(super) fn new_run_config(a: &TrainArgs, ds: &Dataset) -> Result<(ModelConfig
         Length::Epochs(e) => presets::epochs_to_steps(e, probe.steps_per_epoch())?,
     };
     t.eval_every = a.eval_every.unwrap_or_else(|| default_eval_every(t.steps));
+    t.precision = a.precision.unwrap_or_default();
     Ok((model_cfg, t))
 }
 
@@ -336,6 +337,12 @@ fn print_header(ds: &Dataset, run: &Run) {
         t.eval_every,
         t.seed
     );
+    if t.precision != crate::gpu::kernels::Precision::Fp32 {
+        eprintln!(
+            "matmul: {} tensor cores for the linear layers (f32 accumulation and storage; the LSTM recurrence and every other op f32)",
+            t.precision
+        );
+    }
     if run.meta().step > 0 {
         eprintln!(
             "resume: from step {} in {}",

@@ -67,6 +67,7 @@ pub fn parity_train_config(batch: usize, seed: u64) -> TrainConfig {
         clip: 1.0,
         eval_every: 1000,
         seed,
+        precision: Default::default(),
     }
 }
 

@@ -126,6 +126,8 @@ impl Trainer {
         let copies = resources::checkpoint_copies_bytes(model.table());
         let mut be = backend::create_reserving(device, model.table().clone(), false, copies)?;
         be.set_cuda_graph(cuda_graph);
+        be.set_precision(train.precision)
+            .map_err(anyhow::Error::msg)?;
         Ok(Trainer {
             model,
             be,

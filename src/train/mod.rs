@@ -35,6 +35,10 @@ pub struct TrainConfig {
     /// Evaluate (and checkpoint) every this many steps, and at the end.
     pub eval_every: u64,
     pub seed: u64,
+    /// The linear layers' GEMM arithmetic on the GPU (fp32, tf32 or bf16 tensor cores);
+    /// checkpoints from before the option are fp32.
+    #[serde(default)]
+    pub precision: crate::gpu::kernels::Precision,
 }
 
 impl TrainConfig {
@@ -179,6 +183,7 @@ mod tests {
             clip: 1.0,
             eval_every: 10,
             seed: 0,
+            precision: Default::default(),
         };
         assert!((cfg.lr_at(1) - 1e-4).abs() < 1e-9);
         assert!((cfg.lr_at(10) - 1e-3).abs() < 1e-9);

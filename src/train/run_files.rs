@@ -385,6 +385,7 @@ mod tests {
             clip: 1.0,
             eval_every: 5,
             seed: 1,
+            precision: Default::default(),
         };
         // An f64 with all 17 digits significant, and one that is exactly an f32 (0.1f32).
         let (val, best) = (std::f64::consts::PI / 2.0, 0.1f32 as f64);

@@ -178,6 +178,9 @@ pub struct CudaBackend {
     /// Whether LSTM layers use the persistent kernels where their plan allows (else always the
     /// per-timestep kernels).
     lstm_persistent: bool,
+    /// The arithmetic of the linear layers' GEMMs (the LSTM recurrence and every other op stay
+    /// f32).
+    precision: k::Precision,
     /// Launches (eager or captured) of the last LSTM layer forward and backward, for
     /// profile-step.
     lstm_layer_launches: (u64, u64),
@@ -375,6 +378,7 @@ impl CudaBackend {
                 .map(|&(b, h)| ((b, h), k::lstm_persistent_plan(dev.as_ref(), b, h)))
                 .collect(),
             lstm_persistent: true,
+            precision: k::Precision::Fp32,
             lstm_layer_launches: (0, 0),
             step,
             scalars: None,
@@ -535,6 +539,7 @@ impl CudaBackend {
         let splits = self.params_splits(n, ic, oc, dweight.len());
         let r = k::linear_backward_params(
             self.device(),
+            self.precision,
             dweight,
             dbias,
             dout,
@@ -624,6 +629,19 @@ impl CudaBackend {
         self.lstm_persistent = on;
     }
 
+    /// The GEMM kernel set of the linear layers (fp32 SIMT, or the tensor cores at tf32 / bf16);
+    /// a step graph captured with another precision is dropped.
+    pub fn set_precision(&mut self, p: k::Precision) {
+        if p == self.precision {
+            return;
+        }
+        self.precision = p;
+        if let Graph::Ready { graph, .. } = self.graph {
+            let _ = self.dev.destroy_graph(graph);
+            self.graph = Graph::None;
+        }
+    }
+
     /// The persistent split of an LSTM layer of shape (B, H), when it runs on the persistent
     /// kernels.
     fn lstm_plan(&self, b: usize, h: usize) -> Option<k::PersistentPlan> {
@@ -677,6 +695,7 @@ impl CudaBackend {
         // input contributions of every timestep at once, then the recurrence step by step
         self.ok(k::matmul_forward(
             d,
+            self.precision,
             gg,
             self.f(x),
             self.f(w_ih),
@@ -704,10 +723,12 @@ impl CudaBackend {
         for t in 0..s.t {
             let g_t = rows(gg, t, 1, b4);
             if t > 0 {
-                // gates[t] += h[t-1] · W_hhᵀ: a (B, 4H) output has few tiles; split over K
+                // gates[t] += h[t-1] · W_hhᵀ: a (B, 4H) output has few tiles; split over K. The
+                // recurrence stays f32 at every precision, as the persistent kernels compute it.
                 let splits = self.splitk(s.b, 4 * s.h, s.h);
                 self.ok(k::matmul_forward_accumulate_splitk(
                     d,
+                    k::Precision::Fp32,
                     g_t,
                     rows(hh, t - 1, 1, bh),
                     whh,
@@ -803,6 +824,7 @@ impl CudaBackend {
                 let splits = self.splitk(s.b, s.h, h4);
                 self.ok(k::matmul_backward_input_splitk(
                     d,
+                    k::Precision::Fp32,
                     rows(ddh, t - 1, 1, bh),
                     dg_t,
                     self.f(w_hh),
@@ -839,6 +861,7 @@ impl CudaBackend {
         if let Some(dxx) = dx {
             self.ok(k::matmul_backward_input(
                 d,
+                self.precision,
                 self.f(dxx),
                 dg,
                 self.f(w_ih),
@@ -991,6 +1014,7 @@ impl Backend for CudaBackend {
         let (n, ic, oc) = shapes::linear(&self.table, "matmul_forward", out, inp, weight, bias);
         let r = k::matmul_forward(
             self.device(),
+            self.precision,
             self.f(out),
             self.f(inp),
             self.f(weight),
@@ -1016,6 +1040,7 @@ impl Backend for CudaBackend {
         if let Some(di) = dinp {
             self.ok(k::matmul_backward_input(
                 self.device(),
+                self.precision,
                 self.f(di),
                 self.f(dout),
                 self.f(weight),
@@ -1548,6 +1573,7 @@ impl Backend for CudaBackend {
         let (n, ic, oc) = dims.expect("three projections");
         let r = k::matmul_forward_qkv(
             self.device(),
+            self.precision,
             out.map(|o| self.f(o)),
             self.f(inp),
             weight.map(|w| self.f(w)),
@@ -1588,6 +1614,7 @@ impl Backend for CudaBackend {
         let (n, ic, oc) = dims.expect("three projections");
         let r = k::matmul_backward_input_qkv(
             self.device(),
+            self.precision,
             self.f(dinp),
             dout.map(|d| self.f(d)),
             weight.map(|w| self.f(w)),
@@ -1619,6 +1646,7 @@ impl Backend for CudaBackend {
         shapes::same(&self.table, "gelu_forward", pre, &[("out", out)]);
         let r = k::matmul_forward_gelu(
             self.device(),
+            self.precision,
             self.f(pre),
             self.f(out),
             self.f(inp),
@@ -1652,6 +1680,7 @@ impl Backend for CudaBackend {
         );
         let r = k::matmul_backward_input_gelu(
             self.device(),
+            self.precision,
             self.f(dpre),
             self.f(pre),
             self.f(dout),
@@ -1918,6 +1947,15 @@ impl Backend for CudaBackend {
 
     fn set_lstm_persistent(&mut self, on: bool) {
         CudaBackend::set_lstm_persistent(self, on);
+    }
+
+    fn set_precision(&mut self, p: crate::gpu::kernels::Precision) -> Result<(), String> {
+        CudaBackend::set_precision(self, p);
+        Ok(())
+    }
+
+    fn precision(&self) -> crate::gpu::kernels::Precision {
+        self.precision
     }
 
     fn lstm_layer_launches(&self) -> Option<(u64, u64)> {

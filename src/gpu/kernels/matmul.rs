@@ -11,6 +11,94 @@
 use super::{blocks, int};
 use crate::gpu::device::{Device, DeviceExt, DeviceSlice, GpuError, KernelArgs, LaunchConfig};
 use crate::ops::check_len;
+use std::borrow::Cow;
+
+/// The arithmetic of the GEMMs: which kernel set the launchers below pick. Storage, the bias
+/// and every other op stay f32 whatever the precision.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 operands and accumulation on the SIMT cores (kernels/matmul.cu): the exact default.
+    #[default]
+    Fp32,
+    /// Tensor cores, TF32 operands (cvt.rna.tf32.f32: 10 mantissa bits, ties away from zero),
+    /// f32 accumulation (kernels/matmul_tc.cu, names + `_tf32`).
+    Tf32,
+    /// Tensor cores, BF16 operands (7 mantissa bits, round to nearest even), f32 accumulation
+    /// (kernels/matmul_tc.cu, names + `_bf16`).
+    Bf16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 3] = [Precision::Fp32, Precision::Tf32, Precision::Bf16];
+
+    /// The kernel of this precision for the fp32 kernel `base`.
+    pub fn kernel(self, base: &str) -> Cow<'_, str> {
+        match self {
+            Precision::Fp32 => Cow::Borrowed(base),
+            Precision::Tf32 => Cow::Owned(format!("{base}_tf32")),
+            Precision::Bf16 => Cow::Owned(format!("{base}_bf16")),
+        }
+    }
+
+    /// Rounds an f32 operand as this precision's kernels do before they multiply it (identity
+    /// for fp32): the CPU references of the tensor-core GEMMs use it.
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            Precision::Fp32 => x,
+            Precision::Tf32 => f32::from_bits(tf32_rna(x)),
+            Precision::Bf16 => f32::from_bits(bf16_rne(x) << 16),
+        }
+    }
+
+    /// Mantissa bits an operand keeps (explicit, without the implicit one).
+    pub fn mantissa_bits(self) -> u32 {
+        match self {
+            Precision::Fp32 => 23,
+            Precision::Tf32 => 10,
+            Precision::Bf16 => 7,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+/// cvt.rna.tf32.f32 (kernels/mma.cuh): the bits of `x` rounded to TF32, ties away from zero,
+/// the low 13 bits zero; infinities stay, NaN becomes 0x7fffe000.
+pub fn tf32_rna(x: f32) -> u32 {
+    let u = x.to_bits();
+    if u & 0x7f80_0000 == 0x7f80_0000 {
+        return if u & 0x007f_ffff != 0 { 0x7fff_e000 } else { u };
+    }
+    u.wrapping_add(0x1000) & 0xffff_e000
+}
+
+/// BF16 round to nearest even (kernels/mma.cuh's bf16_rne): the upper 16 bits of the rounded f32.
+pub fn bf16_rne(x: f32) -> u32 {
+    let u = x.to_bits();
+    if u & 0x7f80_0000 == 0x7f80_0000 && u & 0x007f_ffff != 0 {
+        return (u >> 16) | 0x0040;
+    }
+    u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16
+}
 
 /// Output tile of the GEMM kernels (rows, columns) and their k step; block (16, 8).
 const TILE_M: usize = 64;
@@ -81,6 +169,7 @@ fn check_workspace(op: &str, ws: Option<DeviceSlice<f32>>, splits: usize, shape:
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_forward(
     dev: &dyn Device,
+    p: Precision,
     out: DeviceSlice<f32>,
     inp: DeviceSlice<f32>,
     weight: DeviceSlice<f32>,
@@ -110,7 +199,7 @@ pub fn matmul_forward(
         .i32(int(op, "OC", oc));
     // SAFETY: the parameters match `matmul_forward` in kernels/matmul.cu in order and type, and
     // every slice holds the elements its shape says, which is all the kernel touches.
-    unsafe { dev.launch(op, &config, &mut args.params()) }
+    unsafe { dev.launch(&p.kernel(op), &config, &mut args.params()) }
 }
 
 /// Launches a GEMM kernel of matmul.cu whose parameters are (out, a, weight, N, IC, OC) and
@@ -118,6 +207,7 @@ pub fn matmul_forward(
 #[allow(clippy::too_many_arguments)]
 fn launch_gemm(
     dev: &dyn Device,
+    p: Precision,
     op: &str,
     out: DeviceSlice<f32>,
     a: DeviceSlice<f32>,
@@ -141,13 +231,14 @@ fn launch_gemm(
     // SAFETY: the parameters match kernel `op` in kernels/matmul.cu in order and type, and the
     // caller checked that every slice holds the elements its shape says, which is all the
     // kernel touches.
-    unsafe { dev.launch(op, &config, &mut args.params()) }
+    unsafe { dev.launch(&p.kernel(op), &config, &mut args.params()) }
 }
 
 /// out (N, OC) += inp (N, IC) · weight (OC, IC)ᵀ (no bias). kernels/matmul.cu.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_forward_accumulate(
     dev: &dyn Device,
+    p: Precision,
     out: DeviceSlice<f32>,
     inp: DeviceSlice<f32>,
     weight: DeviceSlice<f32>,
@@ -159,13 +250,14 @@ pub fn matmul_forward_accumulate(
     check_len(op, "out", out.len(), &[n, oc]);
     check_len(op, "inp", inp.len(), &[n, ic]);
     check_len(op, "weight", weight.len(), &[oc, ic]);
-    launch_gemm(dev, op, out, inp, weight, n, ic, oc, oc)
+    launch_gemm(dev, p, op, out, inp, weight, n, ic, oc, oc)
 }
 
 /// dinp (N, IC) += dout (N, OC) · weight (OC, IC). kernels/matmul.cu.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward_input(
     dev: &dyn Device,
+    p: Precision,
     dinp: DeviceSlice<f32>,
     dout: DeviceSlice<f32>,
     weight: DeviceSlice<f32>,
@@ -177,7 +269,7 @@ pub fn matmul_backward_input(
     check_len(op, "dinp", dinp.len(), &[n, ic]);
     check_len(op, "dout", dout.len(), &[n, oc]);
     check_len(op, "weight", weight.len(), &[oc, ic]);
-    launch_gemm(dev, op, dinp, dout, weight, n, ic, oc, ic)
+    launch_gemm(dev, p, op, dinp, dout, weight, n, ic, oc, ic)
 }
 
 /// The number of splits of N [`matmul_backward_weight`] uses at this shape (1: no workspace).
@@ -209,6 +301,7 @@ pub fn matmul_backward_weight_workspace_len(
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward_weight(
     dev: &dyn Device,
+    p: Precision,
     dweight: DeviceSlice<f32>,
     dout: DeviceSlice<f32>,
     inp: DeviceSlice<f32>,
@@ -224,7 +317,7 @@ pub fn matmul_backward_weight(
     let splits = matmul_backward_weight_splits(n, ic, oc);
     let len = matmul_backward_weight_workspace_len(n, ic, oc, splits);
     with_workspace(dev, len, |ws| {
-        matmul_backward_weight_with_workspace(dev, dweight, dout, inp, ws, splits, n, ic, oc)
+        matmul_backward_weight_with_workspace(dev, p, dweight, dout, inp, ws, splits, n, ic, oc)
     })
 }
 
@@ -235,6 +328,7 @@ pub fn matmul_backward_weight(
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward_weight_with_workspace(
     dev: &dyn Device,
+    p: Precision,
     dweight: DeviceSlice<f32>,
     dout: DeviceSlice<f32>,
     inp: DeviceSlice<f32>,
@@ -271,7 +365,7 @@ pub fn matmul_backward_weight_with_workspace(
         .i32(i32::from(splits == 1));
     // SAFETY: the parameters match `matmul_backward_weight` in kernels/matmul.cu in order and
     // type; dout and inp hold their shapes, and the target holds `splits` (OC, IC) matrices.
-    unsafe { dev.launch(op, &config, &mut args.params())? };
+    unsafe { dev.launch(&p.kernel(op), &config, &mut args.params())? };
     if splits > 1 {
         split_sum(dev, dweight, target, splits)?;
     }
@@ -384,6 +478,7 @@ pub fn bias_backward_with_workspace(
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_forward_qkv(
     dev: &dyn Device,
+    p: Precision,
     out: [DeviceSlice<f32>; 3],
     inp: DeviceSlice<f32>,
     weight: [DeviceSlice<f32>; 3],
@@ -421,13 +516,14 @@ pub fn matmul_forward_qkv(
         .i32(int(op, "OC", oc));
     // SAFETY: the parameters match `matmul_forward_qkv` in kernels/matmul.cu in order and type,
     // and every slice holds the elements its shape says, which is all the kernel touches.
-    unsafe { dev.launch(op, &config, &mut args.params()) }
+    unsafe { dev.launch(&p.kernel(op), &config, &mut args.params()) }
 }
 
 /// pre (N, OC) = inp (N, IC) · weight (OC, IC)ᵀ + bias (OC) and out = gelu(pre), one launch.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_forward_gelu(
     dev: &dyn Device,
+    p: Precision,
     pre: DeviceSlice<f32>,
     out: DeviceSlice<f32>,
     inp: DeviceSlice<f32>,
@@ -459,13 +555,14 @@ pub fn matmul_forward_gelu(
         .i32(int(op, "IC", ic))
         .i32(int(op, "OC", oc));
     // SAFETY: the parameters match `matmul_forward_gelu` in kernels/matmul.cu in order and type.
-    unsafe { dev.launch(op, &config, &mut args.params()) }
+    unsafe { dev.launch(&p.kernel(op), &config, &mut args.params()) }
 }
 
 /// dinp (N, IC) += Σ_j dout_j (N, OC) · w_j (OC, IC), j = 0, 1, 2, one launch.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward_input_qkv(
     dev: &dyn Device,
+    p: Precision,
     dinp: DeviceSlice<f32>,
     dout: [DeviceSlice<f32>; 3],
     weight: [DeviceSlice<f32>; 3],
@@ -495,13 +592,14 @@ pub fn matmul_backward_input_qkv(
         .i32(int(op, "IC", ic))
         .i32(int(op, "OC", oc));
     // SAFETY: the parameters match `matmul_backward_input_qkv` in kernels/matmul.cu.
-    unsafe { dev.launch(op, &config, &mut args.params()) }
+    unsafe { dev.launch(&p.kernel(op), &config, &mut args.params()) }
 }
 
 /// dpre (N, IC) += gelu'(pre) ⊙ (dout (N, OC) · weight (OC, IC)), one launch.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward_input_gelu(
     dev: &dyn Device,
+    p: Precision,
     dpre: DeviceSlice<f32>,
     pre: DeviceSlice<f32>,
     dout: DeviceSlice<f32>,
@@ -528,7 +626,7 @@ pub fn matmul_backward_input_gelu(
         .i32(int(op, "IC", ic))
         .i32(int(op, "OC", oc));
     // SAFETY: the parameters match `matmul_backward_input_gelu` in kernels/matmul.cu.
-    unsafe { dev.launch(op, &config, &mut args.params()) }
+    unsafe { dev.launch(&p.kernel(op), &config, &mut args.params()) }
 }
 
 /// The splits of N [`linear_backward_params`] uses for `count` layers at this shape.
@@ -566,6 +664,7 @@ pub fn linear_backward_params_workspace(
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward_params(
     dev: &dyn Device,
+    p: Precision,
     dweight: &[DeviceSlice<f32>],
     dbias: &[Option<DeviceSlice<f32>>],
     dout: &[DeviceSlice<f32>],
@@ -599,7 +698,7 @@ pub fn linear_backward_params(
     }
     let (chunk, splits) = split_rows(n, splits, TILE_K);
     let (want_p, want_c) = linear_backward_params_workspace(n, ic, oc, count, splits);
-    let (p, c) = if splits > 1 {
+    let (partials_ptr, counters_ptr) = if splits > 1 {
         let p = partials.unwrap_or_else(|| panic!("{op}: {splits} splits need a workspace"));
         let c = counters.unwrap_or_else(|| panic!("{op}: {splits} splits need counters"));
         assert!(
@@ -626,8 +725,8 @@ pub fn linear_backward_params(
     }
     let mut args = args
         .slice(inp)
-        .ptr(p)
-        .ptr(c)
+        .ptr(partials_ptr)
+        .ptr(counters_ptr)
         .i32(int(op, "N", n))
         .i32(int(op, "IC", ic))
         .i32(int(op, "OC", oc))
@@ -636,7 +735,7 @@ pub fn linear_backward_params(
     // SAFETY: the parameters match `linear_backward_params` in kernels/matmul.cu in order and
     // type; blockIdx.z < count · splits only selects the first `count` layers, whose slices hold
     // their shapes; the workspace was checked above.
-    unsafe { dev.launch(op, &config, &mut args.params()) }
+    unsafe { dev.launch(&p.kernel(op), &config, &mut args.params()) }
 }
 
 /// The split count of a split-K product with an (M, NC) output over K: enough blocks for
@@ -663,6 +762,7 @@ pub fn splitk_workspace(m: usize, nc: usize, splits: usize) -> (usize, usize) {
 #[allow(clippy::too_many_arguments)]
 fn launch_splitk(
     dev: &dyn Device,
+    p: Precision,
     kernel: &str,
     out: DeviceSlice<f32>,
     a: DeviceSlice<f32>,
@@ -678,7 +778,7 @@ fn launch_splitk(
     }
     let (chunk, splits) = split_rows(k.max(1), splits.max(1), TILE_K);
     let (want_p, want_c) = splitk_workspace(m, nc, splits);
-    let (p, c) = if splits > 1 {
+    let (partials_ptr, counters_ptr) = if splits > 1 {
         let p = partials.unwrap_or_else(|| panic!("{kernel}: {splits} splits need a workspace"));
         let c = counters.unwrap_or_else(|| panic!("{kernel}: {splits} splits need counters"));
         assert!(
@@ -696,8 +796,8 @@ fn launch_splitk(
         .slice(out)
         .slice(a)
         .slice(weight)
-        .ptr(p)
-        .ptr(c)
+        .ptr(partials_ptr)
+        .ptr(counters_ptr)
         .i32(int(kernel, "N", n))
         .i32(int(kernel, "IC", ic))
         .i32(int(kernel, "OC", oc))
@@ -705,13 +805,14 @@ fn launch_splitk(
         .i32(int(kernel, "splits", splits));
     // SAFETY: the parameters match `kernel` (a split-K wrapper of kernels/matmul.cu) in order and
     // type; the caller checked the slices' shapes and the workspace was checked above.
-    unsafe { dev.launch(kernel, &config, &mut args.params()) }
+    unsafe { dev.launch(&p.kernel(kernel), &config, &mut args.params()) }
 }
 
 /// out (N, OC) += inp (N, IC) · weight (OC, IC)ᵀ with K = IC split `splits` ways (one launch).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_forward_accumulate_splitk(
     dev: &dyn Device,
+    p: Precision,
     out: DeviceSlice<f32>,
     inp: DeviceSlice<f32>,
     weight: DeviceSlice<f32>,
@@ -728,6 +829,7 @@ pub fn matmul_forward_accumulate_splitk(
     check_len(op, "weight", weight.len(), &[oc, ic]);
     launch_splitk(
         dev,
+        p,
         op,
         out,
         inp,
@@ -744,6 +846,7 @@ pub fn matmul_forward_accumulate_splitk(
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward_input_splitk(
     dev: &dyn Device,
+    p: Precision,
     dinp: DeviceSlice<f32>,
     dout: DeviceSlice<f32>,
     weight: DeviceSlice<f32>,
@@ -760,6 +863,7 @@ pub fn matmul_backward_input_splitk(
     check_len(op, "weight", weight.len(), &[oc, ic]);
     launch_splitk(
         dev,
+        p,
         op,
         dinp,
         dout,
