@@ -7,21 +7,11 @@ mod cli_support;
 use cli_support::*;
 
 /// TINY's model on the emulated CUDA backend.
-const TINY_EMU: &[&str] = &[
-    "--d-model",
-    "16",
-    "--layers",
-    "2",
-    "--heads",
-    "2",
-    "--seq-len",
-    "16",
-    "--batch",
-    "4",
-    "--device",
-    "emu",
-    "--no-progress",
-];
+fn tiny_emu() -> Vec<&'static str> {
+    TINY.iter()
+        .map(|&a| if a == "cpu" { "emu" } else { a })
+        .collect()
+}
 
 #[test]
 fn precision_needs_a_gpu_backend() {
@@ -100,7 +90,7 @@ fn precision_is_saved_and_kept_on_resume() {
                 "--out",
                 "runs/b",
             ],
-            TINY_EMU,
+            &tiny_emu(),
         ),
         p,
     ));

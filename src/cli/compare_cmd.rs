@@ -199,6 +199,13 @@ pub fn run(a: &CompareArgs) -> Result<()> {
         let what = || format!("the {} run", planned.name);
         model.validate().with_context(what)?;
         crate::resources::check_model_size(&model, train.batch).with_context(what)?;
+        let p = train.precision;
+        ensure!(
+            p == crate::gpu::kernels::Precision::Fp32 || crate::backend::uses_cuda(a.device),
+            "the {} run: --precision {p} runs the linear layers on a GPU's tensor cores, and this compare runs on \
+             the CPU backend (fp32 only): use --device cuda, or drop --precision",
+            planned.name
+        );
         crate::sampler::Sampler::new(train.seed, ds.train.len(), train.batch, model.seq_len())
             .with_context(|| format!("the {} run", planned.name))?;
         runs.push(Prepared {
