@@ -691,18 +691,26 @@ fn gemm_sweep(gpu: Option<&CudaDevice>) {
         let flops = 2.0 * (m * n * kk) as f64;
         let mut cells = vec![];
         let mut peaks = vec![];
-        for p in k::Precision::ALL {
-            let Some(dev) = gpu else {
-                cells.push("-".to_string());
-                cells.push("-".to_string());
+        let Some(dev) = gpu else {
+            for _ in k::Precision::ALL {
+                cells.extend(["-".to_string(), "-".to_string()]);
                 peaks.push("-".to_string());
-                continue;
-            };
-            let mut rng = Rng::new(5);
-            let x = dev.upload(&randn(&mut rng, m * kk)).expect("upload");
-            let w = dev.upload(&randn(&mut rng, n * kk)).expect("upload");
-            let out = dev.alloc_slice::<f32>(m * n).expect("alloc");
-            let timer = CudaTimer::new().expect("CUDA events");
+            }
+            println!(
+                "| {name} | {:.2} | {} | {} |",
+                flops / 1e9,
+                cells.join(" | "),
+                peaks.join(" / ")
+            );
+            continue;
+        };
+        // one set of operands per shape, for every precision
+        let mut rng = Rng::new(5);
+        let x = dev.upload(&randn(&mut rng, m * kk)).expect("upload");
+        let w = dev.upload(&randn(&mut rng, n * kk)).expect("upload");
+        let out = dev.alloc_slice::<f32>(m * n).expect("alloc");
+        let timer = CudaTimer::new().expect("CUDA events");
+        for p in k::Precision::ALL {
             let launch =
                 || k::matmul_forward(dev, p, out, x, w, None, m, kk, n).expect("kernel launch");
             launch();
@@ -717,9 +725,9 @@ fn gemm_sweep(gpu: Option<&CudaDevice>) {
                 peak_tflops(device.as_deref().unwrap_or(""), p)
                     .map_or("-".to_string(), |pk| format!("{:.0}%", 100.0 * tflops / pk)),
             );
-            for s in [x, w, out] {
-                dev.free_slice(s).expect("free");
-            }
+        }
+        for s in [x, w, out] {
+            dev.free_slice(s).expect("free");
         }
         println!(
             "| {name} | {:.2} | {} | {} |",
