@@ -37,6 +37,23 @@
 // inner loop has no checks. When `row_sum` is given, threads 0..MATMUL_BM−1 also add A's tile rows
 // over k into it in f64 (row_sum for row row0 + tid: the bias gradient, read from the staged
 // tiles for free).
+// Stages rows [r0, r0 + 64) x k [k0, k0 + MATMUL_BK) of X into tile[k][row], zero outside rows < R
+// and k < k_end. K_CONTIG: X(r, k) = x[r·K + k], else x[k·R + r]; consecutive threads walk the
+// contiguous index, so the global loads are coalesced either way.
+template <bool K_CONTIG>
+__device__ __forceinline__ void simt_stage(float (&tile)[MATMUL_BK][MATMUL_BM + MATMUL_PAD], const float* x, int R,
+                                           int K, int r0, int k0, int k_end, int tid) {
+    for (int e = tid; e < MATMUL_BM * MATMUL_BK; e += MATMUL_THREADS) {
+        const int kk = K_CONTIG ? e % MATMUL_BK : e / MATMUL_BM;
+        const int rr = K_CONTIG ? e / MATMUL_BK : e % MATMUL_BM;
+        const int r = r0 + rr;
+        const int k = k0 + kk;
+        float v = 0.0f;
+        if (r < R && k < k_end) v = K_CONTIG ? x[(size_t)r * K + k] : x[(size_t)k * R + r];
+        tile[kk][rr] = v;
+    }
+}
+
 struct SimtEngine {
     template <bool A_K_CONTIG, bool B_K_CONTIG>
     static __device__ __forceinline__ void acc(float (&acc)[MATMUL_ACC],
@@ -53,24 +70,8 @@ struct SimtEngine {
         const int col0 = blockIdx.x * MATMUL_BN;
 
         for (int k0 = k_begin; k0 < k_end; k0 += MATMUL_BK) {
-            for (int e = tid; e < MATMUL_BM * MATMUL_BK; e += MATMUL_THREADS) {
-                const int kk = A_K_CONTIG ? e % MATMUL_BK : e / MATMUL_BM;
-                const int mm = A_K_CONTIG ? e / MATMUL_BK : e % MATMUL_BM;
-                const int m = row0 + mm;
-                const int k = k0 + kk;
-                float v = 0.0f;
-                if (m < M && k < k_end) v = A_K_CONTIG ? a[(size_t)m * K + k] : a[(size_t)k * M + m];
-                a_tile[kk][mm] = v;
-            }
-            for (int e = tid; e < MATMUL_BN * MATMUL_BK; e += MATMUL_THREADS) {
-                const int kk = B_K_CONTIG ? e % MATMUL_BK : e / MATMUL_BN;
-                const int nn = B_K_CONTIG ? e / MATMUL_BK : e % MATMUL_BN;
-                const int n = col0 + nn;
-                const int k = k0 + kk;
-                float v = 0.0f;
-                if (n < NC && k < k_end) v = B_K_CONTIG ? b[(size_t)n * K + k] : b[(size_t)k * NC + n];
-                b_tile[kk][nn] = v;
-            }
+            simt_stage<A_K_CONTIG>(a_tile, a, M, K, row0, k0, k_end, tid);
+            simt_stage<B_K_CONTIG>(b_tile, b, NC, K, col0, k0, k_end, tid);
             __syncthreads();  // tiles complete before anyone reads them
             if (row_sum && tid < MATMUL_BM)
                 for (int kk = 0; kk < MATMUL_BK; kk++) *row_sum += (double)a_tile[kk][tid];

@@ -58,27 +58,13 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float (&d)[4], const unsigned 
 template <int MI, int NI>
 __device__ __forceinline__ void mma_grid_m16n8k8_tf32(float* d, const unsigned (&a)[MI][4], const unsigned (&b)[NI][2]) {
     for (int mi = 0; mi < MI; mi++)
-        for (int ni = 0; ni < NI; ni++) {
-            float* f = d + (mi * NI + ni) * 4;
-            asm volatile(
-                "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-                "{%0, %1, %2, %3};"
-                : "+f"(f[0]), "+f"(f[1]), "+f"(f[2]), "+f"(f[3])
-                : "r"(a[mi][0]), "r"(a[mi][1]), "r"(a[mi][2]), "r"(a[mi][3]), "r"(b[ni][0]), "r"(b[ni][1]));
-        }
+        for (int ni = 0; ni < NI; ni++) mma_m16n8k8_tf32(*reinterpret_cast<float(*)[4]>(d + (mi * NI + ni) * 4), a[mi], b[ni]);
 }
 
 template <int MI, int NI>
 __device__ __forceinline__ void mma_grid_m16n8k16_bf16(float* d, const unsigned (&a)[MI][4], const unsigned (&b)[NI][2]) {
     for (int mi = 0; mi < MI; mi++)
-        for (int ni = 0; ni < NI; ni++) {
-            float* f = d + (mi * NI + ni) * 4;
-            asm volatile(
-                "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-                "{%0, %1, %2, %3};"
-                : "+f"(f[0]), "+f"(f[1]), "+f"(f[2]), "+f"(f[3])
-                : "r"(a[mi][0]), "r"(a[mi][1]), "r"(a[mi][2]), "r"(a[mi][3]), "r"(b[ni][0]), "r"(b[ni][1]));
-        }
+        for (int ni = 0; ni < NI; ni++) mma_m16n8k16_bf16(*reinterpret_cast<float(*)[4]>(d + (mi * NI + ni) * 4), a[mi], b[ni]);
 }
 
 __device__ __forceinline__ unsigned shared_address(const void* p) {

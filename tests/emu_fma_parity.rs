@@ -5,9 +5,10 @@
 //! docs/KERNEL_BENCH.md "Rounding"). Without that build option each test says SKIPPED: .ci/run
 //! runs this file in its FMA leg.
 
+mod common;
+
 use robo_poet::diagnostics::parity::{training_parity, Parity};
 use robo_poet::gpu::{emu, EmuDevice};
-use robo_poet::model::attention::{AttentionConfig, AttentionStyle};
 use robo_poet::model::lstm::LstmConfig;
 use robo_poet::model::ModelConfig;
 
@@ -75,17 +76,7 @@ fn emu_fma_parity_default_gpt_30_steps() {
     if skipped("emu_fma_parity_default_gpt_30_steps") {
         return;
     }
-    let cfg = ModelConfig::Attention(AttentionConfig {
-        style: AttentionStyle::Gpt,
-        vocab_size: 78,
-        seq_len: 128,
-        d_model: 128,
-        n_layers: 4,
-        n_heads: 4,
-        pos_emb: true,
-        dropout: 0.1,
-        attention: Default::default(),
-    });
+    let cfg = common::default_gpt();
     let p = training_parity(&cfg, 1, STEPS, 7, Box::new(EmuDevice::new())).unwrap();
     report("default GPT, FMA", &p);
 }

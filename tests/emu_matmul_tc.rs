@@ -24,8 +24,6 @@ mod common;
 use robo_poet::diagnostics::parity::training_parity_with;
 use robo_poet::gpu::kernels::{self, Precision};
 use robo_poet::gpu::{Device, DeviceExt, DeviceSlice, EmuDevice};
-use robo_poet::model::attention::{AttentionConfig, AttentionStyle};
-use robo_poet::model::ModelConfig;
 use robo_poet::ops;
 use robo_poet::rng::Rng;
 
@@ -333,17 +331,7 @@ device_tests! {
 const TRAIN_STEPS: u64 = 30;
 
 fn train_at(p: Precision) -> robo_poet::diagnostics::parity::Parity {
-    let cfg = ModelConfig::Attention(AttentionConfig {
-        style: AttentionStyle::Gpt,
-        vocab_size: 78,
-        seq_len: 128,
-        d_model: 128,
-        n_layers: 4,
-        n_heads: 4,
-        pos_emb: true,
-        dropout: 0.1,
-        attention: Default::default(),
-    });
+    let cfg = common::default_gpt();
     training_parity_with(&cfg, 1, TRAIN_STEPS, 7, Box::new(EmuDevice::new()), |be| {
         be.set_precision(p)
     })

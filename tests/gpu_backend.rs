@@ -37,17 +37,7 @@ fn lstm(t: usize) -> ModelConfig {
 
 /// The default GPT and the default LSTM (the presets' shapes) at batch 8.
 fn default_gpt() -> ModelConfig {
-    ModelConfig::Attention(AttentionConfig {
-        style: AttentionStyle::Gpt,
-        vocab_size: 78,
-        seq_len: 128,
-        d_model: 128,
-        n_layers: 4,
-        n_heads: 4,
-        pos_emb: true,
-        dropout: 0.1,
-        attention: Default::default(),
-    })
+    common::default_gpt()
 }
 
 fn default_lstm() -> ModelConfig {

@@ -336,10 +336,7 @@ inline void warp_collective(const char* op, bool any_site, unsigned mask, unsign
         }
         c->value[lane] = value;
         if (words > 0) {
-            if (c->wide.empty()) {
-                c->words = words;
-                c->wide.assign((size_t)kWarpSize * words, 0u);
-            }
+            if (c->wide.empty()) c->wide.assign((size_t)kWarpSize * words, 0u);
             std::memcpy(&c->wide[(size_t)lane * words], wide_in, sizeof(uint32_t) * words);
         }
         c->arrived |= 1u << lane;

@@ -128,9 +128,8 @@ struct Collective {
     bool complete = false;
     int readers = 0;
     unsigned long long value[kWarpSize] = {};
-    // Gathers of more than one word per lane (the tensor-core mma): `words` 32-bit words per
-    // lane, lane l's at wide[l * words].
-    int words = 0;
+    // Gathers of more than one word per lane (the tensor-core mma): the lanes' words, lane l's
+    // at wide[l * words] for the collective's `words` (warp_collective's argument).
     std::vector<uint32_t> wide;
 };
 

@@ -123,3 +123,21 @@ pub fn emu_h200() -> robo_poet::gpu::EmuDevice {
         robo_poet::gpu::EmuDevice::new()
     }
 }
+
+/// The default GPT (the `default` preset's model at the books' character vocabulary, 78).
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub fn default_gpt() -> robo_poet::model::ModelConfig {
+    use robo_poet::model::attention::{AttentionConfig, AttentionStyle};
+    use robo_poet::model::ModelConfig;
+    ModelConfig::Attention(AttentionConfig {
+        style: AttentionStyle::Gpt,
+        vocab_size: 78,
+        seq_len: 128,
+        d_model: 128,
+        n_layers: 4,
+        n_heads: 4,
+        pos_emb: true,
+        dropout: 0.1,
+        attention: Default::default(),
+    })
+}

@@ -60,15 +60,6 @@ impl Precision {
             Precision::Bf16 => f32::from_bits(bf16_rne(x) << 16),
         }
     }
-
-    /// Mantissa bits an operand keeps (explicit, without the implicit one).
-    pub fn mantissa_bits(self) -> u32 {
-        match self {
-            Precision::Fp32 => 23,
-            Precision::Tf32 => 10,
-            Precision::Bf16 => 7,
-        }
-    }
 }
 
 impl std::fmt::Display for Precision {
