@@ -9,6 +9,7 @@
 
 use super::gemm::{sgemm, Mat, MatMut};
 use super::matmul::column_sums_into;
+use super::recurrence::{self, Packed};
 use super::{check_len, tanh_fast};
 use rayon::prelude::*;
 
@@ -110,6 +111,22 @@ pub fn lstm_forward(
     bias: &[f32],
     s: LstmShape,
 ) {
+    forward_impl(h, c, gates, x, w_ih, w_hh, bias, s, recurrence::available());
+}
+
+/// `lstm_forward` with the path chosen: `vector` = the AVX2 recurrence (only when available).
+#[allow(clippy::too_many_arguments)]
+fn forward_impl(
+    h: &mut [f32],
+    c: &mut [f32],
+    gates: &mut [f32],
+    x: &[f32],
+    w_ih: &[f32],
+    w_hh: &[f32],
+    bias: &[f32],
+    s: LstmShape,
+    vector: bool,
+) {
     let op = "lstm_forward";
     let LstmShape { t, b, e, h: hid } = s;
     check_len(op, "h", h.len(), &[t, b, hid]);
@@ -133,6 +150,9 @@ pub fn lstm_forward(
     );
     // The recurrence: batch rows are independent sequences, so each thread runs the whole time
     // loop for its own rows, with no synchronisation between timesteps.
+    // With AVX2+FMA, W_hhᵀ is packed once here for all T steps (see `recurrence`).
+    let packed =
+        (recurrence::available() && t > 1).then(|| Packed::pack(Mat::rm(w_hh, 4 * hid, hid).t()));
     let ranges = row_ranges(b);
     let gp = split_rows(gates, b, 4 * hid, &ranges);
     let cp = split_rows(c, b, hid, &ranges);
@@ -146,21 +166,30 @@ pub fn lstm_forward(
                 let (c_done, c_rest) = c.split_at_mut(step);
                 let n = c_rest[0].len() / hid;
                 if step > 0 {
-                    sgemm(
-                        MatMut::rm(g[step], n, 4 * hid),
-                        Mat::rm(h_done[step - 1], n, hid),
-                        Mat::rm(w_hh, 4 * hid, hid).t(),
-                        1.0,
-                        true,
-                        false,
-                    );
+                    match &packed {
+                        Some(p) => {
+                            recurrence::gemm_acc(g[step], 4 * hid, h_done[step - 1], hid, n, p)
+                        }
+                        None => sgemm(
+                            MatMut::rm(g[step], n, 4 * hid),
+                            Mat::rm(h_done[step - 1], n, hid),
+                            Mat::rm(w_hh, 4 * hid, hid).t(),
+                            1.0,
+                            true,
+                            false,
+                        ),
+                    }
                 }
                 let c_prev = if step > 0 {
                     Some(&*c_done[step - 1])
                 } else {
                     None
                 };
-                lstm_cell_forward(g[step], c_prev, c_rest[0], h_rest[0], n, hid);
+                if vector {
+                    recurrence::cell_forward(g[step], c_prev, c_rest[0], h_rest[0], n, hid);
+                } else {
+                    lstm_cell_forward(g[step], c_prev, c_rest[0], h_rest[0], n, hid);
+                }
             }
         });
 }
@@ -208,6 +237,30 @@ pub fn lstm_backward(
     w_hh: &[f32],
     s: LstmShape,
 ) {
+    let v = recurrence::available();
+    backward_impl(
+        dx, dw_ih, dw_hh, dbias, dgates, dh, h, c, gates, x, w_ih, w_hh, s, v,
+    );
+}
+
+/// `lstm_backward` with the path chosen, as `forward_impl`.
+#[allow(clippy::too_many_arguments)]
+fn backward_impl(
+    dx: Option<&mut [f32]>,
+    dw_ih: &mut [f32],
+    dw_hh: &mut [f32],
+    dbias: &mut [f32],
+    dgates: &mut [f32],
+    dh: &mut [f32],
+    h: &[f32],
+    c: &[f32],
+    gates: &[f32],
+    x: &[f32],
+    w_ih: &[f32],
+    w_hh: &[f32],
+    s: LstmShape,
+    vector: bool,
+) {
     let op = "lstm_backward";
     let LstmShape { t, b, e, h: hid } = s;
     check_len(op, "dw_ih", dw_ih.len(), &[4 * hid, e]);
@@ -223,6 +276,7 @@ pub fn lstm_backward(
     check_len(op, "w_hh", w_hh.len(), &[4 * hid, hid]);
     let (bh, bg) = (b * hid, b * 4 * hid);
     // The recurrence per thread-owned batch rows, as in the forward.
+    let packed = (vector && t > 1).then(|| Packed::pack(Mat::rm(w_hh, 4 * hid, hid)));
     let ranges = row_ranges(b);
     let dgp = split_rows(dgates, b, 4 * hid, &ranges);
     let dhp = split_rows(dh, b, hid, &ranges);
@@ -241,7 +295,12 @@ pub fn lstm_backward(
                     None
                 };
                 let (dh_before, dh_rest) = dhr.split_at_mut(step);
-                lstm_cell_backward(
+                let cell = if vector {
+                    recurrence::cell_backward
+                } else {
+                    lstm_cell_backward
+                };
+                cell(
                     dg[step],
                     &mut dc,
                     dh_rest[0],
@@ -253,14 +312,19 @@ pub fn lstm_backward(
                 );
                 if step > 0 {
                     // dh_{t-1} += dgates_t · W_hh
-                    sgemm(
-                        MatMut::rm(dh_before[step - 1], n, hid),
-                        Mat::rm(dg[step], n, 4 * hid),
-                        Mat::rm(w_hh, 4 * hid, hid),
-                        1.0,
-                        true,
-                        false,
-                    );
+                    match &packed {
+                        Some(p) => {
+                            recurrence::gemm_acc(dh_before[step - 1], hid, dg[step], 4 * hid, n, p)
+                        }
+                        None => sgemm(
+                            MatMut::rm(dh_before[step - 1], n, hid),
+                            Mat::rm(dg[step], n, 4 * hid),
+                            Mat::rm(w_hh, 4 * hid, hid),
+                            1.0,
+                            true,
+                            false,
+                        ),
+                    }
                 }
             }
         });
@@ -489,5 +553,110 @@ mod tests {
         let cut = pos * s.b * s.h;
         assert_eq!(h[..cut], h2[..cut], "outputs before step {pos} changed");
         assert_ne!(h[cut..], h2[cut..]);
+    }
+
+    /// Forward and backward through `*_impl`; returns every output, flattened in a fixed order.
+    fn both_directions(s: LstmShape, seed: usize, vector: bool) -> Vec<Vec<f32>> {
+        let (x, w_ih, w_hh, bias) = params(s, seed);
+        let dout = randn(&mut rng(seed + 1), s.t * s.b * s.h);
+        let (mut h, mut c, mut g) = (
+            vec![0.0; s.t * s.b * s.h],
+            vec![0.0; s.t * s.b * s.h],
+            vec![0.0; s.t * s.b * 4 * s.h],
+        );
+        forward_impl(&mut h, &mut c, &mut g, &x, &w_ih, &w_hh, &bias, s, vector);
+        let (mut dx, mut dwi, mut dwh, mut db) = (
+            vec![0.0; x.len()],
+            vec![0.0; w_ih.len()],
+            vec![0.0; w_hh.len()],
+            vec![0.0; bias.len()],
+        );
+        let (mut dgates, mut dh) = (vec![0.0; g.len()], dout);
+        backward_impl(
+            Some(&mut dx),
+            &mut dwi,
+            &mut dwh,
+            &mut db,
+            &mut dgates,
+            &mut dh,
+            &h,
+            &c,
+            &g,
+            &x,
+            &w_ih,
+            &w_hh,
+            s,
+            vector,
+        );
+        vec![h, c, g, dx, dwi, dwh, db]
+    }
+
+    /// Shapes for the path tests: ragged rows per thread and per 6-row tile, 4H across several
+    /// 16-column panels with a partial last one, and (h 70) the backward's k = 280 in two
+    /// 256-deep passes.
+    const PATH_SHAPES: [LstmShape; 3] = [
+        LstmShape {
+            t: 5,
+            b: 7,
+            e: 3,
+            h: 70,
+        },
+        LstmShape {
+            t: 9,
+            b: 13,
+            e: 4,
+            h: 19,
+        },
+        LstmShape {
+            t: 2,
+            b: 1,
+            e: 2,
+            h: 3,
+        },
+    ];
+
+    #[test]
+    fn vector_and_scalar_recurrences_agree() {
+        if !recurrence::available() {
+            eprintln!("no AVX2+FMA: only the scalar recurrence runs on this machine");
+            return;
+        }
+        let names = ["h", "c", "gates", "dx", "dw_ih", "dw_hh", "dbias"];
+        for (i, &s) in PATH_SHAPES.iter().enumerate() {
+            let scalar = both_directions(s, 50 + i, false);
+            let vector = both_directions(s, 50 + i, true);
+            for ((a, b), name) in scalar.iter().zip(&vector).zip(names) {
+                let big = a.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                for (n, (p, q)) in a.iter().zip(b).enumerate() {
+                    assert!(
+                        (p - q).abs() <= 2e-5 * big,
+                        "{s:?} {name}[{n}]: scalar {p}, vector {q}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        for vector in [false, recurrence::available()] {
+            for (i, &s) in PATH_SHAPES.iter().enumerate() {
+                let one = pool(1).install(|| both_directions(s, 60 + i, vector));
+                let three = pool(3).install(|| both_directions(s, 60 + i, vector));
+                for (a, b) in one.iter().zip(&three) {
+                    let (a, b): (Vec<u32>, Vec<u32>) = (
+                        a.iter().map(|v| v.to_bits()).collect(),
+                        b.iter().map(|v| v.to_bits()).collect(),
+                    );
+                    assert!(a == b, "{s:?} vector={vector}: 1 and 3 threads differ");
+                }
+            }
+        }
     }
 }

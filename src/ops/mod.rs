@@ -21,6 +21,7 @@ pub mod loss;
 pub mod lstm;
 pub mod matmul;
 pub mod norm;
+pub mod recurrence;
 #[cfg(test)]
 pub(crate) mod testutil;
 
