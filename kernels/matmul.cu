@@ -73,7 +73,7 @@ extern "C" __global__ void __launch_bounds__(BIAS_COLS * BIAS_ROWS)
 //
 // matmul_forward, matmul_forward_accumulate, matmul_backward_input: block (16, 8), grid
 // (ceil(NC / 64), ceil(M / 64)) with (M, NC) = (N, OC) resp. (N, IC); no dynamic shared memory,
-// 8.25 KiB static. N <= 65535 · 64 (grid.y limit).
+// 17 KiB static (two buffers of both tiles). N <= 65535 · 64 (grid.y limit).
 // matmul_backward_weight: block (16, 8), grid (ceil(IC / 64), ceil(OC / 64), splits), each split
 // k_chunk rows of N (a multiple of 16); then, if splits > 1, matmul_split_sum over OC·IC.
 // matmul_split_sum: block (256), grid (ceil(count / 256)).

@@ -13,45 +13,100 @@
 #define MATMUL_BM 64   // rows of out per block tile
 #define MATMUL_BN 64   // columns of out per block tile
 #define MATMUL_BK 16   // k step: depth of the shared tiles
-#define MATMUL_TM 8    // SIMT: rows of out per thread, MATMUL_TY apart
-#define MATMUL_TN 4    // SIMT: columns of out per thread, MATMUL_TX apart
+#define MATMUL_TM 8    // SIMT: rows of out per thread (consecutive)
+#define MATMUL_TN 4    // SIMT: columns of out per thread (consecutive)
 #define MATMUL_TX (MATMUL_BN / MATMUL_TN)  // 16: block is (MATMUL_TX, MATMUL_TY)
 #define MATMUL_TY (MATMUL_BM / MATMUL_TM)  // 8
 #define MATMUL_THREADS (MATMUL_TX * MATMUL_TY)
 #define MATMUL_ACC (MATMUL_TM * MATMUL_TN)  // accumulators per thread, every engine
-// Shared tiles are stored k-major, [k][m], padded to a row stride of 66 floats (2 mod 32 banks):
-// staging a k-contiguous operand writes 16 k values x 2 rows per warp, which then land in 32
-// distinct banks; an m-contiguous operand writes one k row, 32 consecutive floats.
-#define MATMUL_PAD 2
+// Shared tiles are stored k-major, [k][m], padded to a row stride of 68 floats: rows stay 16-byte
+// aligned for float4 reads and writes, and 68 = 4 mod 32 banks spreads the scalar writes of a
+// k-contiguous operand's staging over the banks (at most 2 threads of a warp per bank).
+#define MATMUL_PAD 4
 
 #include "gelu.cuh"
 
 // ---- the fp32 SIMT engine
 // acc += A (M, K) · B (K, NC) over k in [k_begin, k_end), for the tile of out at block
 // (blockIdx.x, blockIdx.y). Layouts: A_K_CONTIG means A(m, k) = a[m·K + k], else a[k·M + m];
-// B_K_CONTIG means B(k, n) = b[n·K + k], else b[k·NC + n]. Staging always walks the contiguous
-// index across consecutive threads, so global loads are coalesced in every layout. Thread
-// (tx, ty) owns rows ty + MATMUL_TY·i and columns tx + MATMUL_TX·j of the tile (accumulator
-// i·MATMUL_TN + j): a warp (two ty, sixteen tx) reads two broadcast A values and sixteen
-// consecutive B values per k. Elements of the tiles outside M, NC or the k range are zero, so the
-// inner loop has no checks. When `row_sum` is given, threads 0..MATMUL_BM−1 also add A's tile rows
-// over k into it in f64 (row_sum for row row0 + tid: the bias gradient, read from the staged
-// tiles for free).
-// Stages rows [r0, r0 + 64) x k [k0, k0 + MATMUL_BK) of X into tile[k][row], zero outside rows < R
-// and k < k_end. K_CONTIG: X(r, k) = x[r·K + k], else x[k·R + r]; consecutive threads walk the
-// contiguous index, so the global loads are coalesced either way.
+// B_K_CONTIG means B(k, n) = b[n·K + k], else b[k·NC + n].
+//
+// Thread (tx, ty) owns the 8 consecutive rows 8·ty .. 8·ty + 7 and the 4 consecutive columns
+// 4·tx .. 4·tx + 3 of the tile (accumulator i·MATMUL_TN + j is row 8·ty + i, column 4·tx + j), so
+// per k it reads its A values as two float4 and its B values as one float4 from shared memory (a
+// warp: two broadcast A addresses, 256 consecutive bytes of B). Every accumulator is one chain
+// acc += a·b over k in increasing order, whatever the mapping: the sums are those of a plain
+// k loop.
+//
+// The tiles are double-buffered through registers: while the block multiplies the tiles of one
+// k step, each thread holds its share of the next step's (two groups of 4 elements per operand),
+// loaded from global memory as float4 where the layout allows it, and writes them into the other
+// buffer afterwards; one __syncthreads per k step. Elements outside M, NC or the k range are
+// zero, so the inner loop has no checks. The tiles are free again when acc returns. When `row_sum` is given, threads 0..MATMUL_BM−1 also add
+// A's tile rows over k into it in f64 (row_sum for row row0 + tid: the bias gradient, read from
+// the staged tiles for free).
+typedef float SimtTile[MATMUL_BK][MATMUL_BM + MATMUL_PAD];
+
+// The 4-element group `it` (0, 1) of thread tid in a 64-row x MATMUL_BK tile: K_CONTIG groups run
+// along k (row rr, k kk .. kk+3), the others along rows (k kk, rows rr .. rr+3). Consecutive
+// threads cover consecutive groups of the contiguous index, so global loads are coalesced.
 template <bool K_CONTIG>
-__device__ __forceinline__ void simt_stage(float (&tile)[MATMUL_BK][MATMUL_BM + MATMUL_PAD], const float* x, int R,
-                                           int K, int r0, int k0, int k_end, int tid) {
-    for (int e = tid; e < MATMUL_BM * MATMUL_BK; e += MATMUL_THREADS) {
-        const int kk = K_CONTIG ? e % MATMUL_BK : e / MATMUL_BM;
-        const int rr = K_CONTIG ? e / MATMUL_BK : e % MATMUL_BM;
+__device__ __forceinline__ void simt_group(int tid, int it, int& rr, int& kk) {
+    const int g = tid + it * MATMUL_THREADS;  // 256 groups of 4 = 64 x 16
+    rr = K_CONTIG ? g / (MATMUL_BK / 4) : (g % (MATMUL_BM / 4)) * 4;
+    kk = K_CONTIG ? (g % (MATMUL_BK / 4)) * 4 : g / (MATMUL_BM / 4);
+}
+
+// Loads this thread's 8 elements of rows [r0, r0 + 64) x k [k0, k0 + MATMUL_BK) of X (zero
+// outside rows < R and k < k_end). K_CONTIG: X(r, k) = x[r·K + k], else x[k·R + r]. `vec`: the
+// contiguous index's stride and x are 16-byte aligned, so a whole in-range group is one float4.
+template <bool K_CONTIG>
+__device__ __forceinline__ void simt_load(float (&v)[8], const float* x, int R, int K, int r0, int k0, int k_end,
+                                          int tid, bool vec) {
+    for (int it = 0; it < 2; it++) {
+        int rr, kk;
+        simt_group<K_CONTIG>(tid, it, rr, kk);
         const int r = r0 + rr;
         const int k = k0 + kk;
-        float v = 0.0f;
-        if (r < R && k < k_end) v = K_CONTIG ? x[(size_t)r * K + k] : x[(size_t)k * R + r];
-        tile[kk][rr] = v;
+        float* o = &v[it * 4];
+        const bool whole = K_CONTIG ? r < R && k + 3 < k_end : r + 3 < R && k < k_end;
+        if (vec && whole) {
+            const float4 q =
+                *reinterpret_cast<const float4*>(K_CONTIG ? &x[(size_t)r * K + k] : &x[(size_t)k * R + r]);
+            o[0] = q.x;
+            o[1] = q.y;
+            o[2] = q.z;
+            o[3] = q.w;
+        } else {
+            for (int q = 0; q < 4; q++) {
+                const int rq = K_CONTIG ? r : r + q;
+                const int kq = K_CONTIG ? k + q : k;
+                o[q] = rq < R && kq < k_end ? (K_CONTIG ? x[(size_t)rq * K + kq] : x[(size_t)kq * R + rq]) : 0.0f;
+            }
+        }
     }
+}
+
+// Writes the 8 elements simt_load fetched into tile[k][row].
+template <bool K_CONTIG>
+__device__ __forceinline__ void simt_store(SimtTile& tile, const float (&v)[8], int tid) {
+    for (int it = 0; it < 2; it++) {
+        int rr, kk;
+        simt_group<K_CONTIG>(tid, it, rr, kk);
+        if (K_CONTIG) {
+            for (int q = 0; q < 4; q++) tile[kk + q][rr] = v[it * 4 + q];
+        } else {
+            *reinterpret_cast<float4*>(&tile[kk][rr]) = make_float4(v[it * 4], v[it * 4 + 1], v[it * 4 + 2], v[it * 4 + 3]);
+        }
+    }
+}
+
+// Whether X's groups may be read as float4: x 16-byte aligned and, along the contiguous index,
+// a row stride (K, resp. R) and a first k that are multiples of 4.
+template <bool K_CONTIG>
+__device__ __forceinline__ bool simt_vec(const float* x, int R, int K, int k_begin) {
+    const bool base = ((unsigned long long)x & 15ull) == 0;
+    return K_CONTIG ? base && K % 4 == 0 && k_begin % 4 == 0 : base && R % 4 == 0;
 }
 
 struct SimtEngine {
@@ -60,37 +115,62 @@ struct SimtEngine {
                                                const float* a,  // (M, K) or (K, M), see above
                                                const float* b,  // (NC, K) or (K, NC), see above
                                                int M, int NC, int K, int k_begin, int k_end, double* row_sum) {
-        __shared__ float a_tile[MATMUL_BK][MATMUL_BM + MATMUL_PAD];  // (k, rows of out)
-        __shared__ float b_tile[MATMUL_BK][MATMUL_BN + MATMUL_PAD];  // (k, columns of out)
+        __shared__ __align__(16) float a_tile[2][MATMUL_BK][MATMUL_BM + MATMUL_PAD];  // (buffer, k, rows of out)
+        __shared__ __align__(16) float b_tile[2][MATMUL_BK][MATMUL_BN + MATMUL_PAD];  // (buffer, k, columns)
 
         const int tx = threadIdx.x;
         const int ty = threadIdx.y;
         const int tid = ty * MATMUL_TX + tx;
         const int row0 = blockIdx.y * MATMUL_BM;
         const int col0 = blockIdx.x * MATMUL_BN;
+        const bool a_vec = simt_vec<A_K_CONTIG>(a, M, K, k_begin);
+        const bool b_vec = simt_vec<B_K_CONTIG>(b, NC, K, k_begin);
+        if (k_begin >= k_end) return;
 
+        float av_next[8], bv_next[8];
+        simt_load<A_K_CONTIG>(av_next, a, M, K, row0, k_begin, k_end, tid, a_vec);
+        simt_load<B_K_CONTIG>(bv_next, b, NC, K, col0, k_begin, k_end, tid, b_vec);
+        simt_store<A_K_CONTIG>(a_tile[0], av_next, tid);
+        simt_store<B_K_CONTIG>(b_tile[0], bv_next, tid);
+        __syncthreads();  // the first tiles complete before anyone reads them
+
+        int buf = 0;
         for (int k0 = k_begin; k0 < k_end; k0 += MATMUL_BK) {
-            simt_stage<A_K_CONTIG>(a_tile, a, M, K, row0, k0, k_end, tid);
-            simt_stage<B_K_CONTIG>(b_tile, b, NC, K, col0, k0, k_end, tid);
-            __syncthreads();  // tiles complete before anyone reads them
+            const bool more = k0 + MATMUL_BK < k_end;
+            if (more) {  // the next step's elements, in flight while this step multiplies
+                simt_load<A_K_CONTIG>(av_next, a, M, K, row0, k0 + MATMUL_BK, k_end, tid, a_vec);
+                simt_load<B_K_CONTIG>(bv_next, b, NC, K, col0, k0 + MATMUL_BK, k_end, tid, b_vec);
+            }
             if (row_sum && tid < MATMUL_BM)
-                for (int kk = 0; kk < MATMUL_BK; kk++) *row_sum += (double)a_tile[kk][tid];
+                for (int kk = 0; kk < MATMUL_BK; kk++) *row_sum += (double)a_tile[buf][kk][tid];
+#pragma unroll
             for (int kk = 0; kk < MATMUL_BK; kk++) {
-                float av[MATMUL_TM];
-                float bv[MATMUL_TN];
-                for (int i = 0; i < MATMUL_TM; i++) av[i] = a_tile[kk][ty + i * MATMUL_TY];
-                for (int j = 0; j < MATMUL_TN; j++) bv[j] = b_tile[kk][tx + j * MATMUL_TX];
+                const float4 a0 = *reinterpret_cast<const float4*>(&a_tile[buf][kk][ty * MATMUL_TM]);
+                const float4 a1 = *reinterpret_cast<const float4*>(&a_tile[buf][kk][ty * MATMUL_TM + 4]);
+                const float4 b0 = *reinterpret_cast<const float4*>(&b_tile[buf][kk][tx * MATMUL_TN]);
+                const float av[MATMUL_TM] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+                const float bv[MATMUL_TN] = {b0.x, b0.y, b0.z, b0.w};
                 for (int i = 0; i < MATMUL_TM; i++)
                     for (int j = 0; j < MATMUL_TN; j++) acc[i * MATMUL_TN + j] += av[i] * bv[j];
             }
-            __syncthreads();  // everyone done reading before the next tiles overwrite them
+            if (more) {
+                // The other buffer was last read in the previous step, before the barrier that
+                // ended it, so it can be overwritten now; the barrier below publishes it.
+                simt_store<A_K_CONTIG>(a_tile[buf ^ 1], av_next, tid);
+                simt_store<B_K_CONTIG>(b_tile[buf ^ 1], bv_next, tid);
+                __syncthreads();
+                buf ^= 1;
+            }
         }
+        // Every thread is done with the tiles before the block's next acc call (the qkv
+        // backward makes three) stages into them.
+        __syncthreads();
     }
 
     // The tile row and column of this thread's accumulator e.
     static __device__ __forceinline__ void coord(int e, int& r, int& c) {
-        r = threadIdx.y + (e / MATMUL_TN) * MATMUL_TY;
-        c = threadIdx.x + (e % MATMUL_TN) * MATMUL_TX;
+        r = threadIdx.y * MATMUL_TM + e / MATMUL_TN;
+        c = threadIdx.x * MATMUL_TN + e % MATMUL_TN;
     }
 };
 

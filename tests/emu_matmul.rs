@@ -96,6 +96,8 @@ device_tests! {
         check_matmul(&dev, 1, 1, 1, true, 2);
         check_matmul(&dev, 33, 32, 31, false, 3);
         check_matmul(&dev, 65, 17, 65, true, 5); // one past the 64x64 output tile and the 16-deep k step
+        // K a multiple of 4: the staging's float4 loads, with ragged rows, columns and k steps
+        check_matmul(&dev, 37, 36, 68, true, 6);
     }
 }
 
@@ -201,6 +203,9 @@ device_tests! {
         check_backward_input(&dev, 1, 1, 1, 22);
         check_backward_input(&dev, 65, 65, 17, 23);
         check_backward_input(&dev, 17, 3, 70, 24);
+        // IC a multiple of 4: the weight's rows are staged as float4, the last group partly
+        check_backward_input(&dev, 70, 36, 33, 25);
+        check_backward_input(&dev, 5, 68, 20, 26);
     }
 }
 
@@ -301,6 +306,8 @@ device_tests! {
         check_backward_weight(&dev, 70, 45, 33, None);
         check_backward_weight(&dev, 1, 1, 1, None);
         check_backward_weight(&dev, 17, 65, 65, None);
+        // OC and IC multiples of 4: both operands staged as float4 (ragged against the tile)
+        check_backward_weight(&dev, 70, 36, 40, None);
         // N long enough that the plain launcher splits it (and allocates its own workspace)
         assert_eq!(kernels::matmul_backward_weight_splits(300, 45, 33), 2);
         check_backward_weight(&dev, 300, 45, 33, None);
@@ -316,6 +323,7 @@ device_tests! {
             check_backward_weight(&dev, 70, 45, 33, Some(splits)); // 5 chunks of 16 rows: last has 6
         }
         check_backward_weight(&dev, 17, 3, 5, Some(4)); // chunks of 16: only 2 are non-empty
+        check_backward_weight(&dev, 70, 36, 40, Some(3)); // float4 staging, chunks of 24 rows
         check_backward_weight(&dev, 1, 1, 1, Some(3));
     }
 }
