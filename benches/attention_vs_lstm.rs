@@ -10,12 +10,17 @@
 //! host clock. A table closes the run (benches/common/speed_table.rs): per seq_len, tokens/s of
 //! both models for the three measurements, the attention/LSTM ratios and each model's memory
 //! per training step, also written as attention_vs_lstm.csv / .json under target/criterion.
+//!
+//! `ROBO_POET_BENCH_PRECISION=tf32` (or bf16) runs the linear layers' GEMMs on the tensor cores
+//! (as `train --precision`; GPU only): the group and the files get the precision in their names
+//! (attention_vs_lstm-tf32.csv), so criterion never compares one precision with another.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use robo_poet::backend::cpu::CpuBackend;
 use robo_poet::backend::cuda::CudaBackend;
 use robo_poet::backend::Backend;
 use robo_poet::diagnostics::parity::parity_train_config;
+use robo_poet::gpu::kernels::Precision;
 use robo_poet::gpu::CudaDevice;
 use robo_poet::model::attention::{AttentionConfig, AttentionStyle};
 use robo_poet::model::lstm::LstmConfig;
@@ -70,15 +75,34 @@ fn models(t: usize) -> [(&'static str, ModelConfig); 2] {
     ]
 }
 
-/// The backend to time (the GPU when one works, else the CPU) and, on the GPU, its event timer
-/// (created after the backend, whose device made the context current).
-fn backend(m: &dyn Model) -> (Box<dyn Backend>, Option<CudaTimer>) {
-    match CudaDevice::open() {
+/// The backend to time (the GPU when one works, else the CPU) at `precision` and, on the GPU,
+/// its event timer (created after the backend, whose device made the context current).
+fn backend(m: &dyn Model, precision: Precision) -> (Box<dyn Backend>, Option<CudaTimer>) {
+    let (mut be, timer): (Box<dyn Backend>, _) = match CudaDevice::open() {
         Ok(dev) => {
             let be = Box::new(CudaBackend::new(Box::new(dev), m.table().clone()).unwrap());
             (be, Some(CudaTimer::new().expect("CUDA events")))
         }
         Err(_) => (Box::new(CpuBackend::new(m.table().clone())), None),
+    };
+    if let Err(e) = be.set_precision(precision) {
+        eprintln!("attention_vs_lstm: {PRECISION_ENV}={precision}: {e}");
+        std::process::exit(2);
+    }
+    (be, timer)
+}
+
+/// The environment variable that picks the GEMM precision (fp32 when unset).
+const PRECISION_ENV: &str = "ROBO_POET_BENCH_PRECISION";
+
+fn precision_from_env() -> Precision {
+    use clap::ValueEnum;
+    match std::env::var(PRECISION_ENV) {
+        Err(_) => Precision::Fp32,
+        Ok(v) => Precision::from_str(&v, true).unwrap_or_else(|_| {
+            eprintln!("attention_vs_lstm: {PRECISION_ENV}={v:?}: expected fp32, tf32 or bf16");
+            std::process::exit(2);
+        }),
     }
 }
 
@@ -99,9 +123,12 @@ fn timed(timer: Option<&CudaTimer>, iters: u64, mut f: impl FnMut()) -> Duration
     }
 }
 
-fn bench(c: &mut Criterion, on: &str, records: &RefCell<Records>) {
-    println!("attention_vs_lstm: timing the {on} backend");
-    let mut g = c.benchmark_group("attention vs lstm");
+fn bench(c: &mut Criterion, on: &str, precision: Precision, records: &RefCell<Records>) {
+    println!("attention_vs_lstm: timing the {on} backend, GEMMs at {precision}");
+    let mut g = c.benchmark_group(match precision {
+        Precision::Fp32 => "attention vs lstm".to_string(),
+        p => format!("attention vs lstm ({p})"),
+    });
     let quick = criterion_config::quick();
     g.sample_size(SAMPLES)
         .warm_up_time(Duration::from_millis(if quick { 300 } else { 1000 }))
@@ -109,7 +136,7 @@ fn bench(c: &mut Criterion, on: &str, records: &RefCell<Records>) {
     for t in SEQ_LENS {
         for (name, cfg) in models(t) {
             let m = model::build(&cfg, BATCH);
-            let (mut be, timer) = backend(m.as_ref());
+            let (mut be, timer) = backend(m.as_ref(), precision);
             let timer = timer.as_ref();
             let mut rng = Rng::new(1);
             for (id, v) in model::init_params(m.as_ref(), &mut rng) {
@@ -187,25 +214,34 @@ fn main() {
             robo_poet::backend::short_reason(&why)
         ),
     };
+    let precision = precision_from_env();
     let mut c = criterion_config::criterion().configure_from_args();
     let records = RefCell::new(Records::default());
-    bench(&mut c, &on, &records);
+    bench(&mut c, &on, precision, &records);
     c.final_summary();
     let rows = speed_table::rows(&records.borrow(), SAMPLES);
     if rows.is_empty() {
         return;
     }
+    let on = match precision {
+        Precision::Fp32 => on,
+        p => format!("{on}, {p} GEMMs"),
+    };
     println!("\n{}", speed_table::markdown(&on, &rows));
     let dir = speed_table::criterion_dir();
+    let stem = match precision {
+        Precision::Fp32 => "attention_vs_lstm".to_string(),
+        p => format!("attention_vs_lstm-{p}"),
+    };
     let written = std::fs::create_dir_all(&dir).and_then(|()| {
-        std::fs::write(dir.join("attention_vs_lstm.csv"), speed_table::csv(&rows))?;
+        std::fs::write(dir.join(format!("{stem}.csv")), speed_table::csv(&rows))?;
         let json = serde_json::to_string_pretty(&speed_table::json(&on, &rows))?;
-        std::fs::write(dir.join("attention_vs_lstm.json"), json + "\n")
+        std::fs::write(dir.join(format!("{stem}.json")), json + "\n")
     });
     match written {
         Ok(()) => println!(
-            "wrote {} and attention_vs_lstm.json beside it",
-            dir.join("attention_vs_lstm.csv").display()
+            "wrote {} and {stem}.json beside it",
+            dir.join(format!("{stem}.csv")).display()
         ),
         Err(e) => eprintln!("could not write the table under {}: {e}", dir.display()),
     }
