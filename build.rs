@@ -121,6 +121,20 @@ mod nvrtc {
             .collect();
         sources.sort();
         let virtual_arch = arch.replacen("sm_", "compute_", 1);
+        // Every header a kernel may include, for the cache key: a .cu is recompiled when it, any
+        // header, the options or NVRTC change. (The build script reruns for the sanitizer and
+        // FMA builds of the emulator too, with the same OUT_DIR: those reuse these outputs.)
+        let mut headers: Vec<PathBuf> = fs::read_dir(root.join("kernels"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cuh"))
+            .collect();
+        headers.sort();
+        let mut header_bytes = Vec::new();
+        for h in &headers {
+            header_bytes.extend_from_slice(h.file_name().unwrap().as_encoded_bytes());
+            header_bytes.extend_from_slice(&fs::read(h).unwrap());
+        }
         let mut units = Vec::new();
         let mut errors = String::new();
         // One NVRTC program per file and output, compiled on as many threads as cargo gives this
@@ -134,9 +148,29 @@ mod nvrtc {
                 "--ptxas-options=-v".to_string(),
             ];
             let ptx_opts = [format!("--gpu-architecture={virtual_arch}")];
+            let key = cache_key(&[
+                src.as_bytes(),
+                &header_bytes,
+                COMMON_OPTIONS.join(" ").as_bytes(),
+                cubin_opts.join(" ").as_bytes(),
+                ptx_opts.join(" ").as_bytes(),
+                version.as_bytes(),
+            ]);
+            let stem = path.file_stem().unwrap().to_str().unwrap();
+            let cached = |name: String| fs::read(gen_dir.join(name)).ok();
+            if cached(format!("{stem}.{arch}.key")).as_deref() == Some(key.as_bytes()) {
+                if let (Some(cubin), Some(ptx), Some(log)) = (
+                    cached(format!("{stem}.{arch}.cubin")),
+                    cached(format!("{stem}.{virtual_arch}.ptx")),
+                    cached(format!("{stem}.{arch}.log")),
+                ) {
+                    let log = String::from_utf8_lossy(&log).into_owned();
+                    return (key, true, (Ok((cubin, log)), Ok((ptx, String::new()))));
+                }
+            }
             let cubin = compile(&src, &shown, &cubin_opts, Output::Cubin);
             let ptx = compile(&src, &shown, &ptx_opts, Output::Ptx);
-            (cubin, ptx)
+            (key, false, (cubin, ptx))
         };
         let jobs = env::var("NUM_JOBS")
             .ok()
@@ -161,7 +195,9 @@ mod nvrtc {
                 .collect()
         });
         compiled.sort_by_key(|(i, _)| *i);
-        for (path, (_, (cubin, ptx))) in sources.iter().zip(compiled) {
+        // Which files came from the cache (for whoever wonders why a build was quick).
+        let mut cache_report = String::new();
+        for (path, (_, (key, hit, (cubin, ptx)))) in sources.iter().zip(compiled) {
             let file = path.file_name().unwrap().to_str().unwrap();
             let stem = path.file_stem().unwrap().to_str().unwrap();
             let shown = format!("kernels/{file}");
@@ -179,17 +215,33 @@ mod nvrtc {
                     fs::write(&unit.cubin, cubin).unwrap();
                     fs::write(&unit.ptx, ptx).unwrap();
                     fs::write(&unit.log, log).unwrap();
+                    fs::write(gen_dir.join(format!("{stem}.{arch}.key")), &key).unwrap();
+                    let how = if hit { "cached" } else { "compiled" };
+                    writeln!(cache_report, "{} {arch} {key} {how}", unit.shown).unwrap();
                     units.push(unit);
                 }
                 (Err(e), _) | (_, Err(e)) => errors.push_str(&e),
             }
         }
+        fs::write(gen_dir.join("cache.txt"), cache_report).unwrap();
         if !errors.is_empty() {
             return Err(format!(
                 "NVRTC {version} could not compile the kernels for {arch}:\n{errors}"
             ));
         }
         Ok((version, units))
+    }
+
+    /// FNV-1a (64 bit) over the parts, each followed by its length: a stable cache key.
+    fn cache_key(parts: &[&[u8]]) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for part in parts {
+            for &b in part.iter().chain(&(part.len() as u64).to_le_bytes()) {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
     }
 
     #[derive(Clone, Copy)]
