@@ -114,24 +114,13 @@ mod nvrtc {
 
         let gen_dir = out.join("nvrtc");
         fs::create_dir_all(&gen_dir).unwrap();
-        let mut sources: Vec<PathBuf> = fs::read_dir(root.join("kernels"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "cu"))
-            .collect();
-        sources.sort();
+        let sources = files_with_extension(&root.join("kernels"), "cu");
         let virtual_arch = arch.replacen("sm_", "compute_", 1);
         // Every header a kernel may include, for the cache key: a .cu is recompiled when it, any
         // header, the options or NVRTC change. (The build script reruns for the sanitizer and
         // FMA builds of the emulator too, with the same OUT_DIR: those reuse these outputs.)
-        let mut headers: Vec<PathBuf> = fs::read_dir(root.join("kernels"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "cuh"))
-            .collect();
-        headers.sort();
         let mut header_bytes = Vec::new();
-        for h in &headers {
+        for h in &files_with_extension(&root.join("kernels"), "cuh") {
             header_bytes.extend_from_slice(h.file_name().unwrap().as_encoded_bytes());
             header_bytes.extend_from_slice(&fs::read(h).unwrap());
         }
@@ -230,6 +219,17 @@ mod nvrtc {
             ));
         }
         Ok((version, units))
+    }
+
+    /// The files of `dir` ending in `.ext`, sorted.
+    fn files_with_extension(dir: &Path, ext: &str) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .collect();
+        files.sort();
+        files
     }
 
     /// FNV-1a (64 bit) over the parts, each followed by its length: a stable cache key.

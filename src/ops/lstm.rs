@@ -151,8 +151,12 @@ fn forward_impl(
     // The recurrence: batch rows are independent sequences, so each thread runs the whole time
     // loop for its own rows, with no synchronisation between timesteps.
     // With AVX2+FMA, W_hhᵀ is packed once here for all T steps (see `recurrence`).
-    let packed =
-        (recurrence::available() && t > 1).then(|| Packed::pack(Mat::rm(w_hh, 4 * hid, hid).t()));
+    let packed = (vector && t > 1).then(|| Packed::pack(Mat::rm(w_hh, 4 * hid, hid).t()));
+    let cell = if vector {
+        recurrence::cell_forward
+    } else {
+        lstm_cell_forward
+    };
     let ranges = row_ranges(b);
     let gp = split_rows(gates, b, 4 * hid, &ranges);
     let cp = split_rows(c, b, hid, &ranges);
@@ -185,11 +189,7 @@ fn forward_impl(
                 } else {
                     None
                 };
-                if vector {
-                    recurrence::cell_forward(g[step], c_prev, c_rest[0], h_rest[0], n, hid);
-                } else {
-                    lstm_cell_forward(g[step], c_prev, c_rest[0], h_rest[0], n, hid);
-                }
+                cell(g[step], c_prev, c_rest[0], h_rest[0], n, hid);
             }
         });
 }
@@ -277,6 +277,11 @@ fn backward_impl(
     let (bh, bg) = (b * hid, b * 4 * hid);
     // The recurrence per thread-owned batch rows, as in the forward.
     let packed = (vector && t > 1).then(|| Packed::pack(Mat::rm(w_hh, 4 * hid, hid)));
+    let cell = if vector {
+        recurrence::cell_backward
+    } else {
+        lstm_cell_backward
+    };
     let ranges = row_ranges(b);
     let dgp = split_rows(dgates, b, 4 * hid, &ranges);
     let dhp = split_rows(dh, b, hid, &ranges);
@@ -295,11 +300,6 @@ fn backward_impl(
                     None
                 };
                 let (dh_before, dh_rest) = dhr.split_at_mut(step);
-                let cell = if vector {
-                    recurrence::cell_backward
-                } else {
-                    lstm_cell_backward
-                };
                 cell(
                     dg[step],
                     &mut dc,

@@ -62,12 +62,6 @@ impl Packed {
         }
         Packed { k, n, panels }
     }
-    pub fn rows(&self) -> usize {
-        self.k
-    }
-    pub fn cols(&self) -> usize {
-        self.n
-    }
 }
 
 /// c (m x n, row stride ldc) += a (m x k, row stride lda) · B, B packed.
