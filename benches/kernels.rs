@@ -406,6 +406,7 @@ fn gpu_ops<'a>(
                     v,
                     a,
                     Some(drop),
+                    k::Precision::Fp32,
                 ))
             })),
         ),
@@ -427,6 +428,7 @@ fn gpu_ops<'a>(
                     delta,
                     a,
                     Some(drop),
+                    k::Precision::Fp32,
                 ))
             })),
         ),
@@ -475,8 +477,14 @@ fn run(c: &mut Criterion, gpu: Option<&CudaDevice>, totals: &Totals) {
 const SWEEP_T: [usize; 6] = [128, 256, 512, 1024, 2048, 4096];
 const SWEEP: (usize, usize, usize) = (8, 4, 64);
 
-/// One path's forward + backward at `a` on `dev`, as the CUDA backend runs it (dropout on).
-fn attention_pass<'a>(dev: &'a dyn Device, a: AttnShape, fused: bool) -> Box<dyn FnMut() + 'a> {
+/// One path's forward + backward at `a` on `dev`, as the CUDA backend runs it (dropout on); the
+/// fused kernels' products at precision `p` (the materialized path is fp32 only).
+fn attention_pass<'a>(
+    dev: &'a dyn Device,
+    a: AttnShape,
+    fused: bool,
+    p: k::Precision,
+) -> Box<dyn FnMut() + 'a> {
     let (n, rows, tt) = (a.b * a.t * a.c(), a.b * a.nh * a.t, a.b * a.nh * a.t * a.t);
     let mut rng = Rng::new(3);
     let up = |v: Vec<f32>| -> DeviceSlice<f32> { dev.upload(&v).expect("upload") };
@@ -507,6 +515,7 @@ fn attention_pass<'a>(dev: &'a dyn Device, a: AttnShape, fused: bool) -> Box<dyn
                 v,
                 a,
                 Some(drop),
+                p,
             ));
             ok(k::attention_fused_backward(
                 dev,
@@ -522,6 +531,7 @@ fn attention_pass<'a>(dev: &'a dyn Device, a: AttnShape, fused: bool) -> Box<dyn
                 delta,
                 a,
                 Some(drop),
+                p,
             ));
         })
     } else {
@@ -566,7 +576,7 @@ fn attention_launches() -> (u64, u64) {
         hs: 4,
     };
     let count = |fused| {
-        let mut pass = attention_pass(&dev, a, fused);
+        let mut pass = attention_pass(&dev, a, fused, k::Precision::Fp32);
         let before = dev.counts();
         pass();
         (dev.counts() - before).launches
@@ -574,8 +584,9 @@ fn attention_launches() -> (u64, u64) {
     (count(false), count(true))
 }
 
-/// fused vs materialized attention, forward + backward, over T: CUDA-event timed on a GPU (with
-/// criterion); without one, the analytic FLOPs and bytes of both and the emulator's launch count.
+/// fused (fp32, and tf32 / bf16 products on the tensor cores) vs materialized attention, forward +
+/// backward, over T: CUDA-event timed on a GPU (with criterion); without one, the analytic FLOPs
+/// and bytes of both and the emulator's launch count.
 fn attention_sweep(c: &mut Criterion, gpu: Option<&CudaDevice>) {
     let (b, nh, hs) = SWEEP;
     let (mat_launches, fused_launches) = attention_launches();
@@ -586,7 +597,7 @@ fn attention_sweep(c: &mut Criterion, gpu: Option<&CudaDevice>) {
             + costs::attention_backward(b, t, nh, hs, true);
         let fus = costs::fused_attention_forward(b, t, nh, hs, true)
             + costs::fused_attention_backward(b, t, nh, hs, true);
-        let mut ms = [f64::NAN, f64::NAN];
+        let mut ms = [f64::NAN; 4];
         if let Some(dev) = gpu {
             let timer = CudaTimer::new().expect("CUDA events");
             let mut g = c.benchmark_group(format!("attention fwd+bwd B{b} NH{nh} HS{hs}"));
@@ -595,10 +606,15 @@ fn attention_sweep(c: &mut Criterion, gpu: Option<&CudaDevice>) {
                 .sampling_mode(SamplingMode::Flat)
                 .warm_up_time(Duration::from_millis(if quick { 100 } else { 300 }))
                 .measurement_time(Duration::from_millis(if quick { 400 } else { 1500 }));
-            for (i, fused) in [false, true].into_iter().enumerate() {
-                let mut pass = attention_pass(dev, a, fused);
+            let paths = [
+                ("materialized", false, k::Precision::Fp32),
+                ("fused", true, k::Precision::Fp32),
+                ("fused tf32", true, k::Precision::Tf32),
+                ("fused bf16", true, k::Precision::Bf16),
+            ];
+            for (i, (name, fused, p)) in paths.into_iter().enumerate() {
+                let mut pass = attention_pass(dev, a, fused, p);
                 let mut total = (Duration::ZERO, 0u64);
-                let name = if fused { "fused" } else { "materialized" };
                 g.bench_function(BenchmarkId::new(name, t), |bench| {
                     bench.iter_custom(|iters| {
                         let d = timer
@@ -619,8 +635,8 @@ fn attention_sweep(c: &mut Criterion, gpu: Option<&CudaDevice>) {
         rows.push((t, mat, fus, ms));
     }
     println!("\nattention forward + backward, fused vs materialized, B {b} NH {nh} HS {hs}, dropout 0.1 ({}):", if gpu.is_some() { "CUDA events" } else { "no GPU: analytic counts; launches from the emulated device" });
-    println!("| T | materialized ms | fused ms | materialized / fused | materialized GFLOP | fused GFLOP | materialized MB | fused MB | launches materialized / fused |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| T | materialized ms | fused ms | materialized / fused | fused tf32 ms | fused bf16 ms | materialized GFLOP | fused GFLOP | materialized MB | fused MB | launches materialized / fused |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (t, mat, fus, ms) in rows {
         let f = |x: f64| {
             if x.is_nan() {
@@ -630,10 +646,12 @@ fn attention_sweep(c: &mut Criterion, gpu: Option<&CudaDevice>) {
             }
         };
         println!(
-            "| {t} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {mat_launches} / {fused_launches} |",
+            "| {t} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {mat_launches} / {fused_launches} |",
             f(ms[0]),
             f(ms[1]),
             if ms[0].is_nan() { "-".to_string() } else { format!("{:.2}x", ms[0] / ms[1]) },
+            f(ms[2]),
+            f(ms[3]),
             mat.flops as f64 / 1e9,
             fus.flops as f64 / 1e9,
             mat.bytes as f64 / 1e6,

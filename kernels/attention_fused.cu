@@ -12,7 +12,14 @@
 // (or key) row of a tile 4 threads. Every tile lives in dynamic shared memory with a row stride of
 // HS + 1 floats (odd for even HS: threads walking a column hit distinct banks), so any head size
 // works: above 48 KiB (HS > 95 in the forward) the host raises the kernel's shared memory limit.
+//
+// Each kernel comes in three precisions (the _tf32 and _bf16 names: `--precision`): fp32, every
+// product an f32 dot product per thread; tf32 / bf16, the tile products q·kᵀ, p·v (forward) and
+// q·kᵀ, dO·vᵀ, Pᵀ·dO, dSᵀ·q, dS·k (backward) on the tensor cores (fa_mma: mma.sync with operands
+// rounded as they are loaded from shared memory, f32 accumulation), their results through shared
+// memory; the online softmax, dropout, lse and D stay f32. Tests: tests/emu_attention_fused.rs.
 
+#include "mma.cuh"
 #include "philox.cuh"
 
 // ----------------------------------------------------------------------------------------------
@@ -98,19 +105,101 @@ __device__ __forceinline__ float fa_row_sum(float v) {
     return v + __shfl_xor_sync(FA_FULL_MASK, v, 2);
 }
 
+// ----------------------------------------------------------------------------------------------
+// the products on the tensor cores (the _tf32 and _bf16 kernels)
+
+#define FA_FP32 0  // f32 dot products, one thread per output (the exact default)
+#define FA_TF32 1  // mma.sync m16n8k8, operands rounded with cvt.rna.tf32.f32, f32 accumulation
+#define FA_BF16 2  // mma.sync m16n8k16, operands rounded to BF16 (nearest even), f32 accumulation
+
+#define FA_MMA_STORE 0    // D = A·B
+#define FA_MMA_RESCALE 1  // D = D·row_scale[r] + A·B
+#define FA_MMA_ADD 2      // D += mul·(A·B)
+
+// X(i, j) = x[i·is + j·js], or 0 when !ok (past K or N: the fragments' padding).
+__device__ __forceinline__ float fa_at(const float* x, int i, int j, int is, int js, bool ok) {
+    return ok ? x[i * is + j * js] : 0.0f;
+}
+
+// D (FA_TILE x N, shared, row stride ldd) (MODE) A (FA_TILE x K) · B (K x N), all in shared
+// memory with element strides: A(r, k) = A[r·a_rs + k·a_ks], B(k, n) = B[k·b_ks + n·b_ns]. The 4
+// warps split D: warp w takes rows 16·(w % 2) .. +15 and the 8-column chunks w / 2, w / 2 + 2, ...;
+// each chunk is one 16 x 8 accumulator walked over K in mma steps (8 for tf32, 16 for bf16), the
+// operands rounded as they are loaded into fragments (layouts: kernels/mma.cuh). Every element of
+// D is written by one lane; call with the whole block, between barriers.
+template <int PREC, int MODE>
+__device__ __forceinline__ void fa_mma(float* D, int ldd, const float* A, int a_rs, int a_ks, const float* B, int b_ks,
+                                       int b_ns, int N, int K, const float* row_scale, float mul) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int r0 = (warp & 1) * 16 + g;  // this lane's A rows r0, r0 + 8
+    constexpr int KS = PREC == FA_BF16 ? 16 : 8;
+    const int chunks = (N + 7) / 8;
+    for (int ch = warp >> 1; ch < chunks; ch += 2) {  // uniform over the warp
+        const int n = ch * 8 + g;                      // this lane's B column
+        const bool n_ok = n < N;
+        float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int k0 = 0; k0 < K; k0 += KS) {
+            unsigned a[4], b[2];
+            if (PREC == FA_BF16) {
+                const int k = k0 + 2 * t;  // this lane's k pairs: k, k + 1 and k + 8, k + 9
+                const bool k0k = k < K, k1k = k + 1 < K, k8k = k + 8 < K, k9k = k + 9 < K;
+                a[0] = bf16x2_rne(fa_at(A, r0, k, a_rs, a_ks, k0k), fa_at(A, r0, k + 1, a_rs, a_ks, k1k));
+                a[1] = bf16x2_rne(fa_at(A, r0 + 8, k, a_rs, a_ks, k0k), fa_at(A, r0 + 8, k + 1, a_rs, a_ks, k1k));
+                a[2] = bf16x2_rne(fa_at(A, r0, k + 8, a_rs, a_ks, k8k), fa_at(A, r0, k + 9, a_rs, a_ks, k9k));
+                a[3] = bf16x2_rne(fa_at(A, r0 + 8, k + 8, a_rs, a_ks, k8k),
+                                  fa_at(A, r0 + 8, k + 9, a_rs, a_ks, k9k));
+                b[0] = bf16x2_rne(fa_at(B, k, n, b_ks, b_ns, n_ok && k0k), fa_at(B, k + 1, n, b_ks, b_ns, n_ok && k1k));
+                b[1] = bf16x2_rne(fa_at(B, k + 8, n, b_ks, b_ns, n_ok && k8k),
+                                  fa_at(B, k + 9, n, b_ks, b_ns, n_ok && k9k));
+                mma_m16n8k16_bf16(d, a, b);
+            } else {
+                const int k = k0 + t;  // this lane's k: k and k + 4
+                const bool k0k = k < K, k4k = k + 4 < K;
+                a[0] = tf32_rna(fa_at(A, r0, k, a_rs, a_ks, k0k));
+                a[1] = tf32_rna(fa_at(A, r0 + 8, k, a_rs, a_ks, k0k));
+                a[2] = tf32_rna(fa_at(A, r0, k + 4, a_rs, a_ks, k4k));
+                a[3] = tf32_rna(fa_at(A, r0 + 8, k + 4, a_rs, a_ks, k4k));
+                b[0] = tf32_rna(fa_at(B, k, n, b_ks, b_ns, n_ok && k0k));
+                b[1] = tf32_rna(fa_at(B, k + 4, n, b_ks, b_ns, n_ok && k4k));
+                mma_m16n8k8_tf32(d, a, b);
+            }
+        }
+        for (int e = 0; e < 4; e++) {  // D element e: row g (+ 8 for e >= 2), column 2t (+ 1 for odd e)
+            const int r = r0 + 8 * (e >> 1);
+            const int c = ch * 8 + 2 * t + (e & 1);
+            if (c >= N) continue;
+            float& o = D[r * ldd + c];
+            if (MODE == FA_MMA_STORE) o = d[e];
+            else if (MODE == FA_MMA_RESCALE) o = o * row_scale[r] + d[e];
+            else o += mul * d[e];
+        }
+    }
+}
+
+// x rounded as the products of precision `prec` round their operands (for the row check).
+__device__ __forceinline__ float fa_round(float x, int prec) {
+    return prec == FA_TF32 ? __uint_as_float(tf32_rna(x)) : prec == FA_BF16 ? __uint_as_float(bf16_rne(x) << 16) : x;
+}
+
 // Block (query tile qt = blockIdx.x, head bh = blockIdx.y). Thread t owns query row t / 4 of the
 // tile and, of each key tile, the 8 keys 8·(t % 4) .. +7 (its scores, probabilities and mask
 // draws), and the output channels t % 4, t % 4 + 4, ... of its row. Key tiles above the diagonal
 // are never visited.
-extern "C" __global__ void __launch_bounds__(FA_THREADS)
-    attention_fused_forward(float* out,        // (B, T, C)
-                            float* lse,        // (B, NH, T)
-                            const float* q,    // (B, T, C)
-                            const float* k,    // (B, T, C)
-                            const float* v,    // (B, T, C)
-                            int NH, int T, int HS, float scale, unsigned long long seed,
-                            const unsigned long long* step,  // (1), or null: no dropout
-                            unsigned int tensor, float p, float keep_scale) {
+// The tensor-core kernels (PREC tf32 / bf16) compute the key tile's scores q·kᵀ into Ps with
+// fa_mma (the softmax then reads them back) and O = O·alpha + P·V with fa_mma, alpha per row in
+// alpha_s; everything else is the fp32 kernel's.
+template <int PREC>
+__device__ __forceinline__ void fa_forward(float* out,        // (B, T, C)
+                                           float* lse,        // (B, NH, T)
+                                           const float* q,    // (B, T, C)
+                                           const float* k,    // (B, T, C)
+                                           const float* v,    // (B, T, C)
+                                           int NH, int T, int HS, float scale, unsigned long long seed,
+                                           const unsigned long long* step,  // (1), or null: no dropout
+                                           unsigned int tensor, float p, float keep_scale) {
     extern __shared__ float fa_smem[];
     const int hsp = HS + 1;
     float* Qs = fa_smem;             // [FA_TILE][hsp]
@@ -118,6 +207,7 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
     float* Vs = Ks + FA_TILE * hsp;  // [FA_TILE][hsp]
     float* Os = Vs + FA_TILE * hsp;  // [FA_TILE][hsp], the unnormalised output rows
     float* Ps = Os + FA_TILE * hsp;  // [FA_TILE][FA_TILE + 1], this key tile's masked probabilities
+    float* alpha_s = Ps + FA_TILE * (FA_TILE + 1);  // [FA_TILE], tensor-core kernels only
     const int qt = blockIdx.x;
     const int bh = blockIdx.y;
     const int b = bh / NH;
@@ -136,6 +226,10 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
         fa_load(Ks, k, b, h, kt * FA_TILE, T, C, HS);
         fa_load(Vs, v, b, h, kt * FA_TILE, T, C, HS);
         __syncthreads();  // Q (first time), K and V tiles complete
+        if (PREC != FA_FP32) {
+            fa_mma<PREC, FA_MMA_STORE>(Ps, FA_TILE + 1, Qs, hsp, 1, Ks, 1, hsp, FA_TILE, HS, nullptr, 0.0f);
+            __syncthreads();  // the tile's scores in Ps
+        }
 
         float s[8];
         float mx = FA_LOWEST;
@@ -143,7 +237,10 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
             const int col = part * 8 + jj;
             const int j = kt * FA_TILE + col;
             const bool live = i < T && j <= i;  // j <= i < T: a real key at or before the query
-            s[jj] = live ? fa_dot(Qs + row * hsp, Ks + col * hsp, HS) * scale : FA_LOWEST;
+            const float dot = !live ? 0.0f
+                              : PREC == FA_FP32 ? fa_dot(Qs + row * hsp, Ks + col * hsp, HS)
+                                                : Ps[row * (FA_TILE + 1) + col];
+            s[jj] = live ? dot * scale : FA_LOWEST;
             mx = fmaxf(mx, s[jj]);
         }
         const float m_new = fmaxf(m, fa_row_max(mx));
@@ -161,12 +258,17 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
         }
         l = l * alpha + fa_row_sum(sum);
         m = m_new;
+        if (PREC != FA_FP32 && part == 0) alpha_s[row] = alpha;
         __syncthreads();  // the row's probabilities written by its 4 threads
 
-        for (int c = part; c < HS; c += 4) {
-            float acc = Os[row * hsp + c] * alpha;
-            for (int jj = 0; jj < FA_TILE; jj++) acc += Ps[row * (FA_TILE + 1) + jj] * Vs[jj * hsp + c];
-            Os[row * hsp + c] = acc;
+        if (PREC == FA_FP32) {
+            for (int c = part; c < HS; c += 4) {
+                float acc = Os[row * hsp + c] * alpha;
+                for (int jj = 0; jj < FA_TILE; jj++) acc += Ps[row * (FA_TILE + 1) + jj] * Vs[jj * hsp + c];
+                Os[row * hsp + c] = acc;
+            }
+        } else {
+            fa_mma<PREC, FA_MMA_RESCALE>(Os, hsp, Ps, FA_TILE + 1, 1, Vs, hsp, 1, HS, FA_TILE, alpha_s, 1.0f);
         }
         __syncthreads();  // done with K, V and P before the next tile overwrites them
     }
@@ -176,6 +278,16 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
     for (int c = part; c < HS; c += 4) o[c] = Os[row * hsp + c] * inv;
     if (part == 0) lse[(size_t)bh * T + i] = m + logf(l);
 }
+
+#define FA_KERNELS(SUFFIX, PREC)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) attention_fused_forward##SUFFIX(                      \
+        float* out, float* lse, const float* q, const float* k, const float* v, int NH, int T, int HS, float scale, \
+        unsigned long long seed, const unsigned long long* step, unsigned int tensor, float p, float keep_scale) {  \
+        fa_forward<PREC>(out, lse, q, k, v, NH, T, HS, scale, seed, step, tensor, p, keep_scale);                  \
+    }
+FA_KERNELS(, FA_FP32)
+FA_KERNELS(_tf32, FA_TF32)
+FA_KERNELS(_bf16, FA_BF16)
 
 // D (B, NH, T): D_i = Σ_c dO_ic · O_ic per row, one warp per row (of R = B·NH·T rows).
 extern "C" __global__ void attention_fused_backward_prep(float* D,             // (B, NH, T)
@@ -199,11 +311,15 @@ extern "C" __global__ void attention_fused_backward_prep(float* D,             /
 // The probabilities of one (query tile, key tile) pair and their gradients, shared by the two
 // backward kernels: thread (row, part) computes, for its query row i and its 8 keys j,
 // P = exp(s − lse_i), the mask multiplier, dP = mult · dO_i · v_j and dS = P (dP − D_i), writing
-// P·mult into Pd (when given) and dS into dS.
-__device__ __forceinline__ void fa_probs_and_grads(float* Pd, float* dS, const float* Qs, const float* Ks,
-                                                   const float* Vs, const float* dOs, const float* lse_s,
-                                                   const float* D_s, int qt, int kt, int bh, int T, int HS,
-                                                   float scale, const FaDropout& drop) {
+// P·mult into Pd (when given) and dS into dS. The tensor-core kernels computed the pair's q·kᵀ into
+// Ss and dO·vᵀ into dPs beforehand (fa_mma); each thread reads its elements there before it
+// writes the same elements of Pd and dS, so Ss may be Pd and dPs may be dS.
+template <int PREC>
+__device__ __forceinline__ void fa_probs_and_grads(float* Pd, float* dS, const float* Ss, const float* dPs,
+                                                   const float* Qs, const float* Ks, const float* Vs,
+                                                   const float* dOs, const float* lse_s, const float* D_s, int qt,
+                                                   int kt, int bh, int T, int HS, float scale,
+                                                   const FaDropout& drop) {
     const int hsp = HS + 1;
     const int row = threadIdx.x / 4;
     const int part = threadIdx.x % 4;
@@ -216,9 +332,11 @@ __device__ __forceinline__ void fa_probs_and_grads(float* Pd, float* dS, const f
         const bool live = i < T && j <= i;
         float pv = 0.0f, mu = 0.0f, ds = 0.0f;
         if (live) {
-            pv = __expf(fa_dot(Qs + row * hsp, Ks + col * hsp, HS) * scale - lse_s[row]);
+            const int e = row * (FA_TILE + 1) + col;
+            const float sv = PREC == FA_FP32 ? fa_dot(Qs + row * hsp, Ks + col * hsp, HS) : Ss[e];
+            pv = __expf(sv * scale - lse_s[row]);
             mu = mult[jj];
-            const float dp = mu * fa_dot(dOs + row * hsp, Vs + col * hsp, HS);
+            const float dp = mu * (PREC == FA_FP32 ? fa_dot(dOs + row * hsp, Vs + col * hsp, HS) : dPs[e]);
             ds = pv * (dp - D_s[row]);
         }
         if (Pd) Pd[row * (FA_TILE + 1) + col] = pv * mu;
@@ -239,17 +357,21 @@ __device__ __forceinline__ void fa_load_rows(float* lse_s, float* D_s, const flo
 // dk, dv (B, T, C) += their gradients: block (key tile kt = blockIdx.x, head bh = blockIdx.y)
 // walks the query tiles from the diagonal down; thread t owns key row t / 4 of the tile and its
 // channels t % 4, t % 4 + 4, ... of dK and dV.
-extern "C" __global__ void __launch_bounds__(FA_THREADS)
-    attention_fused_backward_dkdv(float* dk,           // (B, T, C), accumulated
-                                  float* dv,           // (B, T, C), accumulated
-                                  const float* q,      // (B, T, C)
-                                  const float* k,      // (B, T, C)
-                                  const float* v,      // (B, T, C)
-                                  const float* dout,   // (B, T, C)
-                                  const float* lse,    // (B, NH, T)
-                                  const float* D,      // (B, NH, T)
-                                  int NH, int T, int HS, float scale, unsigned long long seed,
-                                  const unsigned long long* step, unsigned int tensor, float p, float keep_scale) {
+// The tensor-core kernels compute the pair's scores into Pd and dO·vᵀ into dS (fa_mma; the
+// probabilities and their gradients then replace them in place), and dV += (P·mult)ᵀ·dO,
+// dK += scale·dSᵀ·Q with fa_mma.
+template <int PREC>
+__device__ __forceinline__ void fa_backward_dkdv(float* dk,           // (B, T, C), accumulated
+                                                 float* dv,           // (B, T, C), accumulated
+                                                 const float* q,      // (B, T, C)
+                                                 const float* k,      // (B, T, C)
+                                                 const float* v,      // (B, T, C)
+                                                 const float* dout,   // (B, T, C)
+                                                 const float* lse,    // (B, NH, T)
+                                                 const float* D,      // (B, NH, T)
+                                                 int NH, int T, int HS, float scale, unsigned long long seed,
+                                                 const unsigned long long* step, unsigned int tensor, float p,
+                                                 float keep_scale) {
     extern __shared__ float fa_smem[];
     const int hsp = HS + 1;
     const int tile = FA_TILE * hsp;
@@ -282,16 +404,26 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
         fa_load(dOs, dout, b, h, qt * FA_TILE, T, C, HS);
         fa_load_rows(lse_s, D_s, lse, D, bh, qt, T);
         __syncthreads();  // tiles complete
-        fa_probs_and_grads(Pd, dS, Qs, Ks, Vs, dOs, lse_s, D_s, qt, kt, bh, T, HS, scale, drop);
+        if (PREC != FA_FP32) {
+            fa_mma<PREC, FA_MMA_STORE>(Pd, FA_TILE + 1, Qs, hsp, 1, Ks, 1, hsp, FA_TILE, HS, nullptr, 0.0f);
+            fa_mma<PREC, FA_MMA_STORE>(dS, FA_TILE + 1, dOs, hsp, 1, Vs, 1, hsp, FA_TILE, HS, nullptr, 0.0f);
+            __syncthreads();  // the pair's q·kᵀ and dO·vᵀ
+        }
+        fa_probs_and_grads<PREC>(Pd, dS, Pd, dS, Qs, Ks, Vs, dOs, lse_s, D_s, qt, kt, bh, T, HS, scale, drop);
         __syncthreads();  // P·mult and dS of the pair written
-        for (int c = part; c < HS; c += 4) {
-            float acc_v = 0.0f, acc_k = 0.0f;
-            for (int r = 0; r < FA_TILE; r++) {
-                acc_v += Pd[r * (FA_TILE + 1) + krow] * dOs[r * hsp + c];
-                acc_k += dS[r * (FA_TILE + 1) + krow] * Qs[r * hsp + c];
+        if (PREC == FA_FP32) {
+            for (int c = part; c < HS; c += 4) {
+                float acc_v = 0.0f, acc_k = 0.0f;
+                for (int r = 0; r < FA_TILE; r++) {
+                    acc_v += Pd[r * (FA_TILE + 1) + krow] * dOs[r * hsp + c];
+                    acc_k += dS[r * (FA_TILE + 1) + krow] * Qs[r * hsp + c];
+                }
+                dVs[krow * hsp + c] += acc_v;
+                dKs[krow * hsp + c] += scale * acc_k;
             }
-            dVs[krow * hsp + c] += acc_v;
-            dKs[krow * hsp + c] += scale * acc_k;
+        } else {  // A(key, query) = P[query][key]: the transposes read in place
+            fa_mma<PREC, FA_MMA_ADD>(dVs, hsp, Pd, 1, FA_TILE + 1, dOs, hsp, 1, HS, FA_TILE, nullptr, 1.0f);
+            fa_mma<PREC, FA_MMA_ADD>(dKs, hsp, dS, 1, FA_TILE + 1, Qs, hsp, 1, HS, FA_TILE, nullptr, scale);
         }
         __syncthreads();  // done with Q, dO, P and dS before the next query tile
     }
@@ -306,16 +438,19 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
 
 // dq (B, T, C) += its gradient: block (query tile qt = blockIdx.x, head bh = blockIdx.y) walks
 // the key tiles up to the diagonal; thread t owns query row t / 4 and its channels t % 4, ... of dQ.
-extern "C" __global__ void __launch_bounds__(FA_THREADS)
-    attention_fused_backward_dq(float* dq,           // (B, T, C), accumulated
-                                const float* q,      // (B, T, C)
-                                const float* k,      // (B, T, C)
-                                const float* v,      // (B, T, C)
-                                const float* dout,   // (B, T, C)
-                                const float* lse,    // (B, NH, T)
-                                const float* D,      // (B, NH, T)
-                                int NH, int T, int HS, float scale, unsigned long long seed,
-                                const unsigned long long* step, unsigned int tensor, float p, float keep_scale) {
+// The tensor-core kernels compute the pair's scores into Ss (one more [FA_TILE][FA_TILE + 1] of
+// shared memory) and dO·vᵀ into dS, and dQ += scale·dS·K with fa_mma.
+template <int PREC>
+__device__ __forceinline__ void fa_backward_dq(float* dq,           // (B, T, C), accumulated
+                                               const float* q,      // (B, T, C)
+                                               const float* k,      // (B, T, C)
+                                               const float* v,      // (B, T, C)
+                                               const float* dout,   // (B, T, C)
+                                               const float* lse,    // (B, NH, T)
+                                               const float* D,      // (B, NH, T)
+                                               int NH, int T, int HS, float scale, unsigned long long seed,
+                                               const unsigned long long* step, unsigned int tensor, float p,
+                                               float keep_scale) {
     extern __shared__ float fa_smem[];
     const int hsp = HS + 1;
     const int tile = FA_TILE * hsp;
@@ -327,6 +462,7 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
     float* dS = Vs + tile;                       // [FA_TILE][FA_TILE + 1]
     float* lse_s = dS + FA_TILE * (FA_TILE + 1);  // [FA_TILE]
     float* D_s = lse_s + FA_TILE;                // [FA_TILE]
+    float* Ss = D_s + FA_TILE;                   // [FA_TILE][FA_TILE + 1], tensor-core kernels only
     const int qt = blockIdx.x;
     const int bh = blockIdx.y;
     const int b = bh / NH;
@@ -344,12 +480,21 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
         fa_load(Ks, k, b, h, kt * FA_TILE, T, C, HS);
         fa_load(Vs, v, b, h, kt * FA_TILE, T, C, HS);
         __syncthreads();  // tiles complete
-        fa_probs_and_grads(nullptr, dS, Qs, Ks, Vs, dOs, lse_s, D_s, qt, kt, bh, T, HS, scale, drop);
+        if (PREC != FA_FP32) {
+            fa_mma<PREC, FA_MMA_STORE>(Ss, FA_TILE + 1, Qs, hsp, 1, Ks, 1, hsp, FA_TILE, HS, nullptr, 0.0f);
+            fa_mma<PREC, FA_MMA_STORE>(dS, FA_TILE + 1, dOs, hsp, 1, Vs, 1, hsp, FA_TILE, HS, nullptr, 0.0f);
+            __syncthreads();  // the pair's q·kᵀ and dO·vᵀ
+        }
+        fa_probs_and_grads<PREC>(nullptr, dS, Ss, dS, Qs, Ks, Vs, dOs, lse_s, D_s, qt, kt, bh, T, HS, scale, drop);
         __syncthreads();  // dS of the pair written
-        for (int c = part; c < HS; c += 4) {
-            float acc = 0.0f;
-            for (int jj = 0; jj < FA_TILE; jj++) acc += dS[row * (FA_TILE + 1) + jj] * Ks[jj * hsp + c];
-            dQs[row * hsp + c] += scale * acc;
+        if (PREC == FA_FP32) {
+            for (int c = part; c < HS; c += 4) {
+                float acc = 0.0f;
+                for (int jj = 0; jj < FA_TILE; jj++) acc += dS[row * (FA_TILE + 1) + jj] * Ks[jj * hsp + c];
+                dQs[row * hsp + c] += scale * acc;
+            }
+        } else {
+            fa_mma<PREC, FA_MMA_ADD>(dQs, hsp, dS, FA_TILE + 1, 1, Ks, hsp, 1, HS, FA_TILE, nullptr, scale);
         }
         __syncthreads();  // done with K, V and dS before the next key tile
     }
@@ -359,15 +504,34 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
     for (int c = part; c < HS; c += 4) dq[o + c] += dQs[row * hsp + c];
 }
 
+#define FA_BACKWARD_KERNELS(SUFFIX, PREC)                                                                       \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) attention_fused_backward_dkdv##SUFFIX(               \
+        float* dk, float* dv, const float* q, const float* k, const float* v, const float* dout, const float* lse, \
+        const float* D, int NH, int T, int HS, float scale, unsigned long long seed,                               \
+        const unsigned long long* step, unsigned int tensor, float p, float keep_scale) {                          \
+        fa_backward_dkdv<PREC>(dk, dv, q, k, v, dout, lse, D, NH, T, HS, scale, seed, step, tensor, p,              \
+                               keep_scale);                                                                        \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) attention_fused_backward_dq##SUFFIX(                 \
+        float* dq, const float* q, const float* k, const float* v, const float* dout, const float* lse,            \
+        const float* D, int NH, int T, int HS, float scale, unsigned long long seed,                               \
+        const unsigned long long* step, unsigned int tensor, float p, float keep_scale) {                          \
+        fa_backward_dq<PREC>(dq, q, k, v, dout, lse, D, NH, T, HS, scale, seed, step, tensor, p, keep_scale);       \
+    }
+FA_BACKWARD_KERNELS(, FA_FP32)
+FA_BACKWARD_KERNELS(_tf32, FA_TF32)
+FA_BACKWARD_KERNELS(_bf16, FA_BF16)
+
 // The fused path's row check: for every row, |Σ_{j ≤ i} exp(s_ij − lse_i) − 1|, recomputed from q, k
-// and the saved lse (a real check of the logsumexp the backward relies on). One warp per row;
+// and the saved lse (a real check of the logsumexp the backward relies on), with q and k rounded
+// as the forward of precision `prec` (FA_FP32 / FA_TF32 / FA_BF16) rounded them. One warp per row;
 // result[0] = the largest deviation as f32 bits (an unsigned max orders non-negative floats and
 // puts NaN above all), result[1] += rows over tol (or NaN). result must be zero before.
 extern "C" __global__ void attention_lse_check(unsigned int* result,  // (2)
                                                const float* q,        // (B, T, C)
                                                const float* k,        // (B, T, C)
                                                const float* lse,      // (B, NH, T)
-                                               int NH, int T, int HS, float scale, int R, float tol) {
+                                               int NH, int T, int HS, float scale, int R, float tol, int prec) {
     const int r = (int)(blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32);  // blockDim.x % 32 == 0
     const int lane = threadIdx.x % 32;
     if (r >= R) return;  // whole warps
@@ -382,7 +546,7 @@ extern "C" __global__ void attention_lse_check(unsigned int* result,  // (2)
     for (int j = lane; j <= i; j += 32) {
         const float* kj = k + ((size_t)b * T + j) * C + (size_t)h * HS;
         float acc = 0.0f;
-        for (int d = 0; d < HS; d++) acc += qi[d] * kj[d];
+        for (int d = 0; d < HS; d++) acc += fa_round(qi[d], prec) * fa_round(kj[d], prec);
         sum += __expf(acc * scale - li);
     }
     for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(FA_FULL_MASK, sum, off);
@@ -396,6 +560,7 @@ extern "C" __global__ void attention_lse_check(unsigned int* result,  // (2)
 // launch shape (src/gpu/kernels/attention_fused.rs)
 //
 // attention_fused_forward: block (128), grid (ceil(T / 32), B·NH), dynamic shared memory
-// (4·32·(HS + 1) + 32·33) floats. attention_fused_backward_dkdv: the same grid, (6·32·(HS + 1) +
-// 2·32·33 + 64) floats. attention_fused_backward_dq: the same grid, (5·32·(HS + 1) + 32·33 + 64)
-// floats. attention_fused_backward_prep, attention_lse_check: block (128), grid (ceil(B·NH·T / 4)).
+// (4·32·(HS + 1) + 32·33) floats (+ 32 for the _tf32 / _bf16 kernels). attention_fused_backward_dkdv:
+// the same grid, (6·32·(HS + 1) + 2·32·33 + 64) floats. attention_fused_backward_dq: the same grid,
+// (5·32·(HS + 1) + 32·33 + 64) floats (+ 32·33 for _tf32 / _bf16). The _tf32 and _bf16 kernels take
+// the same parameters as the fp32 ones. attention_fused_backward_prep, attention_lse_check: block (128), grid (ceil(B·NH·T / 4)).

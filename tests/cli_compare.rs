@@ -436,7 +436,7 @@ fn bad_input_is_one_line_before_anything_trains() {
         (vec!["--halt-at", "nobody:3"], "no run of that name"),
         (
             vec!["--lstm-args", "--precision bf16"],
-            "the lstm run: --precision bf16 runs the linear layers on a GPU's tensor cores",
+            "the lstm run: --precision bf16 runs the matrix products on a GPU's tensor cores",
         ),
     ] {
         let mut a = vec![

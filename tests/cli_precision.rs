@@ -27,7 +27,7 @@ fn precision_needs_a_gpu_backend() {
         );
         fails_with(
             &o,
-            &format!("--precision {p} runs the linear layers on a GPU's tensor cores"),
+            &format!("--precision {p} runs the matrix products on a GPU's tensor cores"),
         );
         fails_with(&o, "--precision fp32");
     }
@@ -145,7 +145,7 @@ fn precision_is_saved_and_kept_on_resume() {
             ],
             p,
         ),
-        "--precision bf16 runs the linear layers on a GPU's tensor cores",
+        "--precision bf16 runs the matrix products on a GPU's tensor cores",
     );
     // a checkpoint from before the option reads as fp32
     let mut m = meta();

@@ -2,8 +2,8 @@
 //! bf16) through their launchers, against a CPU reference that rounds the operands as the
 //! kernels do and accumulates in f64, at ragged shapes (M, N, K not multiples of 16 or 8, 1x1x1,
 //! and shapes whose contiguous extents are multiples of 4, where the 16-byte copies run); and 30
-//! training steps of the default GPT at tf32 and bf16 on the emulated CUDA backend against the
-//! fp32 CPU backend.
+//! training steps of the default GPT (materialized and fused attention) at tf32 and bf16 on the
+//! emulated CUDA backend against the fp32 CPU backend.
 //!
 //! The tolerance, per output element: the kernels and the reference multiply the same rounded
 //! operands, and each product of two TF32 (11-bit) or BF16 (8-bit significand) values is exact in
@@ -323,26 +323,34 @@ device_tests! {
 
 /// Measured (2026-12-01, this file, emulated H200): the largest loss drift from the fp32 CPU
 /// backend over 30 steps of the default GPT at batch 1 is 1.17e-4 at tf32 and 3.03e-4 at bf16
-/// (the fp32 CUDA backend: about 1.5e-7, tests/emu_fma_parity.rs); the loss falls from 4.31 to
-/// 0.95 either way. The bounds are 5x those: a regression that loses accuracy (a wrong rounding,
-/// an unrounded operand mixed in) or breaks training fails; and a lower bound shows the
-/// tensor-core kernels ran (fp32 drifts 1e-7). About 45 s per precision on one core: .ci/run's
-/// sanitizer and reverse-schedule legs skip these two (`emu_tc_default_gpt`).
+/// (the fp32 CUDA backend: about 1.5e-7, tests/emu_fma_parity.rs); with the fused attention,
+/// whose q·kᵀ and p·v then run on the tensor cores too, 1.24e-4 and 7.12e-4 (measured
+/// 2026-12-01); the loss falls from 4.31 to 0.95 either way. The bounds are about 5x those: a
+/// regression that loses accuracy (a wrong rounding, an unrounded operand mixed in) or breaks
+/// training fails; and a lower bound shows the tensor-core kernels ran (fp32 drifts 1e-7). About
+/// 45-65 s per run on one core: .ci/run's sanitizer and reverse-schedule legs skip these four
+/// (`emu_tc_default_gpt`).
 const TRAIN_STEPS: u64 = 30;
 
-fn train_at(p: Precision) -> robo_poet::diagnostics::parity::Parity {
-    let cfg = common::default_gpt();
+fn train_at(p: Precision, fused: bool) -> robo_poet::diagnostics::parity::Parity {
+    let mut cfg = common::default_gpt();
+    if fused {
+        let robo_poet::model::ModelConfig::Attention(a) = &mut cfg else {
+            unreachable!("the default GPT is an attention model")
+        };
+        a.attention = robo_poet::model::attention::AttentionImpl::Fused;
+    }
     training_parity_with(&cfg, 1, TRAIN_STEPS, 7, Box::new(EmuDevice::new()), |be| {
         be.set_precision(p)
     })
     .unwrap()
 }
 
-fn check_training(p: Precision, max_drift: f64) {
-    let run = train_at(p);
+fn check_training(p: Precision, fused: bool, max_drift: f64) {
+    let run = train_at(p, fused);
     let drift = run.max_loss_rel_err();
     let (first, last) = (run.steps[0].cpu_loss, run.steps.last().unwrap().cpu_loss);
-    eprintln!("default GPT, {p}: {} steps, loss {first:.4} -> {last:.4} (fp32 CPU), max loss rel drift {drift:.2e}", run.steps.len());
+    eprintln!("default GPT (fused attention: {fused}), {p}: {} steps, loss {first:.4} -> {last:.4} (fp32 CPU), max loss rel drift {drift:.2e}", run.steps.len());
     assert_eq!(run.steps.len() as u64, TRAIN_STEPS);
     assert!(
         last < first,
@@ -360,10 +368,20 @@ fn check_training(p: Precision, max_drift: f64) {
 
 #[test]
 fn emu_tc_default_gpt_trains_at_tf32_tracking_fp32() {
-    check_training(Precision::Tf32, 6e-4);
+    check_training(Precision::Tf32, false, 6e-4);
 }
 
 #[test]
 fn emu_tc_default_gpt_trains_at_bf16_tracking_fp32() {
-    check_training(Precision::Bf16, 1.5e-3);
+    check_training(Precision::Bf16, false, 1.5e-3);
+}
+
+#[test]
+fn emu_tc_default_gpt_fused_trains_at_tf32_tracking_fp32() {
+    check_training(Precision::Tf32, true, 6.2e-4);
+}
+
+#[test]
+fn emu_tc_default_gpt_fused_trains_at_bf16_tracking_fp32() {
+    check_training(Precision::Bf16, true, 3.6e-3);
 }

@@ -388,7 +388,7 @@ pub trait Backend {
         match p {
             crate::gpu::kernels::Precision::Fp32 => Ok(()),
             other => Err(format!(
-                "--precision {other} runs the linear layers on a GPU's tensor cores; the CPU backend computes in \
+                "--precision {other} runs the matrix products on a GPU's tensor cores; the CPU backend computes in \
                  fp32: use --device cuda (or --device emu to emulate the kernels), or --precision fp32"
             )),
         }

@@ -202,7 +202,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
         let p = train.precision;
         ensure!(
             p == crate::gpu::kernels::Precision::Fp32 || crate::backend::uses_cuda(a.device),
-            "the {} run: --precision {p} runs the linear layers on a GPU's tensor cores, and this compare runs on \
+            "the {} run: --precision {p} runs the matrix products on a GPU's tensor cores, and this compare runs on \
              the CPU backend (fp32 only): use --device cuda, or drop --precision",
             planned.name
         );

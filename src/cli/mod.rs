@@ -274,9 +274,10 @@ pub struct TrainArgs {
     /// eager launches, with a note, where capture fails).
     #[arg(long, value_enum, value_name = "on|off", default_value_t = OnOff::On)]
     pub cuda_graph: OnOff,
-    /// The linear layers' matrix products on the GPU: fp32 (exact, the default), or the tensor
-    /// cores with tf32 or bf16 operands (f32 accumulation, weights and everything else f32).
-    /// Saved in the checkpoint (--resume keeps it); the CPU backend has fp32 only.
+    /// The matrix products on the GPU (the linear layers', and the fused attention's q·kᵀ and
+    /// p·v): fp32 (exact, the default), or the tensor cores with tf32 or bf16 operands (f32
+    /// accumulation; weights, softmax and everything else f32). Saved in the checkpoint
+    /// (--resume keeps it); the CPU backend has fp32 only.
     #[arg(long, value_enum)]
     pub precision: Option<crate::gpu::kernels::Precision>,
     /// No progress bar (also off when stderr is not a terminal).
@@ -414,8 +415,8 @@ pub struct ProfileStepArgs {
     /// note), or a GEMM and a cell kernel per timestep (per-timestep, the comparison).
     #[arg(long, value_enum, default_value_t = LstmRecurrence::Persistent)]
     pub lstm_recurrence: LstmRecurrence,
-    /// The linear layers' matrix products on the GPU: fp32, or the tensor cores at tf32 / bf16
-    /// (as `train --precision`).
+    /// The matrix products on the GPU (linear layers, fused attention): fp32, or the tensor
+    /// cores at tf32 / bf16 (as `train --precision`).
     #[arg(long, value_enum, default_value_t = crate::gpu::kernels::Precision::Fp32)]
     pub precision: crate::gpu::kernels::Precision,
     #[command(flatten)]

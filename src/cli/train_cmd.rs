@@ -339,7 +339,7 @@ fn print_header(ds: &Dataset, run: &Run) {
     );
     if t.precision != crate::gpu::kernels::Precision::Fp32 {
         eprintln!(
-            "matmul: {} tensor cores for the linear layers (f32 accumulation and storage; the LSTM recurrence and every other op f32)",
+            "matmul: {} tensor cores for the linear layers and the fused attention's products (f32 accumulation and storage; the LSTM recurrence, the materialized attention and every other op f32)",
             t.precision
         );
     }

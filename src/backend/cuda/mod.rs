@@ -1234,6 +1234,7 @@ impl Backend for CudaBackend {
             self.f(v),
             s,
             dropout,
+            self.precision,
         );
         self.ok(r);
     }
@@ -1283,6 +1284,7 @@ impl Backend for CudaBackend {
             self.f(delta),
             s,
             dropout,
+            self.precision,
         );
         self.ok(r);
     }
@@ -1310,6 +1312,7 @@ impl Backend for CudaBackend {
             self.f(lse),
             s,
             tol,
+            self.precision,
         );
         self.ok(r);
         let (max_dev, bad_rows) = self.ok(k::read_row_sum_check(self.device(), self.row_check));

@@ -1,9 +1,12 @@
 //! Fused causal attention (flash-style): kernels/attention_fused.cu. No T×T tensor: the forward
 //! saves out and the row logsumexp, the backward recomputes the probabilities (three launches).
 //! Every tile lives in dynamic shared memory; above 48 KiB the launchers raise the kernel's limit
-//! with `Device::set_max_dynamic_shared` (227 KiB at most on compute capability 9.0).
+//! with `Device::set_max_dynamic_shared` (227 KiB at most on compute capability 9.0). At
+//! [`Precision::Tf32`] / [`Precision::Bf16`] the kernels of that suffix run q·kᵀ, p·v and the
+//! backward's four products on the tensor cores (`fa_mma`); softmax, dropout and the row
+//! statistics stay f32.
 
-use super::{blocks, int, DeviceDropout};
+use super::{blocks, int, DeviceDropout, Precision};
 use crate::gpu::device::{
     Device, DeviceExt, DeviceSlice, GpuError, KernelArgs, LaunchConfig, DEFAULT_SHARED_BYTES,
 };
@@ -15,19 +18,27 @@ use crate::philox::DropoutKey;
 const TILE: usize = 32;
 const THREADS: u32 = 128;
 
-/// Dynamic shared memory of each kernel at head size `hs`, in bytes.
-pub fn fused_forward_shared_bytes(hs: usize) -> usize {
-    4 * (4 * TILE * (hs + 1) + TILE * (TILE + 1))
+/// Dynamic shared memory of each kernel at head size `hs` and precision `p`, in bytes (the
+/// tensor-core forward keeps each row's rescaling factor in shared memory, the tensor-core dq
+/// kernel the pair's scores).
+pub fn fused_forward_shared_bytes(hs: usize, p: Precision) -> usize {
+    let tc = if p == Precision::Fp32 { 0 } else { TILE };
+    4 * (4 * TILE * (hs + 1) + TILE * (TILE + 1) + tc)
 }
 pub fn fused_backward_dkdv_shared_bytes(hs: usize) -> usize {
     4 * (6 * TILE * (hs + 1) + 2 * TILE * (TILE + 1) + 2 * TILE)
 }
-pub fn fused_backward_dq_shared_bytes(hs: usize) -> usize {
-    4 * (5 * TILE * (hs + 1) + TILE * (TILE + 1) + 2 * TILE)
+pub fn fused_backward_dq_shared_bytes(hs: usize, p: Precision) -> usize {
+    let tc = if p == Precision::Fp32 {
+        0
+    } else {
+        TILE * (TILE + 1)
+    };
+    4 * (5 * TILE * (hs + 1) + TILE * (TILE + 1) + 2 * TILE + tc)
 }
 
 /// The largest head size the fused kernels take within `optin` bytes of shared memory per block
-/// (the dk/dv kernel needs the most).
+/// (the dk/dv kernel needs the most, at every precision).
 pub fn fused_max_head_size(optin: usize) -> usize {
     (1..=4096)
         .take_while(|&hs| fused_backward_dkdv_shared_bytes(hs) <= optin)
@@ -108,7 +119,8 @@ fn dropout_args(args: KernelArgs, d: Option<DeviceDropout>) -> KernelArgs {
 }
 
 /// out (B, T, C) and lse (B, NH, T) of causal attention with dropout after the softmax, one launch
-/// (`ops::attention_fused::fused_attention_forward`).
+/// (`ops::attention_fused::fused_attention_forward`); its products at precision `p`.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_fused_forward(
     dev: &dyn Device,
     out: DeviceSlice<f32>,
@@ -118,6 +130,7 @@ pub fn attention_fused_forward(
     v: DeviceSlice<f32>,
     s: AttnShape,
     dropout: Option<DeviceDropout>,
+    p: Precision,
 ) -> Result<(), GpuError> {
     let op = "attention_fused_forward";
     if check(
@@ -144,12 +157,18 @@ pub fn attention_fused_forward(
         .i32(int(op, "HS", s.hs))
         .f32(s.scale());
     let mut args = dropout_args(args, dropout);
-    launch(dev, op, s, fused_forward_shared_bytes(s.hs), &mut args)
+    launch(
+        dev,
+        &p.kernel(op),
+        s,
+        fused_forward_shared_bytes(s.hs, p),
+        &mut args,
+    )
 }
 
 /// dq, dk, dv (B, T, C) += the gradients of [`attention_fused_forward`] from dout, its `out` and
 /// `lse`, in three launches: D = rowsum(dout ⊙ out) into `delta` (B, NH, T), dk and dv over key
-/// tiles, dq over query tiles.
+/// tiles, dq over query tiles (the last two with their products at precision `p`).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_fused_backward(
     dev: &dyn Device,
@@ -165,6 +184,7 @@ pub fn attention_fused_backward(
     delta: DeviceSlice<f32>,
     s: AttnShape,
     dropout: Option<DeviceDropout>,
+    p: Precision,
 ) -> Result<(), GpuError> {
     let op = "attention_fused_backward";
     if check(
@@ -214,7 +234,7 @@ pub fn attention_fused_backward(
     let mut args = dropout_args(args, dropout);
     launch(
         dev,
-        "attention_fused_backward_dkdv",
+        &p.kernel("attention_fused_backward_dkdv"),
         s,
         fused_backward_dkdv_shared_bytes(s.hs),
         &mut args,
@@ -234,16 +254,17 @@ pub fn attention_fused_backward(
     let mut args = dropout_args(args, dropout);
     launch(
         dev,
-        "attention_fused_backward_dq",
+        &p.kernel("attention_fused_backward_dq"),
         s,
-        fused_backward_dq_shared_bytes(s.hs),
+        fused_backward_dq_shared_bytes(s.hs, p),
         &mut args,
     )
 }
 
 /// The fused path's row check into `result` (2): |Σ_j exp(s_ij − lse_i) − 1| recomputed for every
-/// row from q, k and lse: the largest as f32 bits, and the rows over `tol` (NaN counts). Read it
-/// with [`super::read_row_sum_check`].
+/// row from q, k and lse (q and k rounded as the forward at precision `p` rounded them): the
+/// largest as f32 bits, and the rows over `tol` (NaN counts). Read it with
+/// [`super::read_row_sum_check`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention_lse_check(
     dev: &dyn Device,
@@ -253,6 +274,7 @@ pub fn attention_lse_check(
     lse: DeviceSlice<f32>,
     s: AttnShape,
     tol: f32,
+    p: Precision,
 ) -> Result<(), GpuError> {
     let op = "attention_lse_check";
     check_len(op, "result", result.len(), &[2]);
@@ -277,7 +299,12 @@ pub fn attention_lse_check(
         .i32(int(op, "HS", s.hs))
         .f32(s.scale())
         .i32(int(op, "R", rows))
-        .f32(tol);
+        .f32(tol)
+        .i32(match p {
+            Precision::Fp32 => 0, // FA_FP32, FA_TF32, FA_BF16 in the .cu file
+            Precision::Tf32 => 1,
+            Precision::Bf16 => 2,
+        });
     // SAFETY: the parameters match `attention_lse_check` in kernels/attention_fused.cu.
     unsafe { dev.launch(op, &config, &mut args.params()) }
 }
@@ -288,13 +315,18 @@ mod tests {
 
     #[test]
     fn shared_memory_per_kernel_and_the_largest_head_size() {
-        assert_eq!(fused_forward_shared_bytes(64), 4 * (4 * 32 * 65 + 32 * 33));
+        assert_eq!(
+            fused_forward_shared_bytes(64, Precision::Fp32),
+            4 * (4 * 32 * 65 + 32 * 33)
+        );
         // the seed's single head of 256 needs the opt-in, and fits it
         assert!(fused_backward_dkdv_shared_bytes(256) > 48 * 1024);
         assert!(fused_backward_dkdv_shared_bytes(256) <= 227 * 1024);
         let max = fused_max_head_size(227 * 1024);
         assert!(max >= 256 && fused_backward_dkdv_shared_bytes(max + 1) > 227 * 1024);
-        assert!(fused_forward_shared_bytes(max) <= 227 * 1024);
-        assert!(fused_backward_dq_shared_bytes(max) <= 227 * 1024);
+        for p in Precision::ALL {
+            assert!(fused_forward_shared_bytes(max, p) <= 227 * 1024);
+            assert!(fused_backward_dq_shared_bytes(max, p) <= 227 * 1024);
+        }
     }
 }
