@@ -472,6 +472,7 @@ mod emu {
             let shown = format!("{}/{file}", lib.dir);
             let text = fs::read_to_string(&path).unwrap();
             let rewritten = rewrite_shared(&text, &shown).unwrap_or_else(|e| panic!("{e}"));
+            let rewritten = rewrite_vector_casts(&rewritten);
             // #line keeps file:line in reports (source_location) pointing at the real source.
             let body = format!("#line 1 \"{shown}\"\n{rewritten}");
             if ext == "cuh" {
@@ -743,6 +744,53 @@ mod emu {
 
     fn line_of(src: &str, pos: usize) -> usize {
         src[..pos].matches('\n').count() + 1
+    }
+
+    /// CUDA's vector types: a load or store through a pointer to one is a single vector access
+    /// (ld/st .v2 or .v4), which the hardware faults on unless the address is aligned to the
+    /// vector's size.
+    const VECTOR_TYPES: [&str; 7] = ["float2", "float4", "int2", "int4", "uint2", "uint4", "double2"];
+
+    /// Rewrites `reinterpret_cast<V*>(p)` with V a CUDA vector type (const or not) into
+    /// `::emu::vector_cast<V*>(p)`, which refuses a misaligned address as the hardware's vector
+    /// access would (kernels/emu/cuda_emu.h); other casts are left alone. Same length in lines.
+    fn rewrite_vector_casts(src: &str) -> String {
+        let toks = tokenize(src, false);
+        let text = |t: &Tok| &src[t.start..t.end];
+        let mut out = String::with_capacity(src.len() + 256);
+        let mut copied = 0;
+        for (k, t) in toks.iter().enumerate() {
+            if t.kind != Kind::Ident
+                || text(t) != "reinterpret_cast"
+                || toks.get(k + 1).map(text) != Some("<")
+            {
+                continue;
+            }
+            // the template argument: the tokens up to the matching '>'
+            let mut depth = 0;
+            let mut arg = Vec::new();
+            for u in &toks[k + 1..] {
+                match text(u) {
+                    "<" => depth += 1,
+                    ">" => depth -= 1,
+                    _ => {}
+                }
+                if depth == 0 {
+                    break;
+                }
+                arg.push(text(u));
+            }
+            let is_vector_pointer = arg.last() == Some(&"*")
+                && arg.iter().filter(|a| **a == "*").count() == 1
+                && arg.iter().any(|a| VECTOR_TYPES.contains(a));
+            if is_vector_pointer {
+                out.push_str(&src[copied..t.start]);
+                out.push_str("::emu::vector_cast");
+                copied = t.end;
+            }
+        }
+        out.push_str(&src[copied..]);
+        out
     }
 
     /// Rewrites shared-memory declarations, which no macro can turn into per-block storage:

@@ -1,6 +1,7 @@
 //! The emulator's CUDA semantics, pinned down by the probe kernels in tests/kernels/probes.cu:
 //! built-in indices, warp collectives on partial warps, shared-memory poisoning, early exit past
-//! barriers, atomics, counting barriers and warp-synchronous code.
+//! barriers, atomics, counting barriers, warp-synchronous code and the alignment of vector
+//! accesses.
 
 mod common;
 
@@ -291,4 +292,41 @@ fn emu_dynamic_shared_memory_above_48_kib_needs_the_opt_in_and_stops_at_227_kib(
         "static + dynamic over 227 KiB: {e}"
     );
     assert!(dev.set_max_dynamic_shared("no_such_kernel", 1024).is_err());
+}
+
+#[test]
+fn emu_vector_accesses_need_aligned_addresses() {
+    // the hardware's ld/st .v4 and .v2 fault on an address that is not a multiple of the vector's
+    // size ("misaligned address"); a CPU load would go through, so the emulator must refuse it
+    let dev = device();
+    let input: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    let d_in = dev.upload(&input).unwrap();
+    let run = |offset: i32, soff: i32, offset2: i32| {
+        let out = zeroed::<f32>(&dev, 6);
+        let mut args = KernelArgs::new()
+            .slice(out)
+            .slice(d_in)
+            .i32(offset)
+            .i32(soff)
+            .i32(offset2);
+        // SAFETY: probe_vector_access(float* out (6), const float* in (16), int, int, int); the
+        // offsets keep every access inside in and the shared array.
+        unsafe { dev.launch("probe_vector_access", &LaunchConfig::new(1, 1), &mut args.params()) }
+            .map(|()| dev.download(out).unwrap())
+            .map_err(|e| e.to_string())
+    };
+    // aligned: the values arrive
+    assert_eq!(run(0, 0, 0).unwrap(), [0.0, 1.0, 2.0, 3.0, 0.0, 1.0]);
+    assert_eq!(run(8, 4, 6).unwrap(), [8.0, 9.0, 10.0, 11.0, 6.0, 7.0]);
+    // misaligned: a global float4 load 4 bytes past a boundary, a shared float4 store 8 bytes
+    // past one, a global float2 load 4 bytes past one
+    for (offset, soff, offset2, bytes) in [(1, 0, 0, 16), (4, 2, 0, 16), (0, 0, 3, 8)] {
+        let e = run(offset, soff, offset2).unwrap_err();
+        assert!(
+            e.contains("misaligned address")
+                && e.contains(&format!("a {bytes}-byte vector access"))
+                && e.contains("probes.cu"),
+            "offsets ({offset}, {soff}, {offset2}): {e}"
+        );
+    }
 }

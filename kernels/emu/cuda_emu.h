@@ -61,6 +61,28 @@ inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return
 inline uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return {x, y, z}; }
 inline dim3 make_dim3(unsigned x, unsigned y, unsigned z) { return dim3(x, y, z); }
 
+namespace emu {
+// `reinterpret_cast<V*>(p)` in kernel source, V a vector type above: build.rs rewrites it to this.
+// The hardware's vector loads and stores (ld/st .v2, .v4) need an address aligned to the vector's
+// size; a misaligned one faults the launch ("misaligned address", cudaErrorMisalignedAddress),
+// where a plain C++ load on the CPU would go through. So the cast of a misaligned address is
+// refused here (the kernels dereference every such cast at once). tests/emu_semantics.rs.
+template <class P, class U>
+inline P vector_cast(U* p, std::source_location loc = std::source_location::current()) {
+    using V = std::remove_cv_t<std::remove_pointer_t<P>>;
+    const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p);
+    if (a % alignof(V) != 0) {
+        char buf[256];
+        std::snprintf(buf, sizeof buf,
+                      "misaligned address at %s:%u: a %zu-byte vector access at 0x%llx, not a multiple of %zu "
+                      "(on the GPU the launch faults: cudaErrorMisalignedAddress)",
+                      loc.file_name(), (unsigned)loc.line(), sizeof(V), (unsigned long long)a, alignof(V));
+        kernel_error(buf);
+    }
+    return reinterpret_cast<P>(p);
+}
+}  // namespace emu
+
 // ---- min / max as CUDA's device library overloads them
 #define ROBO_EMU_MINMAX(T)                          \
     inline T min(T a, T b) { return b < a ? b : a; } \

@@ -129,3 +129,17 @@ extern "C" __global__ void probe_warp_sum_no_syncwarp(float* out, const float* i
     const float r = warp_tail_sum(in, false);
     if (threadIdx.x == 0) out[0] = r;
 }
+
+// out (4) = the 16 bytes at in + offset, read as one float4 (global), written as one float4 into
+// shared memory at float index soff and read back; then out[4..6) = the float2 at in + offset2.
+// One thread. A 16-byte access needs offset and soff multiples of 4 floats, an 8-byte one offset2
+// even (in and the shared array are 16-byte aligned): otherwise the GPU faults the launch.
+extern "C" __global__ void probe_vector_access(float* out, const float* in, int offset, int soff, int offset2) {
+    __shared__ __align__(16) float s[12];
+    const float4 v = *reinterpret_cast<const float4*>(in + offset);
+    *reinterpret_cast<float4*>(&s[soff]) = v;
+    for (int i = 0; i < 4; i++) out[i] = s[soff + i];
+    const float2 w = *reinterpret_cast<const float2*>(in + offset2);
+    out[4] = w.x;
+    out[5] = w.y;
+}
