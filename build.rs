@@ -749,7 +749,9 @@ mod emu {
     /// CUDA's vector types: a load or store through a pointer to one is a single vector access
     /// (ld/st .v2 or .v4), which the hardware faults on unless the address is aligned to the
     /// vector's size.
-    const VECTOR_TYPES: [&str; 7] = ["float2", "float4", "int2", "int4", "uint2", "uint4", "double2"];
+    const VECTOR_TYPES: [&str; 7] = [
+        "float2", "float4", "int2", "int4", "uint2", "uint4", "double2",
+    ];
 
     /// Rewrites `reinterpret_cast<V*>(p)` with V a CUDA vector type (const or not) into
     /// `::emu::vector_cast<V*>(p)`, which refuses a misaligned address as the hardware's vector

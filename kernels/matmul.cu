@@ -23,6 +23,24 @@
 // matmul_backward_input_splitk (dh_prev += dgates · W_hh): see kernels/matmul.cuh.
 MATMUL_GEMM_KERNELS(, SimtEngine)
 
+// The three single-product kernels on 128 x 128 tiles (SimtEngine128, block (16, 16)): same
+// parameters, same results bit for bit (each output is the same k-ordered chain); the launchers
+// pick them at fp32 when the output has enough 128 x 128 tiles to fill the GPU. ptxas gives them
+// about 150 registers (one block of 8 warps per SM); capping them at 128 for two blocks per SM
+// (__launch_bounds__(256, 2)) spills, which --check-spills refuses.
+extern "C" __global__ void __launch_bounds__(SimtEngine128::kThreads)
+    matmul_forward_128(float* out, const float* inp, const float* weight, const float* bias, int N, int IC, int OC) {
+    matmul_tile<SimtEngine128, true, true>(out, inp, weight, bias, N, OC, IC, 0, IC, false);
+}
+extern "C" __global__ void __launch_bounds__(SimtEngine128::kThreads)
+    matmul_forward_accumulate_128(float* out, const float* inp, const float* weight, int N, int IC, int OC) {
+    matmul_tile<SimtEngine128, true, true>(out, inp, weight, nullptr, N, OC, IC, 0, IC, true);
+}
+extern "C" __global__ void __launch_bounds__(SimtEngine128::kThreads)
+    matmul_backward_input_128(float* dinp, const float* dout, const float* weight, int N, int IC, int OC) {
+    matmul_tile<SimtEngine128, true, false>(dinp, dout, weight, nullptr, N, IC, OC, 0, OC, true);
+}
+
 // out[e] += Σ_s partials[s·count + e] for s = 0, 1, ..., splits − 1, summed in f64 in that order
 // (deterministic, and as exact as src/ops's f64 column sums). One thread per element, so loads
 // and stores are coalesced.
@@ -73,7 +91,8 @@ extern "C" __global__ void __launch_bounds__(BIAS_COLS * BIAS_ROWS)
 //
 // matmul_forward, matmul_forward_accumulate, matmul_backward_input: block (16, 8), grid
 // (ceil(NC / 64), ceil(M / 64)) with (M, NC) = (N, OC) resp. (N, IC); no dynamic shared memory,
-// 17 KiB static (two buffers of both tiles). N <= 65535 · 64 (grid.y limit).
+// 17 KiB static (two buffers of both tiles). N <= 65535 · 64 (grid.y limit). Their _128 twins:
+// block (16, 16), grid (ceil(NC / 128), ceil(M / 128)), 33 KiB static.
 // matmul_backward_weight: block (16, 8), grid (ceil(IC / 64), ceil(OC / 64), splits), each split
 // k_chunk rows of N (a multiple of 16); then, if splits > 1, matmul_split_sum over OC·IC.
 // matmul_split_sum: block (256), grid (ceil(count / 256)).

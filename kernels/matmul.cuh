@@ -31,12 +31,15 @@
 // (blockIdx.x, blockIdx.y). Layouts: A_K_CONTIG means A(m, k) = a[m·K + k], else a[k·M + m];
 // B_K_CONTIG means B(k, n) = b[n·K + k], else b[k·NC + n].
 //
-// Thread (tx, ty) owns the 8 consecutive rows 8·ty .. 8·ty + 7 and the 4 consecutive columns
-// 4·tx .. 4·tx + 3 of the tile (accumulator i·MATMUL_TN + j is row 8·ty + i, column 4·tx + j), so
-// per k it reads its A values as two float4 and its B values as one float4 from shared memory (a
-// warp: two broadcast A addresses, 256 consecutive bytes of B). Every accumulator is one chain
-// acc += a·b over k in increasing order, whatever the mapping: the sums are those of a plain
-// k loop.
+// Two tile shapes (SimtEngineT's parameters): SimtEngine, 64 x 64 of 128 threads (16, 8), where
+// thread (tx, ty) owns the 8 consecutive rows 8·ty .. 8·ty + 7 and the 4 consecutive columns
+// 4·tx .. 4·tx + 3 (accumulator i·4 + j is row 8·ty + i, column 4·tx + j); and SimtEngine128,
+// 128 x 128 of 256 threads (16, 16), where the thread owns rows 4·ty .. +3 and 64 + 4·ty .. +3
+// and columns 4·tx .. +3 and 64 + 4·tx .. +3 (64 accumulators: twice the work per shared read).
+// Either way each thread reads its A and B values per k as float4 from shared memory (a warp:
+// broadcast A addresses, consecutive 16-byte B chunks). Every accumulator is one chain
+// acc += a·b over k in increasing order, whatever the mapping: the sums are those of a plain k
+// loop, and the two shapes give the same bits.
 //
 // The tiles are double-buffered through registers: while the block multiplies the tiles of one
 // k step, each thread holds its share of the next step's (two groups of 4 elements per operand),
@@ -45,27 +48,27 @@
 // zero, so the inner loop has no checks. The tiles are free again when acc returns. When `row_sum` is given, threads 0..MATMUL_BM−1 also add
 // A's tile rows over k into it in f64 (row_sum for row row0 + tid: the bias gradient, read from
 // the staged tiles for free).
-typedef float SimtTile[MATMUL_BK][MATMUL_BM + MATMUL_PAD];
-
-// The 4-element group `it` (0, 1) of thread tid in a 64-row x MATMUL_BK tile: K_CONTIG groups run
-// along k (row rr, k kk .. kk+3), the others along rows (k kk, rows rr .. rr+3). Consecutive
-// threads cover consecutive groups of the contiguous index, so global loads are coalesced.
-template <bool K_CONTIG>
+// The 4-element group `it` (0, 1) of thread tid in a ROWS-row x MATMUL_BK tile staged by
+// THREADS threads (ROWS·MATMUL_BK = 8·THREADS): K_CONTIG groups run along k (row rr, k kk ..
+// kk+3), the others along rows (k kk, rows rr .. rr+3). Consecutive threads cover consecutive
+// groups of the contiguous index, so global loads are coalesced.
+template <bool K_CONTIG, int ROWS, int THREADS>
 __device__ __forceinline__ void simt_group(int tid, int it, int& rr, int& kk) {
-    const int g = tid + it * MATMUL_THREADS;  // 256 groups of 4 = 64 x 16
-    rr = K_CONTIG ? g / (MATMUL_BK / 4) : (g % (MATMUL_BM / 4)) * 4;
-    kk = K_CONTIG ? (g % (MATMUL_BK / 4)) * 4 : g / (MATMUL_BM / 4);
+    static_assert(ROWS * MATMUL_BK == 8 * THREADS, "two groups of 4 per thread");
+    const int g = tid + it * THREADS;
+    rr = K_CONTIG ? g / (MATMUL_BK / 4) : (g % (ROWS / 4)) * 4;
+    kk = K_CONTIG ? (g % (MATMUL_BK / 4)) * 4 : g / (ROWS / 4);
 }
 
-// Loads this thread's 8 elements of rows [r0, r0 + 64) x k [k0, k0 + MATMUL_BK) of X (zero
+// Loads this thread's 8 elements of rows [r0, r0 + ROWS) x k [k0, k0 + MATMUL_BK) of X (zero
 // outside rows < R and k < k_end). K_CONTIG: X(r, k) = x[r·K + k], else x[k·R + r]. `vec`: the
 // contiguous index's stride and x are 16-byte aligned, so a whole in-range group is one float4.
-template <bool K_CONTIG>
+template <bool K_CONTIG, int ROWS, int THREADS>
 __device__ __forceinline__ void simt_load(float (&v)[8], const float* x, int R, int K, int r0, int k0, int k_end,
                                           int tid, bool vec) {
     for (int it = 0; it < 2; it++) {
         int rr, kk;
-        simt_group<K_CONTIG>(tid, it, rr, kk);
+        simt_group<K_CONTIG, ROWS, THREADS>(tid, it, rr, kk);
         const int r = r0 + rr;
         const int k = k0 + kk;
         float* o = &v[it * 4];
@@ -88,11 +91,11 @@ __device__ __forceinline__ void simt_load(float (&v)[8], const float* x, int R, 
 }
 
 // Writes the 8 elements simt_load fetched into tile[k][row].
-template <bool K_CONTIG>
-__device__ __forceinline__ void simt_store(SimtTile& tile, const float (&v)[8], int tid) {
+template <bool K_CONTIG, int ROWS, int THREADS>
+__device__ __forceinline__ void simt_store(float (&tile)[MATMUL_BK][ROWS + MATMUL_PAD], const float (&v)[8], int tid) {
     for (int it = 0; it < 2; it++) {
         int rr, kk;
-        simt_group<K_CONTIG>(tid, it, rr, kk);
+        simt_group<K_CONTIG, ROWS, THREADS>(tid, it, rr, kk);
         if (K_CONTIG) {
             for (int q = 0; q < 4; q++) tile[kk + q][rr] = v[it * 4 + q];
         } else {
@@ -109,55 +112,81 @@ __device__ __forceinline__ bool simt_vec(const float* x, int R, int K, int k_beg
     return K_CONTIG ? base && K % 4 == 0 && k_begin % 4 == 0 : base && R % 4 == 0;
 }
 
-struct SimtEngine {
+// The SIMT engine of a BM x BN tile of TX x TY threads: thread (tx, ty) owns RG groups of 4
+// consecutive rows, group g starting at tile row RBASE·ty + RSTEP·g, and CG groups of 4
+// consecutive columns, group g at CBASE·tx + CSTEP·g.
+template <int BM, int BN, int TX, int TY, int RG, int RBASE, int RSTEP, int CG, int CBASE, int CSTEP>
+struct SimtEngineT {
+    static constexpr int kBM = BM;
+    static constexpr int kBN = BN;
+    static constexpr int kThreads = TX * TY;
+    static constexpr int kTM = 4 * RG;  // rows of out per thread
+    static constexpr int kTN = 4 * CG;  // columns of out per thread
+    static constexpr int kAcc = kTM * kTN;
+    static_assert(BM == TY * kTM && BN == TX * kTN, "the threads cover the tile");
+
+    // The tile row of the thread's row i (0 .. kTM − 1) and the tile column of its column j.
+    static __device__ __forceinline__ int row(int ty, int i) { return RBASE * ty + RSTEP * (i >> 2) + (i & 3); }
+    static __device__ __forceinline__ int col(int tx, int j) { return CBASE * tx + CSTEP * (j >> 2) + (j & 3); }
+
     template <bool A_K_CONTIG, bool B_K_CONTIG>
-    static __device__ __forceinline__ void acc(float (&acc)[MATMUL_ACC],
+    static __device__ __forceinline__ void acc(float (&acc)[kAcc],
                                                const float* a,  // (M, K) or (K, M), see above
                                                const float* b,  // (NC, K) or (K, NC), see above
                                                int M, int NC, int K, int k_begin, int k_end, double* row_sum) {
-        __shared__ __align__(16) float a_tile[2][MATMUL_BK][MATMUL_BM + MATMUL_PAD];  // (buffer, k, rows of out)
-        __shared__ __align__(16) float b_tile[2][MATMUL_BK][MATMUL_BN + MATMUL_PAD];  // (buffer, k, columns)
+        __shared__ __align__(16) float a_tile[2][MATMUL_BK][BM + MATMUL_PAD];  // (buffer, k, rows of out)
+        __shared__ __align__(16) float b_tile[2][MATMUL_BK][BN + MATMUL_PAD];  // (buffer, k, columns)
 
         const int tx = threadIdx.x;
         const int ty = threadIdx.y;
-        const int tid = ty * MATMUL_TX + tx;
-        const int row0 = blockIdx.y * MATMUL_BM;
-        const int col0 = blockIdx.x * MATMUL_BN;
+        const int tid = ty * TX + tx;
+        const int row0 = blockIdx.y * BM;
+        const int col0 = blockIdx.x * BN;
         const bool a_vec = simt_vec<A_K_CONTIG>(a, M, K, k_begin);
         const bool b_vec = simt_vec<B_K_CONTIG>(b, NC, K, k_begin);
         if (k_begin >= k_end) return;
 
         float av_next[8], bv_next[8];
-        simt_load<A_K_CONTIG>(av_next, a, M, K, row0, k_begin, k_end, tid, a_vec);
-        simt_load<B_K_CONTIG>(bv_next, b, NC, K, col0, k_begin, k_end, tid, b_vec);
-        simt_store<A_K_CONTIG>(a_tile[0], av_next, tid);
-        simt_store<B_K_CONTIG>(b_tile[0], bv_next, tid);
+        simt_load<A_K_CONTIG, BM, kThreads>(av_next, a, M, K, row0, k_begin, k_end, tid, a_vec);
+        simt_load<B_K_CONTIG, BN, kThreads>(bv_next, b, NC, K, col0, k_begin, k_end, tid, b_vec);
+        simt_store<A_K_CONTIG, BM, kThreads>(a_tile[0], av_next, tid);
+        simt_store<B_K_CONTIG, BN, kThreads>(b_tile[0], bv_next, tid);
         __syncthreads();  // the first tiles complete before anyone reads them
 
         int buf = 0;
         for (int k0 = k_begin; k0 < k_end; k0 += MATMUL_BK) {
             const bool more = k0 + MATMUL_BK < k_end;
             if (more) {  // the next step's elements, in flight while this step multiplies
-                simt_load<A_K_CONTIG>(av_next, a, M, K, row0, k0 + MATMUL_BK, k_end, tid, a_vec);
-                simt_load<B_K_CONTIG>(bv_next, b, NC, K, col0, k0 + MATMUL_BK, k_end, tid, b_vec);
+                simt_load<A_K_CONTIG, BM, kThreads>(av_next, a, M, K, row0, k0 + MATMUL_BK, k_end, tid, a_vec);
+                simt_load<B_K_CONTIG, BN, kThreads>(bv_next, b, NC, K, col0, k0 + MATMUL_BK, k_end, tid, b_vec);
             }
-            if (row_sum && tid < MATMUL_BM)
+            if (row_sum && tid < BM)
                 for (int kk = 0; kk < MATMUL_BK; kk++) *row_sum += (double)a_tile[buf][kk][tid];
 #pragma unroll
             for (int kk = 0; kk < MATMUL_BK; kk++) {
-                const float4 a0 = *reinterpret_cast<const float4*>(&a_tile[buf][kk][ty * MATMUL_TM]);
-                const float4 a1 = *reinterpret_cast<const float4*>(&a_tile[buf][kk][ty * MATMUL_TM + 4]);
-                const float4 b0 = *reinterpret_cast<const float4*>(&b_tile[buf][kk][tx * MATMUL_TN]);
-                const float av[MATMUL_TM] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-                const float bv[MATMUL_TN] = {b0.x, b0.y, b0.z, b0.w};
-                for (int i = 0; i < MATMUL_TM; i++)
-                    for (int j = 0; j < MATMUL_TN; j++) acc[i * MATMUL_TN + j] += av[i] * bv[j];
+                float av[kTM], bv[kTN];
+                for (int g = 0; g < RG; g++) {
+                    const float4 x = *reinterpret_cast<const float4*>(&a_tile[buf][kk][row(ty, 4 * g)]);
+                    av[4 * g] = x.x;
+                    av[4 * g + 1] = x.y;
+                    av[4 * g + 2] = x.z;
+                    av[4 * g + 3] = x.w;
+                }
+                for (int g = 0; g < CG; g++) {
+                    const float4 x = *reinterpret_cast<const float4*>(&b_tile[buf][kk][col(tx, 4 * g)]);
+                    bv[4 * g] = x.x;
+                    bv[4 * g + 1] = x.y;
+                    bv[4 * g + 2] = x.z;
+                    bv[4 * g + 3] = x.w;
+                }
+                for (int i = 0; i < kTM; i++)
+                    for (int j = 0; j < kTN; j++) acc[i * kTN + j] += av[i] * bv[j];
             }
             if (more) {
                 // The other buffer was last read in the previous step, before the barrier that
                 // ended it, so it can be overwritten now; the barrier below publishes it.
-                simt_store<A_K_CONTIG>(a_tile[buf ^ 1], av_next, tid);
-                simt_store<B_K_CONTIG>(b_tile[buf ^ 1], bv_next, tid);
+                simt_store<A_K_CONTIG, BM, kThreads>(a_tile[buf ^ 1], av_next, tid);
+                simt_store<B_K_CONTIG, BN, kThreads>(b_tile[buf ^ 1], bv_next, tid);
                 __syncthreads();
                 buf ^= 1;
             }
@@ -169,13 +198,20 @@ struct SimtEngine {
 
     // The tile row and column of this thread's accumulator e.
     static __device__ __forceinline__ void coord(int e, int& r, int& c) {
-        r = threadIdx.y * MATMUL_TM + e / MATMUL_TN;
-        c = threadIdx.x * MATMUL_TN + e % MATMUL_TN;
+        r = row(threadIdx.y, e / kTN);
+        c = col(threadIdx.x, e % kTN);
     }
 };
 
-__device__ __forceinline__ void matmul_acc_zero(float (&acc)[MATMUL_ACC]) {
-    for (int e = 0; e < MATMUL_ACC; e++) acc[e] = 0.0f;
+// 64 x 64, block (16, 8): rows 8·ty .. +7, columns 4·tx .. +3.
+typedef SimtEngineT<MATMUL_BM, MATMUL_BN, MATMUL_TX, MATMUL_TY, 2, 8, 4, 1, 4, 0> SimtEngine;
+// 128 x 128, block (16, 16): rows 4·ty .. +3 and 64 + 4·ty .. +3, columns likewise.
+typedef SimtEngineT<128, 128, 16, 16, 2, 4, 64, 2, 4, 64> SimtEngine128;
+static_assert(SimtEngine::kAcc == MATMUL_ACC && SimtEngine::kThreads == MATMUL_THREADS, "the 64 x 64 engine");
+
+template <int N>
+__device__ __forceinline__ void matmul_acc_zero(float (&acc)[N]) {
+    for (int e = 0; e < N; e++) acc[e] = 0.0f;
 }
 
 // What the store of a tile does with v = acc + bias at (m, n).
@@ -185,14 +221,14 @@ __device__ __forceinline__ void matmul_acc_zero(float (&acc)[MATMUL_ACC]) {
 #define MATMUL_GELU_GRAD 3   // out += gelu'(act[m, n]) · v (act holds the pre-activation)
 
 template <class E, int MODE>
-__device__ __forceinline__ void matmul_tile_store(const float (&acc)[MATMUL_ACC],
+__device__ __forceinline__ void matmul_tile_store(const float (&acc)[E::kAcc],
                                                   float* out,         // (M, NC)
                                                   float* act,         // (M, NC) for the GELU modes
                                                   const float* bias,  // (NC), or null
                                                   int M, int NC) {
-    const int row0 = blockIdx.y * MATMUL_BM;
-    const int col0 = blockIdx.x * MATMUL_BN;
-    for (int e = 0; e < MATMUL_ACC; e++) {
+    const int row0 = blockIdx.y * E::kBM;
+    const int col0 = blockIdx.x * E::kBN;
+    for (int e = 0; e < E::kAcc; e++) {
         int r, c;
         E::coord(e, r, c);
         const int m = row0 + r;
@@ -210,11 +246,11 @@ __device__ __forceinline__ void matmul_tile_store(const float (&acc)[MATMUL_ACC]
     }
 }
 
-// The single-product tile: out (+)= A · B (+ bias).
+// The single-product tile: out (+)= A · B (+ bias). Any engine (either tile shape).
 template <class E, bool A_K_CONTIG, bool B_K_CONTIG>
 __device__ __forceinline__ void matmul_tile(float* out, const float* a, const float* b, const float* bias, int M,
                                             int NC, int K, int k_begin, int k_end, bool accumulate) {
-    float acc[MATMUL_ACC];
+    float acc[E::kAcc];
     matmul_acc_zero(acc);
     E::template acc<A_K_CONTIG, B_K_CONTIG>(acc, a, b, M, NC, K, k_begin, k_end, nullptr);
     if (accumulate)
@@ -238,6 +274,7 @@ __device__ __forceinline__ void linear_backward_params_body(float* dw0, float* d
                                                             const float* d1, const float* d2, const float* inp,
                                                             float* partials, unsigned int* counters, int N, int IC,
                                                             int OC, int k_chunk, int splits) {
+    static_assert(E::kBM == MATMUL_BM && E::kBN == MATMUL_BN && E::kThreads == MATMUL_THREADS, "64 x 64 engines");
     __shared__ unsigned int is_last;
     const int j = blockIdx.z / splits;
     const int s = blockIdx.z % splits;
@@ -302,6 +339,7 @@ template <class E, bool A_K_CONTIG, bool B_K_CONTIG>
 __device__ __forceinline__ void matmul_splitk(float* out, const float* a, const float* b, float* partials,
                                               unsigned int* counters, int M, int NC, int K, int k_chunk,
                                               int splits) {
+    static_assert(E::kBM == MATMUL_BM && E::kBN == MATMUL_BN && E::kThreads == MATMUL_THREADS, "64 x 64 engines");
     __shared__ unsigned int is_last;
     const int s = blockIdx.z;
     const int k_begin = s * k_chunk;
@@ -335,7 +373,7 @@ __device__ __forceinline__ void matmul_splitk(float* out, const float* a, const 
     if (tid == 0) *counter = 0u;
 }
 
-// The GEMM kernels of one engine, named BASE##SUFFIX (SUFFIX empty for fp32, _tf32, _bf16).
+// The GEMM kernels of one 64 x 64 engine, named BASE##SUFFIX (SUFFIX empty for fp32, _tf32, _bf16).
 // Parameters and launch shapes: see kernels/matmul.cu, whose fp32 set is the reference.
 #define MATMUL_GEMM_KERNELS(SUFFIX, E)                                                                             \
     /* out = inp · weightᵀ + bias: M = N, NC = OC, K = IC; both operands are k-contiguous. */                      \

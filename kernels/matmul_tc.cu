@@ -58,6 +58,11 @@ __device__ __forceinline__ void tc_stage(float* tile, const float* x, int R, int
 
 template <bool BF16>
 struct TcEngine {
+    static constexpr int kBM = MATMUL_BM;
+    static constexpr int kBN = MATMUL_BN;
+    static constexpr int kThreads = MATMUL_THREADS;
+    static constexpr int kAcc = MATMUL_ACC;
+
     // acc += A (M, K) · B (K, NC) over k in [k_begin, k_end), layouts as SimtEngine::acc; with
     // `row_sum`, threads 0..63 add A's tile row `tid` over k in f64 from the staged f32 values.
     template <bool A_K_CONTIG, bool B_K_CONTIG>

@@ -5,7 +5,7 @@
 #[macro_use]
 mod common;
 
-use robo_poet::gpu::{kernels, Device, DeviceExt, EmuDevice, Schedule};
+use robo_poet::gpu::{kernels, Device, DeviceExt, EmuDevice, KernelArgs, LaunchConfig, Schedule};
 use robo_poet::ops;
 use robo_poet::rng::Rng;
 
@@ -475,4 +475,174 @@ fn emu_bias_backward_is_deterministic() {
             "splits={splits:?}: the reverse thread schedule changes the result"
         );
     }
+}
+
+// ----------------------------------------------------------------------------------------------
+// the 128 x 128 tiles of the fp32 single-product kernels (matmul_forward_128, ...)
+
+type Slice = robo_poet::gpu::DeviceSlice<f32>;
+
+/// Launches `kernel` (one of the three single-product GEMMs, or its `_128` twin: parameters
+/// (out, a, weight, [bias,] N, IC, OC)) on an (m, nc) output with `tile` x `tile` blocks.
+#[allow(clippy::too_many_arguments)]
+fn launch_single(
+    dev: &dyn Device,
+    kernel: &str,
+    tile: u32,
+    out: Slice,
+    a: Slice,
+    w: Slice,
+    bias: Option<Slice>,
+    (n, ic, oc): (usize, usize, usize),
+) {
+    let nc = if kernel.starts_with("matmul_backward_input") {
+        ic
+    } else {
+        oc
+    };
+    let config = LaunchConfig::new(
+        ((nc as u32).div_ceil(tile), (n as u32).div_ceil(tile), 1),
+        (16, if tile == 128 { 16 } else { 8 }),
+    );
+    let mut args = KernelArgs::new().slice(out).slice(a).slice(w);
+    if kernel.starts_with("matmul_forward_128") || kernel == "matmul_forward" {
+        args = args.opt_slice(bias);
+    }
+    let mut args = args.i32(n as i32).i32(ic as i32).i32(oc as i32);
+    // SAFETY: the parameter lists of matmul_forward(_128) (out, inp, weight, bias, N, IC, OC),
+    // matmul_forward_accumulate(_128) and matmul_backward_input(_128) (out, a, weight, N, IC, OC)
+    // in kernels/matmul.cu; out holds (N, OC) resp. (N, IC), a (N, IC) resp. (N, OC), the weight
+    // (OC, IC), the bias OC floats.
+    unsafe { dev.launch(kernel, &config, &mut args.params()) }
+        .unwrap_or_else(|e| panic!("{kernel}: {e}"));
+}
+
+/// The three single-product kernels on 64 and on 128 tiles at (n, ic, oc): the same bits, and
+/// the reference within sum_tol.
+fn check_big_tiles(dev: &dyn Device, n: usize, ic: usize, oc: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let inp = randn(&mut rng, n * ic, 1.0);
+    let weight = randn(&mut rng, oc * ic, 1.0);
+    let bias = randn(&mut rng, oc, 1.0);
+    let dout = randn(&mut rng, n * oc, 1.0);
+    let start_out = randn(&mut rng, n * oc, 1.0);
+    let start_in = randn(&mut rng, n * ic, 1.0);
+    let (d_inp, d_w, d_b, d_dout) = (
+        dev.upload(&inp).unwrap(),
+        dev.upload(&weight).unwrap(),
+        dev.upload(&bias).unwrap(),
+        dev.upload(&dout).unwrap(),
+    );
+    let mut prod = vec![0.0; n * oc];
+    ops::matmul::matmul_forward(&mut prod, &inp, &weight, None, n, ic, oc);
+    let mut dinp = vec![0.0; n * ic];
+    // dinp (N, IC) = dout (N, OC) · weight (OC, IC), in f64
+    for i in 0..n {
+        for c in 0..ic {
+            dinp[i * ic + c] = (0..oc)
+                .map(|o| dout[i * oc + o] as f64 * weight[o * ic + c] as f64)
+                .sum::<f64>() as f32;
+        }
+    }
+    // (kernel, start of the output (empty: written, not added to), operand a, bias, want, K)
+    type Case<'a> = (&'a str, &'a [f32], Slice, Option<Slice>, Vec<f32>, usize);
+    let cases: [Case; 3] = [
+        (
+            "matmul_forward",
+            &[],
+            d_inp,
+            Some(d_b),
+            (0..n * oc).map(|e| prod[e] + bias[e % oc]).collect(),
+            ic,
+        ),
+        (
+            "matmul_forward_accumulate",
+            &start_out,
+            d_inp,
+            None,
+            (0..n * oc).map(|e| start_out[e] + prod[e]).collect(),
+            ic,
+        ),
+        (
+            "matmul_backward_input",
+            &start_in,
+            d_dout,
+            None,
+            (0..n * ic).map(|e| start_in[e] + dinp[e]).collect(),
+            oc,
+        ),
+    ];
+    for (kernel, start, a, bias, want, k) in cases {
+        let len = want.len();
+        let run = |name: &str, tile: u32| {
+            let out = if start.is_empty() {
+                dev.alloc_slice::<f32>(len).unwrap()
+            } else {
+                dev.upload(start).unwrap()
+            };
+            launch_single(dev, name, tile, out, a, d_w, bias, (n, ic, oc));
+            dev.download(out).unwrap()
+        };
+        let (small, big) = (run(kernel, 64), run(&format!("{kernel}_128"), 128));
+        let what = format!("{kernel} {n}x{ic}x{oc}");
+        assert!(
+            small
+                .iter()
+                .zip(&big)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{what}: the 128 x 128 tiles differ from the 64 x 64 ones"
+        );
+        assert_close_all(&what, &big, &want, sum_tol(k), 1e-6);
+    }
+}
+
+device_tests! {
+    fn emu_matmul_128_tiles_give_the_64_tile_bits_at_ragged_shapes / gpu_matmul_128_tiles_give_the_64_tile_bits_at_ragged_shapes (dev) {
+        check_big_tiles(&dev, 200, 45, 150, 11); // ragged past one 128 tile both ways, scalar staging
+        check_big_tiles(&dev, 1, 1, 1, 12);
+        check_big_tiles(&dev, 129, 36, 260, 13); // k-contiguous float4 staging, one row past a tile
+        check_big_tiles(&dev, 131, 68, 128, 14); // IC a multiple of 4: the weight's float4 rows too
+    }
+}
+
+#[test]
+fn emu_matmul_launchers_pick_128_tiles_for_large_fp32_outputs() {
+    use kernels::{gemm_uses_big_tiles, GemmTiles, Precision};
+    // 256 tiles of 128 x 128 (two waves over 132 SMs) or more, at fp32 only
+    assert!(gemm_uses_big_tiles(Precision::Fp32, 2048, 2048));
+    assert!(gemm_uses_big_tiles(Precision::Fp32, 4096, 4096));
+    assert!(!gemm_uses_big_tiles(Precision::Fp32, 2048, 1920)); // 16 x 15 = 240 tiles
+    assert!(!gemm_uses_big_tiles(Precision::Fp32, 4096, 512)); // the GPT's mlp: 32 x 4
+    assert!(!gemm_uses_big_tiles(Precision::Tf32, 4096, 4096));
+    assert!(!gemm_uses_big_tiles(Precision::Bf16, 4096, 4096));
+    // the launcher at such a shape (128 x 128 tiles): the bits of the same product forced onto
+    // 64 x 64 tiles
+    let dev = EmuDevice::new();
+    let (n, ic, oc) = (2048, 8, 2048);
+    let mut rng = Rng::new(21);
+    let (inp, weight) = (randn(&mut rng, n * ic, 1.0), randn(&mut rng, oc * ic, 1.0));
+    let (d_inp, d_w) = (dev.upload(&inp).unwrap(), dev.upload(&weight).unwrap());
+    let (a, b) = (
+        dev.alloc_slice::<f32>(n * oc).unwrap(),
+        dev.alloc_slice::<f32>(n * oc).unwrap(),
+    );
+    kernels::matmul_forward(&dev, Precision::Fp32, a, d_inp, d_w, None, n, ic, oc).unwrap();
+    kernels::matmul_forward_on_tiles(
+        &dev,
+        Precision::Fp32,
+        GemmTiles::Small,
+        b,
+        d_inp,
+        d_w,
+        None,
+        n,
+        ic,
+        oc,
+    )
+    .unwrap();
+    let (a, b) = (dev.download(a).unwrap(), dev.download(b).unwrap());
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "the launcher's result differs"
+    );
 }

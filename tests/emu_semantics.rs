@@ -239,7 +239,7 @@ fn emu_warp_synchronous_code_with_syncwarp() {
 /// every sanitizer too. (Skipped where the mode is already chosen.)
 #[test]
 fn emu_os_threads_give_the_same_semantics() {
-    common::rerun_with_os_threads("semantics tests", 8);
+    common::rerun_with_os_threads("semantics tests", 9);
 }
 
 #[test]
@@ -311,9 +311,15 @@ fn emu_vector_accesses_need_aligned_addresses() {
             .i32(offset2);
         // SAFETY: probe_vector_access(float* out (6), const float* in (16), int, int, int); the
         // offsets keep every access inside in and the shared array.
-        unsafe { dev.launch("probe_vector_access", &LaunchConfig::new(1, 1), &mut args.params()) }
-            .map(|()| dev.download(out).unwrap())
-            .map_err(|e| e.to_string())
+        unsafe {
+            dev.launch(
+                "probe_vector_access",
+                &LaunchConfig::new(1, 1),
+                &mut args.params(),
+            )
+        }
+        .map(|()| dev.download(out).unwrap())
+        .map_err(|e| e.to_string())
     };
     // aligned: the values arrive
     assert_eq!(run(0, 0, 0).unwrap(), [0.0, 1.0, 2.0, 3.0, 0.0, 1.0]);

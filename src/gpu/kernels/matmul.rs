@@ -103,6 +103,53 @@ const TARGET_BLOCKS: usize = 256;
 const MIN_SPLIT_ROWS: usize = 128;
 const MAX_SPLITS: usize = 64;
 
+/// The 128 x 128 tiles of the fp32 single-product kernels (`_128`, block (16, 16)).
+const BIG_TILE: usize = 128;
+
+/// Whether an fp32 single-product GEMM with an (m, nc) output runs on 128 x 128 tiles: when it
+/// still has TARGET_BLOCKS of them (two waves of blocks over an H100/H200), so the bigger tile's
+/// halved shared-memory traffic per output does not cost occupancy. The result is the same bits
+/// either way (each output is one k-ordered chain).
+pub fn gemm_uses_big_tiles(p: Precision, m: usize, nc: usize) -> bool {
+    p == Precision::Fp32 && m.div_ceil(BIG_TILE) * nc.div_ceil(BIG_TILE) >= TARGET_BLOCKS
+}
+
+/// Which tiles a single-product GEMM runs on: the launchers' choice, or (fp32 only, for
+/// comparisons) one forced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmTiles {
+    /// [`gemm_uses_big_tiles`] decides.
+    Auto,
+    /// 64 x 64 (every precision's kernels).
+    Small,
+    /// 128 x 128 (the fp32 `_128` kernels).
+    Big,
+}
+
+/// The kernel and launch shape of single-product GEMM `op` at an (m, nc) output.
+fn single_gemm(
+    p: Precision,
+    tiles: GemmTiles,
+    op: &str,
+    m: usize,
+    nc: usize,
+) -> (Cow<'_, str>, LaunchConfig) {
+    let big = match tiles {
+        GemmTiles::Auto => gemm_uses_big_tiles(p, m, nc),
+        GemmTiles::Small => false,
+        GemmTiles::Big => {
+            assert_eq!(p, Precision::Fp32, "{op}: 128 x 128 tiles are fp32 only");
+            true
+        }
+    };
+    if big {
+        let config = LaunchConfig::new((blocks(nc, BIG_TILE), blocks(m, BIG_TILE), 1), (16, 16));
+        (Cow::Owned(format!("{op}_128")), config)
+    } else {
+        (p.kernel(op), gemm_config(m, nc, 1))
+    }
+}
+
 fn gemm_config(m: usize, nc: usize, splits: usize) -> LaunchConfig {
     LaunchConfig::new(
         (blocks(nc, TILE_N), blocks(m, TILE_M), splits as u32),
@@ -169,6 +216,23 @@ pub fn matmul_forward(
     ic: usize,
     oc: usize,
 ) -> Result<(), GpuError> {
+    matmul_forward_on_tiles(dev, p, GemmTiles::Auto, out, inp, weight, bias, n, ic, oc)
+}
+
+/// [`matmul_forward`] on the given tiles (the benches compare the two fp32 shapes).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_forward_on_tiles(
+    dev: &dyn Device,
+    p: Precision,
+    tiles: GemmTiles,
+    out: DeviceSlice<f32>,
+    inp: DeviceSlice<f32>,
+    weight: DeviceSlice<f32>,
+    bias: Option<DeviceSlice<f32>>,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> Result<(), GpuError> {
     let op = "matmul_forward";
     check_len(op, "out", out.len(), &[n, oc]);
     check_len(op, "inp", inp.len(), &[n, ic]);
@@ -179,7 +243,7 @@ pub fn matmul_forward(
     if n == 0 || oc == 0 {
         return Ok(());
     }
-    let config = gemm_config(n, oc, 1);
+    let (kernel, config) = single_gemm(p, tiles, op, n, oc);
     let mut args = KernelArgs::new()
         .slice(out)
         .slice(inp)
@@ -188,9 +252,10 @@ pub fn matmul_forward(
         .i32(int(op, "N", n))
         .i32(int(op, "IC", ic))
         .i32(int(op, "OC", oc));
-    // SAFETY: the parameters match `matmul_forward` in kernels/matmul.cu in order and type, and
-    // every slice holds the elements its shape says, which is all the kernel touches.
-    unsafe { dev.launch(&p.kernel(op), &config, &mut args.params()) }
+    // SAFETY: the parameters match `matmul_forward` (and its _tf32, _bf16, _128 twins) in
+    // kernels/matmul.cu in order and type, and every slice holds the elements its shape says,
+    // which is all the kernel touches.
+    unsafe { dev.launch(&kernel, &config, &mut args.params()) }
 }
 
 /// Launches a GEMM kernel of matmul.cu whose parameters are (out, a, weight, N, IC, OC) and
@@ -211,7 +276,7 @@ fn launch_gemm(
     if n == 0 || out_cols == 0 {
         return Ok(());
     }
-    let config = gemm_config(n, out_cols, 1);
+    let (kernel, config) = single_gemm(p, GemmTiles::Auto, op, n, out_cols);
     let mut args = KernelArgs::new()
         .slice(out)
         .slice(a)
@@ -219,10 +284,10 @@ fn launch_gemm(
         .i32(int(op, "N", n))
         .i32(int(op, "IC", ic))
         .i32(int(op, "OC", oc));
-    // SAFETY: the parameters match kernel `op` in kernels/matmul.cu in order and type, and the
-    // caller checked that every slice holds the elements its shape says, which is all the
-    // kernel touches.
-    unsafe { dev.launch(&p.kernel(op), &config, &mut args.params()) }
+    // SAFETY: the parameters match kernel `op` (and its _tf32, _bf16, _128 twins) in
+    // kernels/matmul.cu in order and type, and the caller checked that every slice holds the
+    // elements its shape says, which is all the kernel touches.
+    unsafe { dev.launch(&kernel, &config, &mut args.params()) }
 }
 
 /// out (N, OC) += inp (N, IC) · weight (OC, IC)ᵀ (no bias). kernels/matmul.cu.
