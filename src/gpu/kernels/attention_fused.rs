@@ -3,7 +3,7 @@
 //! Every tile lives in dynamic shared memory; above 48 KiB the launchers raise the kernel's limit
 //! with `Device::set_max_dynamic_shared` (227 KiB at most on compute capability 9.0). At
 //! [`Precision::Tf32`] / [`Precision::Bf16`] the kernels of that suffix run q·kᵀ, p·v and the
-//! backward's four products on the tensor cores (`fa_mma`); softmax, dropout and the row
+//! backward's five products on the tensor cores (`fa_mma`); softmax, dropout and the row
 //! statistics stay f32.
 
 use super::{blocks, int, DeviceDropout, Precision};

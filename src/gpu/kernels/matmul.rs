@@ -13,8 +13,9 @@ use crate::gpu::device::{Device, DeviceExt, DeviceSlice, GpuError, KernelArgs, L
 use crate::ops::check_len;
 use std::borrow::Cow;
 
-/// The arithmetic of the GEMMs: which kernel set the launchers below pick. Storage, the bias
-/// and every other op stay f32 whatever the precision.
+/// The arithmetic of the GEMMs: which kernel set the launchers below (and the fused attention's,
+/// kernels/attention_fused.cu) pick. Storage, the bias and every other op stay f32 whatever the
+/// precision.
 #[derive(
     Clone,
     Copy,
